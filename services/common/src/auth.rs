@@ -1,0 +1,380 @@
+//! Workspace API keys: generation, hashed storage in Redis, and resolution with a short
+//! in-process cache (negative results cached too, so a flood of bad keys costs little).
+//!
+//! Redis layout (keys are high-entropy random strings, so one SHA-256 is enough: nothing
+//! short enough to brute-force is ever hashed, and lookups must stay cheap on the hot path):
+//! - `rc:apikey:<sha256 hex>` → hash `{ws, key_id, created_at}` (the lookup)
+//! - `ws:{<ws>}:meta` → hash `{name, created_at}`
+//! - `ws:{<ws>}:apikeys` → hash `key_id → sha256 hex` (for listing and revoking)
+//! - `rc:workspaces` → set of workspace ids
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use redis::AsyncCommands;
+use sha2::{Digest, Sha256};
+
+use crate::config::AuthSettings;
+use crate::redis::RedisConn;
+
+pub type WorkspaceId = Arc<str>;
+
+const KEY_PREFIX: &str = "rck_";
+const WORKSPACES_SET: &str = "rc:workspaces";
+
+fn apikey_key(hash_hex: &str) -> String {
+    format!("rc:apikey:{hash_hex}")
+}
+fn meta_key(ws: &str) -> String {
+    format!("ws:{{{ws}}}:meta")
+}
+fn keys_key(ws: &str) -> String {
+    format!("ws:{{{ws}}}:apikeys")
+}
+
+/// Workspace ids appear in NATS subjects and Redis keys: lower-case letters, digits, `-`
+/// and `_`, 1–64 characters, starting with a letter or digit.
+pub fn validate_workspace_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid workspace id {id:?}: use 1-64 characters from a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ))
+    }
+}
+
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The public part of a key, safe to show and log: `rck_<id>` for generated keys, the first
+/// 8 hex digits of the hash for imported ones.
+pub fn key_id_of(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix(KEY_PREFIX)
+        && let Some((id, _)) = rest.split_once('_')
+        && id.len() == 8
+    {
+        return id.to_string();
+    }
+    hex::encode(&hash_key(key)[..4])
+}
+
+/// A freshly generated key: `rck_<8 hex id>_<64 hex secret>` (256 random bits).
+pub fn generate_key() -> String {
+    let mut rng = rand::rng();
+    let mut id = [0u8; 4];
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    format!("{KEY_PREFIX}{}_{}", hex::encode(id), hex::encode(secret))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkspaceInfo {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub keys: Vec<KeyInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("workspace {0:?} already exists")]
+    Exists(String),
+    #[error("workspace {0:?} does not exist")]
+    NoWorkspace(String),
+    #[error("this API key is already in use by another workspace")]
+    KeyInUse,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Workspaces and their keys in Redis.
+#[derive(Clone)]
+pub struct WorkspaceStore {
+    redis: RedisConn,
+}
+
+impl WorkspaceStore {
+    pub fn new(redis: RedisConn) -> Self {
+        Self { redis }
+    }
+
+    pub async fn exists(&self, ws: &str) -> Result<bool, StoreError> {
+        Ok(self.redis.clone().exists(meta_key(ws)).await?)
+    }
+
+    /// Creates a workspace; `Exists` when it is already there.
+    pub async fn create_workspace(&self, ws: &str, name: &str) -> Result<(), StoreError> {
+        validate_workspace_id(ws).map_err(StoreError::Invalid)?;
+        let mut conn = self.redis.clone();
+        let created: bool = conn.hset_nx(meta_key(ws), "name", name).await?;
+        if !created {
+            return Err(StoreError::Exists(ws.to_string()));
+        }
+        let _: () = conn.hset(meta_key(ws), "created_at", now_rfc3339()).await?;
+        let _: () = conn.sadd(WORKSPACES_SET, ws).await?;
+        Ok(())
+    }
+
+    /// Stores `key` (or a newly generated one) for `ws` and returns the plain key, which is
+    /// never stored. Adding the same key to the same workspace again is a no-op.
+    pub async fn add_key(&self, ws: &str, key: Option<&str>) -> Result<String, StoreError> {
+        if !self.exists(ws).await? {
+            return Err(StoreError::NoWorkspace(ws.to_string()));
+        }
+        let key = match key {
+            Some(k) if k.is_empty() || k.len() > 100 => {
+                return Err(StoreError::Invalid(
+                    "an API key must be 1-100 characters".into(),
+                ));
+            }
+            Some(k) => k.to_string(),
+            None => generate_key(),
+        };
+        let hash_hex = hex::encode(hash_key(&key));
+        let key_id = key_id_of(&key);
+        let mut conn = self.redis.clone();
+        let owner: Option<String> = conn.hget(apikey_key(&hash_hex), "ws").await?;
+        match owner.as_deref() {
+            Some(o) if o != ws => return Err(StoreError::KeyInUse),
+            Some(_) => return Ok(key),
+            None => {}
+        }
+        // The listing entry first, the lookup last: a key is never resolvable without being
+        // revocable.
+        let _: () = conn.hset(keys_key(ws), &key_id, &hash_hex).await?;
+        let _: () = conn
+            .hset_multiple(
+                apikey_key(&hash_hex),
+                &[("ws", ws), ("key_id", &key_id), ("created_at", &now_rfc3339())],
+            )
+            .await?;
+        Ok(key)
+    }
+
+    /// Revokes the key with `key_id`; false when the workspace has no such key.
+    pub async fn revoke_key(&self, ws: &str, key_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let hash_hex: Option<String> = conn.hget(keys_key(ws), key_id).await?;
+        let Some(hash_hex) = hash_hex else {
+            return Ok(false);
+        };
+        let _: () = conn.del(apikey_key(&hash_hex)).await?;
+        let _: () = conn.hdel(keys_key(ws), key_id).await?;
+        Ok(true)
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, StoreError> {
+        let mut conn = self.redis.clone();
+        let mut ids: Vec<String> = conn.smembers(WORKSPACES_SET).await?;
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let meta: HashMap<String, String> = conn.hgetall(meta_key(&id)).await?;
+            let mut keys: Vec<String> = conn.hkeys(keys_key(&id)).await?;
+            keys.sort();
+            out.push(WorkspaceInfo {
+                name: meta.get("name").cloned().unwrap_or_default(),
+                created_at: meta.get("created_at").cloned().unwrap_or_default(),
+                keys: keys.into_iter().map(|key_id| KeyInfo { key_id }).collect(),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The workspace a key hash belongs to.
+    pub async fn resolve(&self, hash: &[u8; 32]) -> Result<Option<String>, redis::RedisError> {
+        self.redis
+            .clone()
+            .hget(apikey_key(&hex::encode(hash)), "ws")
+            .await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing Authorization header: send `Authorization: Bearer <api key>`")]
+    Missing,
+    #[error("malformed Authorization header: expected `Bearer <api key>`")]
+    Malformed,
+    #[error("invalid API key")]
+    Invalid,
+    #[error("credential store unavailable; retry shortly")]
+    Unavailable,
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        match self {
+            AuthError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                axum::Json(serde_json::json!({"message": message, "type": "unavailable"})),
+            )
+                .into_response(),
+            _ => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                axum::Json(
+                    serde_json::json!({"message": message, "type": "authentication_error"}),
+                ),
+            )
+                .into_response(),
+        }
+    }
+}
+
+struct CacheEntry {
+    workspace: Option<WorkspaceId>,
+    expires: Instant,
+}
+
+/// Resolves `Authorization: Bearer <key>` to a workspace.
+pub struct Authenticator {
+    store: WorkspaceStore,
+    cache: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    max_entries: usize,
+}
+
+impl Authenticator {
+    pub fn new(store: WorkspaceStore, settings: &AuthSettings) -> Self {
+        Self {
+            store,
+            cache: RwLock::new(HashMap::new()),
+            ttl: Duration::from_millis(settings.cache_ttl_ms),
+            negative_ttl: Duration::from_millis(settings.negative_cache_ttl_ms),
+            max_entries: settings.cache_max_entries.max(1),
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<WorkspaceId, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?;
+        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let key = match value.split_once(' ') {
+            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
+            _ => return Err(AuthError::Malformed),
+        };
+        if key.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        let hash = hash_key(key);
+        let now = Instant::now();
+        if let Some(entry) = self.cache.read().expect("auth cache lock").get(&hash)
+            && entry.expires > now
+        {
+            return entry.workspace.clone().ok_or(AuthError::Invalid);
+        }
+        let workspace: Option<WorkspaceId> = match self.store.resolve(&hash).await {
+            Ok(ws) => ws.map(Arc::from),
+            Err(err) => {
+                tracing::warn!(error = %err, "API key lookup failed");
+                return Err(AuthError::Unavailable);
+            }
+        };
+        let ttl = if workspace.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        {
+            let mut cache = self.cache.write().expect("auth cache lock");
+            if cache.len() >= self.max_entries {
+                cache.retain(|_, e| e.expires > now);
+                if cache.len() >= self.max_entries {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                hash,
+                CacheEntry {
+                    workspace: workspace.clone(),
+                    expires: now + ttl,
+                },
+            );
+        }
+        workspace.ok_or(AuthError::Invalid)
+    }
+}
+
+/// Extractor for handlers: the authenticated workspace.
+pub struct Workspace(pub WorkspaceId);
+
+impl<S> FromRequestParts<S> for Workspace
+where
+    Arc<Authenticator>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = Arc::<Authenticator>::from_ref(state);
+        auth.authenticate(parts.headers.get(header::AUTHORIZATION))
+            .await
+            .map(Workspace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_an_id_and_fit_the_destination_limit() {
+        let key = generate_key();
+        assert!(key.starts_with("rck_"));
+        assert!(key.len() <= 100, "RudderStack accepts keys up to 100 chars");
+        let id = key_id_of(&key);
+        assert_eq!(id.len(), 8);
+        assert_eq!(&key[4..12], id);
+        assert_ne!(generate_key(), key);
+    }
+
+    #[test]
+    fn imported_keys_get_an_id_from_their_hash() {
+        let id = key_id_of("pk_prod_ABCDEF");
+        assert_eq!(id, hex::encode(&hash_key("pk_prod_ABCDEF")[..4]));
+    }
+
+    #[test]
+    fn workspace_ids_are_subject_safe() {
+        assert!(validate_workspace_id("dev").is_ok());
+        assert!(validate_workspace_id("acme-prod_2").is_ok());
+        for bad in ["", "a.b", "A", "a*", "a>", "-x", "a b", &"x".repeat(65)] {
+            assert!(validate_workspace_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

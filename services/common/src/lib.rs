@@ -1,0 +1,15 @@
+//! Plumbing shared by every rudder-courier service. No business logic lives here: only
+//! configuration, telemetry, connections, the ops endpoints, shutdown and API-key auth
+//! (every service authenticates the same workspace keys).
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod nats;
+pub mod ops;
+pub mod redis;
+pub mod shutdown;
+pub mod subjects;
+pub mod telemetry;
+
+pub use shutdown::Shutdown;

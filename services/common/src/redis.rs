@@ -1,0 +1,107 @@
+//! Redis connection: one self-reconnecting handle over either a single node or a Redis Cluster.
+//!
+//! Every key the services write is prefixed `ws:{<workspace>}:…` (hash tag on the workspace)
+//! so multi-key operations of one workspace stay in one cluster slot.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::config::RedisSettings;
+
+/// Cheap to clone; multiplexed; reconnects by itself.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens the connection handle. A single node connects lazily on first use; a cluster
+/// connects now to learn its slot map.
+pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
+    let response = Duration::from_millis(settings.response_timeout_ms);
+    let connect = Duration::from_millis(settings.connection_timeout_ms);
+    let seeds: Vec<&str> = settings
+        .cluster_urls
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if seeds.is_empty() {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(response))
+            .set_connection_timeout(Some(connect))
+            .set_number_of_retries(3);
+        // Lazy: the service starts (and reports not-ready) while Redis is still down.
+        Ok(RedisConn::Single(client.get_connection_manager_lazy(config)?))
+    } else {
+        let client = ClusterClientBuilder::new(seeds)
+            .response_timeout(response)
+            .connection_timeout(connect)
+            .retries(3)
+            .build()?;
+        Ok(RedisConn::Cluster(client.get_async_connection().await?))
+    }
+}
+
+/// Connects with retries and exponential backoff until it succeeds or `shutdown` triggers.
+pub async fn connect_until_ready(
+    settings: &RedisSettings,
+    shutdown: &crate::Shutdown,
+) -> Option<RedisConn> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match connect(settings).await {
+            Ok(conn) => return Some(conn),
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "Redis connection failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.triggered() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `PING` with the connection's own response timeout.
+pub async fn ping(conn: &RedisConn) -> bool {
+    let mut conn = conn.clone();
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .is_ok()
+}

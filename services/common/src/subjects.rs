@@ -1,0 +1,69 @@
+//! Every stream, subject and consumer name of the public NATS contract, in one place.
+
+/// Inbound events accepted by the ingress: `events.<workspace>.<type>`.
+pub const EVENTS_STREAM: &str = "EVENTS";
+pub const EVENTS_SUBJECTS: &str = "events.>";
+/// Events the platform generates: `courier.<workspace>.<kind>...`.
+pub const COURIER_STREAM: &str = "COURIER";
+pub const COURIER_SUBJECTS: &str = "courier.>";
+/// Dead letters: `dlq.<service>.<workspace>`.
+pub const DLQ_STREAM: &str = "DLQ";
+pub const DLQ_SUBJECTS: &str = "dlq.>";
+
+/// `events.<workspace>.<type>`.
+pub fn event_subject(workspace: &str, event_type: &str) -> String {
+    let mut s = String::with_capacity(8 + workspace.len() + event_type.len());
+    s.push_str("events.");
+    s.push_str(workspace);
+    s.push('.');
+    s.push_str(event_type);
+    s
+}
+
+/// `Nats-Msg-Id` for an inbound event: `<workspace>:<message id>`.
+pub fn event_msg_id(workspace: &str, message_id: &str) -> String {
+    let mut s = String::with_capacity(workspace.len() + 1 + message_id.len());
+    s.push_str(workspace);
+    s.push(':');
+    s.push_str(message_id);
+    s
+}
+
+/// `dlq.<service>.<workspace>`.
+pub fn dlq_subject(service: &str, workspace: &str) -> String {
+    format!("dlq.{service}.{workspace}")
+}
+
+/// The workspace token of `events.<ws>.…`, `courier.<ws>.…` or `dlq.<svc>.<ws>`.
+pub fn workspace_of(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    match parts.next()? {
+        "events" | "courier" => parts.next(),
+        "dlq" => parts.nth(1),
+        _ => None,
+    }
+}
+
+/// Dead-letter headers (the payload is the original message, unchanged).
+pub mod dlq_headers {
+    pub const ORIGINAL_SUBJECT: &str = "Rc-Original-Subject";
+    pub const ORIGINAL_SEQUENCE: &str = "Rc-Original-Sequence";
+    pub const DELIVERY_COUNT: &str = "Rc-Delivery-Count";
+    pub const REASON: &str = "Rc-Reason";
+    pub const SERVICE: &str = "Rc-Service";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_built_and_parsed() {
+        assert_eq!(event_subject("acme", "track"), "events.acme.track");
+        assert_eq!(event_msg_id("acme", "m1"), "acme:m1");
+        assert_eq!(workspace_of("events.acme.track"), Some("acme"));
+        assert_eq!(workspace_of("courier.acme.message.sent"), Some("acme"));
+        assert_eq!(workspace_of(&dlq_subject("profiles", "acme")), Some("acme"));
+        assert_eq!(workspace_of("other.acme"), None);
+    }
+}
