@@ -1,1 +1,385 @@
+//! Test harness: real `nats-server` and `redis-server` processes on free ports with temp dirs
+//! (no Docker, no mocks), plus helpers that run services in-process against them.
+//!
+//! Binaries come from `$NATS_SERVER_BIN` / `$REDIS_SERVER_BIN`, else from `PATH`
+//! (`make deps` installs both).
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rc_common::Shutdown;
+use rc_common::config::{AuthSettings, NatsSettings, RedisSettings, ShutdownSettings};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn binary(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A JetStream-enabled nats-server with its own store directory.
+pub struct NatsServer {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let mut server = NatsServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(binary("NATS_SERVER_BIN", "nats-server"))
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (make deps), or set NATS_SERVER_BIN");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(15)),
+            "nats-server did not start on port {}",
+            self.port
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn settings(&self) -> NatsSettings {
+        NatsSettings {
+            url: self.url(),
+            publish_timeout_ms: 1_000,
+            ..NatsSettings::default()
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A redis-server with AOF on, in its own directory.
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(binary("REDIS_SERVER_BIN", "redis-server"))
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make deps), or set REDIS_SERVER_BIN");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(15)),
+            "redis-server did not start on port {}",
+            self.port
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            url: self.url(),
+            ..RedisSettings::default()
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// One nats-server and one redis-server for a test.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+}
+
+impl Stack {
+    pub fn start() -> Self {
+        Stack {
+            nats: NatsServer::start(),
+            redis: RedisServer::start(),
+        }
+    }
+
+    pub async fn redis_conn(&self) -> rc_common::redis::RedisConn {
+        rc_common::redis::connect(&self.redis.settings())
+            .await
+            .expect("redis")
+    }
+
+    /// Creates workspace `id` and returns a fresh API key for it.
+    pub async fn workspace(&self, id: &str) -> String {
+        let store = rc_common::auth::WorkspaceStore::new(self.redis_conn().await);
+        store
+            .create_workspace(id, id)
+            .await
+            .expect("create workspace");
+        store.add_key(id, None).await.expect("add key")
+    }
+
+    pub async fn nats_client(&self) -> async_nats::Client {
+        async_nats::connect(self.nats.url()).await.expect("nats")
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let js = async_nats::jetstream::new(self.nats_client().await);
+        rc_common::nats::ensure_streams(&js, &self.nats.settings())
+            .await
+            .expect("streams");
+        js
+    }
+
+    /// Settings for tests: short caches and drains so tests stay fast.
+    pub fn auth_settings() -> AuthSettings {
+        AuthSettings {
+            cache_ttl_ms: 200,
+            negative_cache_ttl_ms: 100,
+            cache_max_entries: 1_000,
+        }
+    }
+
+    pub fn shutdown_settings() -> ShutdownSettings {
+        ShutdownSettings {
+            readiness_grace_ms: 0,
+            drain_timeout_ms: 2_000,
+        }
+    }
+
+    pub fn ingress_settings(&self) -> ingress::Settings {
+        ingress::Settings {
+            nats: self.nats.settings(),
+            redis: self.redis.settings(),
+            auth: Self::auth_settings(),
+            shutdown: Self::shutdown_settings(),
+            ..ingress::Settings::default()
+        }
+    }
+
+    pub async fn ingress(&self) -> Service {
+        self.ingress_with(self.ingress_settings()).await
+    }
+
+    pub async fn ingress_with(&self, settings: ingress::Settings) -> Service {
+        Service::spawn(|listener, shutdown| async move {
+            ingress::run(settings, Some(listener), shutdown).await
+        })
+        .await
+    }
+}
+
+type RunResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A service running in-process on a port of its own.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    handle: Option<JoinHandle<RunResult>>,
+}
+
+impl Service {
+    pub async fn spawn<F, Fut>(run: F) -> Service
+    where
+        F: FnOnce(tokio::net::TcpListener, Shutdown) -> Fut,
+        Fut: std::future::Future<Output = RunResult> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(run(listener, shutdown.clone()));
+        let service = Service {
+            addr,
+            shutdown,
+            handle: Some(handle),
+        };
+        service.wait_ready(Duration::from_secs(20)).await;
+        service
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service at {} never became ready",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Graceful stop: trigger shutdown and wait for `run` to return.
+    pub async fn stop(mut self) -> RunResult {
+        self.shutdown.trigger();
+        match self.handle.take() {
+            Some(h) => h.await.expect("service task panicked"),
+            None => Ok(()),
+        }
+    }
+
+    /// Abrupt stop: the task is dropped mid-work, as if the process were killed.
+    pub fn kill(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.shutdown.trigger();
+            h.abort();
+        }
+    }
+}
+
+/// Reads every message currently stored under `subject` (e.g. `events.ws.>`), in order.
+pub async fn stored_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Vec<async_nats::jetstream::Message> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt;
+    let stream = js.get_stream(stream).await.expect("stream");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::with_capacity(pending);
+    if pending == 0 {
+        return out;
+    }
+    let mut messages = consumer
+        .fetch()
+        .max_messages(pending)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    while let Some(Ok(m)) = messages.next().await {
+        out.push(m);
+        if out.len() == pending {
+            break;
+        }
+    }
+    out
+}

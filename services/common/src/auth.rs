@@ -173,7 +173,11 @@ impl WorkspaceStore {
         let _: () = conn
             .hset_multiple(
                 apikey_key(&hash_hex),
-                &[("ws", ws), ("key_id", &key_id), ("created_at", &now_rfc3339())],
+                &[
+                    ("ws", ws),
+                    ("key_id", &key_id),
+                    ("created_at", &now_rfc3339()),
+                ],
             )
             .await?;
         Ok(key)
@@ -244,9 +248,7 @@ impl IntoResponse for AuthError {
             _ => (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-                axum::Json(
-                    serde_json::json!({"message": message, "type": "authentication_error"}),
-                ),
+                axum::Json(serde_json::json!({"message": message, "type": "authentication_error"})),
             )
                 .into_response(),
         }

@@ -198,15 +198,24 @@ mod tests {
     #[test]
     fn env_overrides_defaults() {
         let vars = HashMap::from([
-            ("RC_NATS__URL".to_string(), "nats://10.0.0.1:4222".to_string()),
-            ("RC_REDIS__RESPONSE_TIMEOUT_MS".to_string(), "250".to_string()),
+            (
+                "RC_NATS__URL".to_string(),
+                "nats://10.0.0.1:4222".to_string(),
+            ),
+            (
+                "RC_REDIS__RESPONSE_TIMEOUT_MS".to_string(),
+                "250".to_string(),
+            ),
             ("RC_HTTP__LISTEN".to_string(), "0.0.0.0:9000".to_string()),
         ]);
         let s: Sample = load_from("nonexistent-service", Some(vars)).unwrap();
         assert_eq!(s.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(s.redis.response_timeout_ms, 250);
         assert_eq!(s.http.listen.port(), 9000);
-        assert_eq!(s.nats.duplicate_window_secs, 600, "untouched keys keep defaults");
+        assert_eq!(
+            s.nats.duplicate_window_secs, 600,
+            "untouched keys keep defaults"
+        );
     }
 
     #[test]
@@ -214,7 +223,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rc-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("svc.toml");
-        std::fs::write(&path, "[nats]\nurl = \"nats://file:4222\"\npublish_timeout_ms = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "[nats]\nurl = \"nats://file:4222\"\npublish_timeout_ms = 7\n",
+        )
+        .unwrap();
         let vars = HashMap::from([
             (CONFIG_FILE_VAR.to_string(), path.display().to_string()),
             ("RC_NATS__PUBLISH_TIMEOUT_MS".to_string(), "9".to_string()),

@@ -82,6 +82,8 @@ impl Readiness {
 
 /// The ops routes, to merge into a service's router.
 pub fn router(readiness: Readiness) -> Router {
+    // Install the recorder now, before the service records anything.
+    let _ = crate::telemetry::metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))

@@ -65,7 +65,9 @@ pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> 
             .set_connection_timeout(Some(connect))
             .set_number_of_retries(3);
         // Lazy: the service starts (and reports not-ready) while Redis is still down.
-        Ok(RedisConn::Single(client.get_connection_manager_lazy(config)?))
+        Ok(RedisConn::Single(
+            client.get_connection_manager_lazy(config)?,
+        ))
     } else {
         let client = ClusterClientBuilder::new(seeds)
             .response_timeout(response)

