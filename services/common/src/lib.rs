@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumer;
 pub mod http;
 pub mod nats;
 pub mod ops;
