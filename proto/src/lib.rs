@@ -6,7 +6,10 @@ pub mod v1 {
 }
 
 pub use prost::Message;
-pub use v1::{Envelope, EventType};
+pub use v1::{
+    Envelope, EventType, MessageEvent, MessageRequest, ProfileUpdateRequest, ProfileUpdated,
+    RunEvent, TenantUpdated,
+};
 
 impl EventType {
     /// The lower-case name used in subjects (`events.<ws>.<name>`).

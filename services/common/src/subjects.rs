@@ -29,6 +29,27 @@ pub fn event_msg_id(workspace: &str, message_id: &str) -> String {
     s
 }
 
+/// `courier.<workspace>.<kind>` (kind may hold dots, e.g. `message.delivered`).
+pub fn courier_subject(workspace: &str, kind: &str) -> String {
+    format!("courier.{workspace}.{kind}")
+}
+
+/// COURIER kinds (see proto/courier.proto).
+pub mod kinds {
+    pub const PROFILE_UPDATED: &str = "profile.updated";
+    pub const PROFILE_UPDATE: &str = "profile.update";
+    pub const TENANT_UPDATED: &str = "tenant.updated";
+    pub const MESSAGE_REQUESTED: &str = "message.requested";
+    /// `run.<state>`
+    pub fn run(state: &str) -> String {
+        format!("run.{state}")
+    }
+    /// `message.<status lower-case>`
+    pub fn message_status(status: &str) -> String {
+        format!("message.{}", status.to_ascii_lowercase())
+    }
+}
+
 /// `dlq.<service>.<workspace>`.
 pub fn dlq_subject(service: &str, workspace: &str) -> String {
     format!("dlq.{service}.{workspace}")
