@@ -9,6 +9,7 @@ pub mod http;
 pub mod nats;
 pub mod ops;
 pub mod redis;
+pub mod secrets;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
