@@ -50,30 +50,47 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    durable: bool,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Durable mode: `sync_interval: always` (fsync before every ack).
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let mut server = NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            durable,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let conf = self.dir.path().join("nats.conf");
+        let store = self.dir.path().join("store");
+        let sync = if self.durable {
+            "  sync_interval: always\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n{sync}}}\n",
+            self.port,
+            store.display().to_string()
+        );
+        std::fs::write(&conf, text).expect("write nats.conf");
         let child = Command::new(binary("NATS_SERVER_BIN", "nats-server"))
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -197,6 +214,14 @@ impl Stack {
     pub fn start() -> Self {
         Stack {
             nats: NatsServer::start(),
+            redis: RedisServer::start(),
+        }
+    }
+
+    /// With nats-server in durable mode (fsync before ack).
+    pub fn start_durable() -> Self {
+        Stack {
+            nats: NatsServer::start_durable(),
             redis: RedisServer::start(),
         }
     }

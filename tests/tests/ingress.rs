@@ -306,6 +306,20 @@ async fn overload_is_answered_429_with_retry_after() {
     .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["retry-after"], "1");
+
+    // Memory bound: bodies buffered at once are capped in bytes.
+    let mut settings = stack.ingress_settings();
+    settings.ingress.max_buffered_body_bytes = 8 * 1024;
+    let ingress = stack.ingress_with(settings).await;
+    let url = ingress.url("/inbound/rudderstack");
+    let small = r#"{"type":"track","event":"e","userId":"u"}"#;
+    assert_eq!(post(&url, Some(&key), small).await.0, StatusCode::ACCEPTED);
+    let big = format!(
+        r#"{{"type":"track","event":"e","userId":"u","properties":{{"p":"{}"}}}}"#,
+        "x".repeat(20 * 1024)
+    );
+    let (status, resp, _) = post(&url, Some(&key), big).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

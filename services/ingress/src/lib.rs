@@ -41,6 +41,9 @@ pub struct IngressSettings {
     pub max_event_bytes: usize,
     /// A request body's cap (RudderStack's gateway limit).
     pub max_body_bytes: usize,
+    /// Request bodies buffered at once, in bytes (a body of unknown length counts as
+    /// `max_body_bytes`); past this, requests get a fast 429 instead of growing memory.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for IngressSettings {
@@ -49,6 +52,7 @@ impl Default for IngressSettings {
             max_inflight_publishes: 8_192,
             max_event_bytes: 64 * 1024,
             max_body_bytes: 4_096_000,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct AppState {
     js: jetstream::Context,
     nats: async_nats::Client,
     inflight: Arc<Semaphore>,
+    /// Budget for buffered bodies, in KiB permits.
+    body_budget: Arc<Semaphore>,
     normalizer: Arc<Normalizer>,
     max_body_bytes: usize,
 }
@@ -139,6 +145,9 @@ pub async fn run(
         js,
         nats: nats.clone(),
         inflight: Arc::new(Semaphore::new(settings.ingress.max_inflight_publishes)),
+        body_budget: Arc::new(Semaphore::new(
+            (settings.ingress.max_buffered_body_bytes / 1024).max(1),
+        )),
         normalizer: Arc::new(Normalizer {
             max_event_bytes: settings.ingress.max_event_bytes,
         }),
@@ -184,7 +193,18 @@ async fn inbound(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IngressError> {
-    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let reserve = declared
+        .unwrap_or(state.max_body_bytes)
+        .min(state.max_body_bytes);
+    let _body_permit = state
+        .body_budget
+        .try_acquire_many(u32::try_from(reserve / 1024 + 1).unwrap_or(u32::MAX))
+        .map_err(|_| IngressError::Overloaded)?;
+    let body = read_body(declared, body, state.max_body_bytes).await?;
     let received_at = time::OffsetDateTime::now_utc();
     match state.normalizer.parse_body(&workspace, &body, received_at) {
         Ok(Parsed::Single(event)) => {
@@ -238,13 +258,13 @@ fn accepted(body: serde_json::Value) -> Response {
 /// Reads the body up to `limit` bytes. A larger body is read on (and discarded) up to a bound
 /// before the 413, so the client gets the answer instead of a broken pipe, which RudderStack
 /// would count as a retryable connection error.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngressError> {
+async fn read_body(
+    declared: Option<usize>,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
     use http_body_util::BodyExt;
     let too_large = || IngressError::TooLarge(format!("request body exceeds {limit} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     let drain_bound = limit.saturating_mul(4);
     if declared.is_some_and(|len| len > drain_bound) {
         return Err(too_large());
