@@ -83,21 +83,31 @@ impl Default for Settings {
     }
 }
 
+/// Shared by every request: one `Arc` clone per request instead of one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
     auth: Arc<Authenticator>,
     js: jetstream::Context,
     nats: async_nats::Client,
-    inflight: Arc<Semaphore>,
+    inflight: Semaphore,
     /// Budget for buffered bodies, in KiB permits.
-    body_budget: Arc<Semaphore>,
-    normalizer: Arc<Normalizer>,
+    body_budget: Semaphore,
+    normalizer: Normalizer,
     max_body_bytes: usize,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
     fn from_ref(state: &AppState) -> Self {
-        state.auth.clone()
+        state.0.auth.clone()
     }
 }
 
@@ -137,22 +147,20 @@ pub async fn run(
         });
     }
 
-    let state = AppState {
+    let state = AppState(Arc::new(AppInner {
         auth: Arc::new(Authenticator::new(
             WorkspaceStore::new(redis.clone()),
             &settings.auth,
         )),
         js,
         nats: nats.clone(),
-        inflight: Arc::new(Semaphore::new(settings.ingress.max_inflight_publishes)),
-        body_budget: Arc::new(Semaphore::new(
-            (settings.ingress.max_buffered_body_bytes / 1024).max(1),
-        )),
-        normalizer: Arc::new(Normalizer {
+        inflight: Semaphore::new(settings.ingress.max_inflight_publishes),
+        body_budget: Semaphore::new((settings.ingress.max_buffered_body_bytes / 1024).max(1)),
+        normalizer: Normalizer {
             max_event_bytes: settings.ingress.max_event_bytes,
-        }),
+        },
         max_body_bytes: settings.ingress.max_body_bytes,
-    };
+    }));
     let readiness = Readiness::new(shutdown.clone())
         .with_nats(nats.clone())
         .with_redis(redis)

@@ -3,6 +3,10 @@ use std::time::Duration;
 
 use rc_common::{Shutdown, telemetry};
 
+// glibc malloc showed up as ~20 % of the ingress's CPU under load (perf); mimalloc cuts that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings: ingress::Settings = match rc_common::config::load(ingress::SERVICE) {
