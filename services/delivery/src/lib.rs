@@ -147,9 +147,6 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
     let cipher = Cipher::from_settings(&settings.secrets)?;
-    // reqwest is built without a default crypto provider; install ring's (a no-op if another
-    // provider was installed first).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(settings.http.listen).await?,

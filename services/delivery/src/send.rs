@@ -288,7 +288,9 @@ async fn smtp(provider: &Provider, out: &Outgoing, timeout: Duration) -> SendRes
             .or_else(|| Some(format!("<{}@rudder-courier>", out.message_id))),
             delivered: false,
         },
-        Err(e) if e.is_permanent() => failed(format!("SMTP rejected the message: {e}")),
+        Err(e) if e.is_permanent() || e.is_client() => {
+            failed(format!("SMTP rejected the message: {e}"))
+        }
         Err(e) => SendResult::Retry {
             error: format!("SMTP: {e}"),
             retry_after: None,
