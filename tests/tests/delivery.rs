@@ -680,3 +680,75 @@ async fn measure_webhook_throughput() {
         published.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_send_fans_out_to_members() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let js = stack.jetstream().await;
+    let svc = stack.delivery().await;
+    put_provider(&svc, &key, "inbox", json!({"type": "inbox"})).await;
+    // The accounts service's read contract: members set and member profiles.
+    let mut conn = stack.redis_conn().await;
+    let _: () = redis::cmd("ZADD")
+        .arg("{ws:acme:tenant:t1}:members")
+        .arg(1)
+        .arg("u_a")
+        .arg(2)
+        .arg("u_b")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("{ws:acme:user:u_a}:profile")
+        .arg(r#"{"name":"Ann"}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let req = inline_request(
+        "acme",
+        "f-1",
+        json!({"to": {"tenant_id": "t1"}, "content": {"title": "Hi {{name}}", "body": "b"}, "routing": {"channels": ["inbox"]}}),
+        json!({}),
+        json!({}),
+    );
+    publish_request(&js, &req, "f-1").await;
+    publish_request(&js, &req, "f-1-again").await;
+    let a = wait_message(&svc, &key, "f-1:u_a", "u_a DELIVERED", |m| {
+        m["status"] == "DELIVERED"
+    })
+    .await;
+    assert_eq!(a["tenant_id"], "t1");
+    assert_eq!(a["recipient"], "u_a");
+    wait_message(&svc, &key, "f-1:u_b", "u_b DELIVERED", |m| {
+        m["status"] == "DELIVERED"
+    })
+    .await;
+    let (_, inbox) = get_json(&svc, &key, "/inbox/u_a").await;
+    let titles: Vec<&str> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        ["Hi Ann"],
+        "once, rendered with the member's profile"
+    );
+    let (_, inbox) = get_json(&svc, &key, "/inbox/u_b").await;
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 1);
+
+    let mut empty = req.clone();
+    empty.message_id = "f-2".into();
+    empty.message = json!({"to": {"tenant_id": "nobody"}, "content": {"body": "b"}})
+        .to_string()
+        .into_bytes()
+        .into();
+    publish_request(&js, &empty, "f-2").await;
+    let m = wait_message(&svc, &key, "f-2", "UNROUTABLE", |m| {
+        m["status"] == "UNROUTABLE"
+    })
+    .await;
+    assert_eq!(m["reason"], "NO_CHANNELS");
+}

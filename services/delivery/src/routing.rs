@@ -45,6 +45,8 @@ pub struct Prepared {
     pub phone_number: Option<String>,
     pub push_token: Option<String>,
     pub tenant_id: String,
+    /// `message.to.tenant_id` was given (a tenant as the audience).
+    pub to_tenant: bool,
     pub template: String,
     pub template_status: String,
     pub notification: Map<String, Value>,
@@ -150,6 +152,7 @@ impl Prepared {
             email,
             phone_number,
             push_token,
+            to_tenant: str_of(&to, "tenant_id").is_some(),
             tenant_id,
             template,
             template_status,
@@ -160,6 +163,15 @@ impl Prepared {
             channels,
             method,
         }
+    }
+
+    /// A send to a whole tenant: `to.tenant_id` with no user id and no address of its own.
+    pub fn is_tenant_send(&self) -> bool {
+        self.to_tenant
+            && self.recipient.is_empty()
+            && self.email.is_none()
+            && self.phone_number.is_none()
+            && self.push_token.is_none()
     }
 
     /// Whether the recipient can be reached on `channel` (webhook/chat need only a provider).

@@ -72,6 +72,9 @@ impl Worker {
         let ws = req.workspace_id.as_str();
         let id = req.message_id.as_str();
         let prepared = Prepared::from_request(&req);
+        if prepared.is_tenant_send() {
+            return self.fan_out(ws, id, &req, &prepared).await;
+        }
         let meta = Meta {
             recipient: prepared.recipient.clone(),
             event: req.event.clone(),
@@ -260,6 +263,88 @@ impl Worker {
                 self.finish(ws, id, Some(providers_json), statuses).await?;
             }
         }
+        Ok(())
+    }
+
+    /// `to.tenant_id` without a user: one request per member of the tenant (accounts' read
+    /// contract), message id `<id>:<user id>`, published back to `message.requested` with a
+    /// Nats-Msg-Id per child, so a redelivered parent re-publishes nothing new. A tenant with no
+    /// members gets a message record of its own: UNROUTABLE / NO_CHANNELS.
+    async fn fan_out(
+        &self,
+        ws: &str,
+        id: &str,
+        req: &MessageRequest,
+        prepared: &Prepared,
+    ) -> Result<(), Error> {
+        let mut conn = self.store.redis();
+        let members: Vec<String> = redis::AsyncCommands::zrange(
+            &mut conn,
+            format!("{{ws:{ws}:tenant:{}}}:members", prepared.tenant_id),
+            0,
+            -1,
+        )
+        .await?;
+        if members.is_empty() {
+            let meta = Meta {
+                event: req.event.clone(),
+                notification: prepared.template.clone(),
+                run_id: req.run_id.clone(),
+                tenant_id: prepared.tenant_id.clone(),
+                automation_template: req.automation_template.clone(),
+                brand: req.brand.clone(),
+                ..Default::default()
+            };
+            self.store.create(ws, id, &meta).await?;
+            let error = format!("Tenant {:?} has no members", prepared.tenant_id);
+            return self
+                .finish(
+                    ws,
+                    id,
+                    None,
+                    vec![StatusChange {
+                        status: "UNROUTABLE",
+                        reason: "NO_CHANNELS".into(),
+                        error,
+                    }],
+                )
+                .await;
+        }
+        let base_profile: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&req.profile).unwrap_or_default();
+        let mut acks = Vec::with_capacity(members.len());
+        for uid in &members {
+            let stored: Option<String> =
+                redis::AsyncCommands::get(&mut conn, format!("{{ws:{ws}:user:{uid}}}:profile"))
+                    .await?;
+            let mut profile: serde_json::Map<String, serde_json::Value> = stored
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+            for (k, v) in &base_profile {
+                profile.insert(k.clone(), v.clone());
+            }
+            let mut child = req.clone();
+            child.message_id = format!("{id}:{uid}");
+            child.recipient = uid.clone();
+            child.tenant_id = prepared.tenant_id.clone();
+            child.profile = serde_json::to_vec(&profile).unwrap_or_default().into();
+            let subject = courier_subject(ws, kinds::MESSAGE_REQUESTED);
+            let publish = PublishMessage::build()
+                .payload(child.encode_to_vec().into())
+                .message_id(format!("{ws}:{}:requested", child.message_id));
+            let ack = self
+                .publisher
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| Error::Retry(format!("fan-out publish: {e}")))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| Error::Retry(format!("fan-out publish ack: {e}")))?;
+        }
+        metrics::counter!("delivery_tenant_fanout_total").increment(members.len() as u64);
         Ok(())
     }
 
