@@ -54,13 +54,23 @@ if [ -z "${REDIS_URL:-}" ]; then
 fi
 export RC_NATS__URL=$NATS_URL RC_REDIS__URL=$REDIS_URL RC_LOG__FORMAT=${RC_LOG__FORMAT:-pretty}
 
+# Key that seals provider credentials at rest (rc-delivery): generated once, kept in .data/.
+SECRETS_KEY_FILE=$DATA/secrets_key
+if [ -z "${RC_SECRETS__ENCRYPTION_KEY:-}" ]; then
+  if [ ! -s "$SECRETS_KEY_FILE" ]; then
+    (umask 077; head -c 32 /dev/urandom | base64 | tr -d '\n' > "$SECRETS_KEY_FILE")
+  fi
+  RC_SECRETS__ENCRYPTION_KEY=$(cat "$SECRETS_KEY_FILE")
+fi
+export RC_SECRETS__ENCRYPTION_KEY
+
 for _ in $(seq 1 100); do
   "$BIN/rc-admin" --redis-url "$REDIS_URL" list-workspaces >/dev/null 2>&1 && break
   sleep 0.1
 done
 
 # service binary → port; services that are not built yet are skipped.
-SERVICES="rc-ingress:8080 rc-profiles:8081 rc-accounts:8082 rc-automations:8083 rc-forwarder:8084"
+SERVICES="rc-ingress:8080 rc-profiles:8081 rc-accounts:8082 rc-automations:8083 rc-forwarder:8084 rc-delivery:8085"
 started=()
 for entry in $SERVICES; do
   name=${entry%%:*}; port=${entry##*:}
@@ -95,6 +105,21 @@ for entry in "${started[@]}"; do
   fi
 done
 
+# The dev workspace gets the built-in inbox as its provider for every channel, so sends land
+# somewhere readable (GET /inbox/<user id>). An existing "inbox" provider is left as it is.
+for entry in "${started[@]}"; do
+  [ "${entry%%:*}" = rc-delivery ] || continue
+  url=http://127.0.0.1:${entry##*:}/providers/inbox
+  if ! curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$url" 2>/dev/null; then
+    if curl -fsS -o /dev/null -X PUT "$url" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+        -d '{"type":"inbox","channels":["inbox","email","sms","push","chat"]}'; then
+      echo "==> dev workspace: inbox provider configured on rc-delivery"
+    else
+      echo "!!  could not configure the dev inbox provider on rc-delivery"
+    fi
+  fi
+done
+
 cat <<MSG
 
 rudder-courier is running. Workspace "dev", API key:
@@ -106,6 +131,11 @@ Send an event the way RudderStack's Courier destination does:
   curl -sS -X POST http://127.0.0.1:8080/inbound/rudderstack \\
     -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
     -d '{"type":"identify","userId":"u_1","traits":{"email":"ada@example.org","name":"Ada"},"messageId":"m-1"}'
+
+Messages sent to the dev workspace land in the built-in inbox (when rc-delivery runs):
+
+  curl -sS http://127.0.0.1:8085/inbox/u_1 -H 'Authorization: Bearer $key'
+  curl -sS 'http://127.0.0.1:8085/messages?recipient=u_1' -H 'Authorization: Bearer $key'
 
 Press Ctrl-C to stop everything.
 MSG
