@@ -327,7 +327,10 @@ impl Store {
         id: &str,
         statuses: &[String],
     ) -> redis::RedisResult<()> {
-        self.redis.clone().sadd(published_key(ws, id), statuses).await
+        self.redis
+            .clone()
+            .sadd(published_key(ws, id), statuses)
+            .await
     }
 
     /// Newest-first page of message ids from an index, after `cursor` (`<score>:<id>`).
