@@ -175,6 +175,10 @@ impl WebhookReceiver {
             .push_back((status, body.to_string(), retry_after));
     }
 
+    pub fn received_count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }

@@ -208,22 +208,23 @@ impl Store {
             .await?;
         let enqueued: Option<i64> = conn.hget(msg_key(ws, id), "enqueued").await?;
         let score = enqueued.unwrap_or(now);
-        let _: () = redis::cmd("ZADD")
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
             .arg(index_key(ws))
             .arg("NX")
             .arg(score)
             .arg(id)
-            .query_async(&mut conn)
-            .await?;
+            .ignore();
         if !meta.recipient.is_empty() {
-            let _: () = redis::cmd("ZADD")
+            pipe.cmd("ZADD")
                 .arg(recipient_index_key(ws, &meta.recipient))
                 .arg("NX")
                 .arg(score)
                 .arg(id)
-                .query_async(&mut conn)
-                .await?;
+                .ignore();
         }
+        // Not atomic across the two index keys (different slots): each ZADD NX is idempotent.
+        let _: () = pipe.query_async(&mut conn).await?;
         Ok(created == 1)
     }
 
@@ -285,6 +286,28 @@ impl Store {
         Ok(Some(Record::from_map(id, map)))
     }
 
+    /// History, published statuses and the record in one round trip (same slot).
+    pub async fn snapshot(
+        &self,
+        ws: &str,
+        id: &str,
+    ) -> redis::RedisResult<(Vec<Value>, Vec<String>, Option<Record>)> {
+        let mut conn = self.redis.clone();
+        let (history, published, map): (Vec<String>, Vec<String>, HashMap<String, String>) =
+            redis::pipe()
+                .lrange(history_key(ws, id), 0, -1)
+                .smembers(published_key(ws, id))
+                .hgetall(msg_key(ws, id))
+                .query_async(&mut conn)
+                .await?;
+        let history = history
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect();
+        let record = (!map.is_empty()).then(|| Record::from_map(id, map));
+        Ok((history, published, record))
+    }
+
     pub async fn history(&self, ws: &str, id: &str) -> redis::RedisResult<Vec<Value>> {
         let mut conn = self.redis.clone();
         let items: Vec<String> = conn.lrange(history_key(ws, id), 0, -1).await?;
@@ -298,8 +321,16 @@ impl Store {
         self.redis.clone().smembers(published_key(ws, id)).await
     }
 
-    pub async fn mark_published(&self, ws: &str, id: &str, status: &str) -> redis::RedisResult<()> {
-        self.redis.clone().sadd(published_key(ws, id), status).await
+    pub async fn mark_published(
+        &self,
+        ws: &str,
+        id: &str,
+        statuses: &[String],
+    ) -> redis::RedisResult<()> {
+        self.redis
+            .clone()
+            .sadd(published_key(ws, id), statuses)
+            .await
     }
 
     /// Newest-first page of message ids from an index, after `cursor` (`<score>:<id>`).

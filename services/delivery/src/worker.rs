@@ -409,8 +409,7 @@ impl Publisher {
     /// `Nats-Msg-Id: <ws>:<id>:<STATUS>` makes a repeat (crash between ack and marking) a no-op.
     pub async fn publish_pending(&self, store: &Store, ws: &str, id: &str) -> Result<(), String> {
         let redis_err = |e: redis::RedisError| format!("redis: {e}");
-        let history = store.history(ws, id).await.map_err(redis_err)?;
-        let published = store.published(ws, id).await.map_err(redis_err)?;
+        let (history, published, record) = store.snapshot(ws, id).await.map_err(redis_err)?;
         let pending: Vec<&serde_json::Value> = history
             .iter()
             .filter(|h| {
@@ -422,9 +421,12 @@ impl Publisher {
         if pending.is_empty() {
             return Ok(());
         }
-        let Some(record) = store.load(ws, id).await.map_err(redis_err)? else {
+        let Some(record) = record else {
             return Ok(());
         };
+        // Sent in order, acks awaited together, then marked in one command.
+        let mut acks = Vec::with_capacity(pending.len());
+        let mut statuses = Vec::with_capacity(pending.len());
         for h in pending {
             let status = h["status"].as_str().unwrap_or_default();
             let at = h["at"].as_i64().unwrap_or_else(now_ms);
@@ -457,20 +459,23 @@ impl Publisher {
             let publish = PublishMessage::build()
                 .payload(event.encode_to_vec().into())
                 .message_id(format!("{ws}:{id}:{status}"));
-            let result = async {
-                self.js.send_publish(subject, publish).await?.await?;
-                Ok::<(), async_nats::Error>(())
-            }
-            .await;
-            if let Err(e) = result {
-                return Err(format!("lifecycle event publish failed: {e}"));
-            }
-            store
-                .mark_published(ws, id, status)
+            let ack = self
+                .js
+                .send_publish(subject, publish)
                 .await
-                .map_err(redis_err)?;
-            metrics::counter!("delivery_events_published_total").increment(1);
+                .map_err(|e| format!("lifecycle event publish failed: {e}"))?;
+            acks.push(ack);
+            statuses.push(status.to_string());
         }
+        for ack in acks {
+            ack.await
+                .map_err(|e| format!("lifecycle event not acknowledged: {e}"))?;
+        }
+        store
+            .mark_published(ws, id, &statuses)
+            .await
+            .map_err(redis_err)?;
+        metrics::counter!("delivery_events_published_total").increment(statuses.len() as u64);
         Ok(())
     }
 }
