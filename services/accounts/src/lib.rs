@@ -1,0 +1,1 @@
+pub const SERVICE: &str = "accounts";
