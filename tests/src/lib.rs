@@ -4,6 +4,7 @@
 //! Binaries come from `$NATS_SERVER_BIN` / `$REDIS_SERVER_BIN`, else from `PATH`
 //! (`make deps` installs both).
 
+pub mod accounts;
 pub mod profiles;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -108,14 +108,13 @@ impl Handler for IdentifyHandler {
         metrics::counter!("profiles_identify_applied_total", "changed" => if changed { "true" } else { "false" }).increment(1);
         // A redelivery may follow a crash between the write and the publish: publish again
         // (the Nats-Msg-Id makes it a no-op when the first publish did happen).
-        if changed || delivered(message) > 1 {
-            if let Err(e) = self
+        if (changed || delivered(message) > 1)
+            && let Err(e) = self
                 .publisher
                 .profile_updated(&ws, uid, profile.as_deref(), "event", &envelope.message_id)
                 .await
-            {
-                return Outcome::Retry(format!("publish ProfileUpdated: {e}"));
-            }
+        {
+            return Outcome::Retry(format!("publish ProfileUpdated: {e}"));
         }
         Outcome::Done
     }
@@ -212,8 +211,8 @@ impl Handler for UpdateHandler {
             Ok(Applied::Conflict) => return Outcome::Retry("unexpected conflict".into()),
             Err(e) => return Outcome::Retry(format!("redis: {e}")),
         };
-        if changed || delivered(message) > 1 {
-            if let Err(e) = self
+        if (changed || delivered(message) > 1)
+            && let Err(e) = self
                 .publisher
                 .profile_updated(
                     &ws,
@@ -223,9 +222,8 @@ impl Handler for UpdateHandler {
                     &request.request_id,
                 )
                 .await
-            {
-                return Outcome::Retry(format!("publish ProfileUpdated: {e}"));
-            }
+        {
+            return Outcome::Retry(format!("publish ProfileUpdated: {e}"));
         }
         Outcome::Done
     }
