@@ -709,3 +709,135 @@ fn merge_is_independent_of_order_and_duplicates() {
         prop_assert_eq!(got, want);
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Measurement (not a test: never asserts on timings). Run with
+//   cargo test --release -p rc-tests --test profiles measure -- --ignored --nocapture
+// Env: MEASURE_EVENTS (backlog size, default 20000), MEASURE_RATE (events/s, default 2000),
+// MEASURE_SECS (default 5).
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; run explicitly with --ignored --nocapture"]
+async fn measure_consumer_throughput_and_identify_latency() {
+    use futures::StreamExt;
+    let stack = Stack::start();
+    let key = stack.workspace("bench").await;
+    let js = stack.jetstream().await;
+
+    // 1. Consumer throughput: a backlog of identifies, drained by one service instance.
+    let n = env_or("MEASURE_EVENTS", 20_000) as usize;
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        let env = identify(
+            "bench",
+            &format!("b{i}"),
+            &format!("user-{}", i % 5_000),
+            1_000 + i as i64,
+            json!({"email": format!("u{i}@example.org"), "plan": "team", "n": i}),
+        );
+        acks.push(
+            js.send_publish(
+                "events.bench.identify",
+                PublishMessage::build().payload(env.encode_to_vec().into()),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let profiles = stack.profiles().await;
+    loop {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream("EVENTS")
+            .await
+            .unwrap()
+            .get_consumer(profiles::DURABLE_EVENTS)
+            .await
+            .unwrap();
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "consumer throughput: {n} identify events into Redis in {secs:.2} s = {:.0} events/s (incl. ~service start)",
+        n as f64 / secs
+    );
+
+    // 2. identify → profile readable: ingress POST sent → ProfileUpdated received (published
+    //    only after the Redis write, so the profile is readable by then).
+    let ingress = stack.ingress().await;
+    let client = stack.nats_client().await;
+    let mut sub = client.subscribe("courier.bench.profile.updated").await.unwrap();
+    let rate = env_or("MEASURE_RATE", 2_000);
+    let total = rate * env_or("MEASURE_SECS", 5);
+    let sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>> =
+        Default::default();
+    let http = reqwest::Client::new();
+    let url = ingress.url("/inbound/rudderstack");
+    let producer = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            let mut tasks = Vec::new();
+            for i in 0..total {
+                tick.tick().await;
+                let id = format!("lat-{i}");
+                sent.lock().unwrap().insert(id.clone(), std::time::Instant::now());
+                let body = json!({"type":"identify","userId":format!("lat-user-{i}"),"messageId":id,
+                    "traits":{"email":format!("l{i}@example.org"),"firstName":"Ada"}});
+                let (http, url, key) = (http.clone(), url.clone(), key.clone());
+                tasks.push(tokio::spawn(async move {
+                    http.post(url)
+                        .header("authorization", format!("Bearer {key}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                }));
+            }
+            let mut non_2xx = 0;
+            for t in tasks {
+                if t.await.unwrap() != 202 {
+                    non_2xx += 1;
+                }
+            }
+            non_2xx
+        })
+    };
+    let mut latencies = Vec::with_capacity(total as usize);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60 + total / rate.max(1));
+    while latencies.len() < total as usize && std::time::Instant::now() < deadline {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await else {
+            break;
+        };
+        let u = ProfileUpdated::decode(msg.payload.clone()).unwrap();
+        if let Some(at) = sent.lock().unwrap().get(&u.cause_id) {
+            latencies.push(at.elapsed());
+        }
+    }
+    let non_2xx = producer.await.unwrap();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "identify → profile readable at {rate} events/s for {total} events: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} measured, {non_2xx} non-2xx)",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+        latencies.len()
+    );
+    drop(profiles);
+}
