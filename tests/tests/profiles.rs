@@ -456,8 +456,8 @@ async fn killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() 
     let stack = Stack::start();
     let key = stack.workspace("acme").await;
     let js = stack.jetstream().await;
-    let profiles = stack.profiles().await;
-    const N: usize = 300;
+    const N: usize = 600;
+    // A backlog first, so the kill lands while the consumer is working through it.
     for i in 0..N {
         let env = identify(
             "acme",
@@ -467,11 +467,17 @@ async fn killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() 
             json!({format!("k{i}"): i}),
         );
         publish_envelope(&js, &env).await;
-        if i == N / 3 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
     }
+    let profiles = stack.profiles().await;
+    eventually("first updates", WAIT, || async {
+        (!profile_updates(&stack, "acme").await.is_empty()).then_some(())
+    })
+    .await;
     profiles.kill();
+    eprintln!(
+        "killed after {} of {N} updates",
+        profile_updates(&stack, "acme").await.len()
+    );
     let profiles = stack.profiles().await;
     for u in 0..10 {
         let url = profiles.url(&format!("/profiles/u{u}"));
@@ -580,21 +586,37 @@ async fn update_profile_requests_apply_merge_strategies_once() {
     .await;
     assert_eq!(p, json!({"email":"a@x.org","plan":"team","locale":"fr"}));
     send("r2", "overwrite", json!({"email":"o@x.org"})).await;
+    let p = eventually("overwrite", WAIT, || async {
+        get_profile(&url, &key)
+            .await
+            .filter(|p| p["email"] == "o@x.org")
+    })
+    .await;
+    assert_eq!(p, json!({"email":"o@x.org","plan":"team","locale":"fr"}));
     send("r3", "none", json!({"email":"none@x.org"})).await;
     send("r4", "replace", json!({"email":"r@x.org","n":1})).await;
+    let p = eventually("replace", WAIT, || async {
+        get_profile(&url, &key)
+            .await
+            .filter(|p| p.get("n").is_some())
+    })
+    .await;
+    assert_eq!(
+        p,
+        json!({"email":"r@x.org","n":1}),
+        "none never applies to a non-empty profile"
+    );
     // r4 again with another body: applied once, the repeat has no effect.
     send("r4", "overwrite", json!({"n":2})).await;
     send("r5", "overwrite", json!({"done":true})).await;
-    let p = eventually("replace", WAIT, || async {
+    eventually("r5", WAIT, || async {
         get_profile(&url, &key)
             .await
             .filter(|p| p.get("done").is_some())
     })
     .await;
-    // The COURIER stream keeps order within a subject and the consumer may run them in
-    // parallel, so only order-free facts are checked.
-    assert_eq!(p["n"], 1);
-    assert!(p.get("locale").is_none() || p["email"] == "r@x.org");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get_profile(&url, &key).await.unwrap()["n"], 1);
     let updates = profile_updates(&stack, "acme").await;
     assert!(
         updates
@@ -780,11 +802,15 @@ async fn measure_consumer_throughput_and_identify_latency() {
     //    only after the Redis write, so the profile is readable by then).
     let ingress = stack.ingress().await;
     let client = stack.nats_client().await;
-    let mut sub = client.subscribe("courier.bench.profile.updated").await.unwrap();
+    let mut sub = client
+        .subscribe("courier.bench.profile.updated")
+        .await
+        .unwrap();
     let rate = env_or("MEASURE_RATE", 2_000);
     let total = rate * env_or("MEASURE_SECS", 5);
-    let sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>> =
-        Default::default();
+    let sent: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    > = Default::default();
     let http = reqwest::Client::new();
     let url = ingress.url("/inbound/rudderstack");
     let producer = {
@@ -795,7 +821,9 @@ async fn measure_consumer_throughput_and_identify_latency() {
             for i in 0..total {
                 tick.tick().await;
                 let id = format!("lat-{i}");
-                sent.lock().unwrap().insert(id.clone(), std::time::Instant::now());
+                sent.lock()
+                    .unwrap()
+                    .insert(id.clone(), std::time::Instant::now());
                 let body = json!({"type":"identify","userId":format!("lat-user-{i}"),"messageId":id,
                     "traits":{"email":format!("l{i}@example.org"),"firstName":"Ada"}});
                 let (http, url, key) = (http.clone(), url.clone(), key.clone());

@@ -158,7 +158,17 @@ impl Publisher {
     }
 }
 
-/// Runs the service (API + both consumers) until `shutdown` triggers.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs the service (API + the group consumer) until `shutdown` triggers.
 pub async fn run(
     settings: Settings,
     listener: Option<TcpListener>,
@@ -177,6 +187,7 @@ pub async fn run(
     let publisher = Publisher { js: js.clone() };
 
     let streams_ready = Arc::new(AtomicBool::new(false));
+    // Aborted if this future is dropped (a killed service must not leave its consumer running).
     let mut consumers = Vec::new();
     {
         let (js, nats_settings, flag, shutdown) = (
@@ -190,14 +201,14 @@ pub async fn run(
             publisher: publisher.clone(),
         });
         let spec = consumer_spec(&settings);
-        consumers.push(tokio::spawn(async move {
+        consumers.push(AbortOnDrop(Some(tokio::spawn(async move {
             if !rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
             {
                 return;
             }
             flag.store(true, Ordering::Release);
             consumer::run(js, spec, group, shutdown).await;
-        }));
+        }))));
     }
 
     let state = AppState {
@@ -225,8 +236,10 @@ pub async fn run(
     )
     .await?;
     shutdown.trigger();
-    for c in consumers {
-        let _ = c.await;
+    for mut c in consumers {
+        if let Some(handle) = c.0.take() {
+            let _ = handle.await;
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
     tracing::info!("Accounts stopped");

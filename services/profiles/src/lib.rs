@@ -158,6 +158,16 @@ impl Publisher {
     }
 }
 
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
 /// Runs the service (API + both consumers) until `shutdown` triggers.
 pub async fn run(
     settings: Settings,
@@ -178,6 +188,7 @@ pub async fn run(
     let cfg = Arc::new(settings.profiles.clone());
 
     let streams_ready = Arc::new(AtomicBool::new(false));
+    // Aborted if this future is dropped (a killed service must not leave its consumer running).
     let mut consumers = Vec::new();
     {
         let (js, nats_settings, flag, shutdown) = (
@@ -196,7 +207,7 @@ pub async fn run(
             request_ttl_secs: cfg.request_ttl_secs,
         });
         let specs = consumer_specs(&settings);
-        consumers.push(tokio::spawn(async move {
+        consumers.push(AbortOnDrop(Some(tokio::spawn(async move {
             if !rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
             {
                 return;
@@ -206,7 +217,7 @@ pub async fn run(
             let a = consumer::run(js.clone(), events_spec, identify, shutdown.clone());
             let b = consumer::run(js, updates_spec, updates, shutdown);
             tokio::join!(a, b);
-        }));
+        }))));
     }
 
     let state = AppState {
@@ -235,8 +246,10 @@ pub async fn run(
     )
     .await?;
     shutdown.trigger();
-    for c in consumers {
-        let _ = c.await;
+    for mut c in consumers {
+        if let Some(handle) = c.0.take() {
+            let _ = handle.await;
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
     tracing::info!("Profiles stopped");
