@@ -5,6 +5,8 @@
 //! (`make deps` installs both).
 
 pub mod delivery;
+pub mod accounts;
+pub mod profiles;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

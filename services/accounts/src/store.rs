@@ -1,0 +1,356 @@
+//! Tenants and memberships in Redis: per-field last-writer-wins registers merged atomically by
+//! one Lua script, as in the profiles service.
+//!
+//! Keys of one tenant share the hash tag `{ws:<ws>:tenant:<tid>}` (`%`, `{`, `}` in the id
+//! percent-encoded):
+//! - `…:fields` hash: `t:<name>` (name, parent_tenant_id, brand_id, default_preferences,
+//!   user_profile), `p:<key>` (properties), `x:seen` (the tenant exists), `m:<user id>` (a
+//!   membership, value = the member's tenant profile); each `<ts>|<tiebreak>|<JSON or empty>`
+//! - `…:reset` / `…:mreset`: latest replace-or-delete of the tenant fields / delete of the members
+//! - `…:doc`: the tenant JSON (**read contract**), absent when the tenant does not exist
+//! - `…:members`: sorted set, score 0, of member user ids (**read contract**)
+//!
+//! Derived indexes (other slots, written after the tenant, filtered on read):
+//! - `{ws:<ws>}:tenants`: sorted set, score 0, of tenant ids (listing)
+//! - `{ws:<ws>:member:<uid>}:tenants`: sorted set, score 0, of a user's tenant ids
+
+use redis::Script;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use rc_common::redis::RedisConn;
+
+pub fn escape_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn tag(ws: &str, tid: &str) -> String {
+    format!("{{ws:{ws}:tenant:{}}}", escape_id(tid))
+}
+pub fn doc_key(ws: &str, tid: &str) -> String {
+    format!("{}:doc", tag(ws, tid))
+}
+pub fn members_key(ws: &str, tid: &str) -> String {
+    format!("{}:members", tag(ws, tid))
+}
+pub fn fields_key(ws: &str, tid: &str) -> String {
+    format!("{}:fields", tag(ws, tid))
+}
+pub fn tenants_index_key(ws: &str) -> String {
+    format!("{{ws:{ws}}}:tenants")
+}
+pub fn user_tenants_key(ws: &str, uid: &str) -> String {
+    format!("{{ws:{ws}:member:{}}}:tenants", escape_id(uid))
+}
+
+pub fn tiebreak(cause: &str) -> String {
+    hex::encode(&Sha256::digest(cause.as_bytes())[..16])
+}
+pub fn random_tiebreak() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
+
+const SCRIPT: &str = r#"
+local fields_key, doc_key, reset_key, mreset_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local mode, ts, tb, reset, tid_json, need = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local old = redis.call('GET', doc_key)
+if need == '1' and not old then return {'missing', '', 0} end
+local function parse(s)
+  local a = string.find(s, '|', 1, true)
+  local b = string.find(s, '|', a + 1, true)
+  if not b then return tonumber(string.sub(s, 1, a - 1)), string.sub(s, a + 1), '' end
+  return tonumber(string.sub(s, 1, a - 1)), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
+end
+local function newer(t1, b1, t2, b2) return t1 > t2 or (t1 == t2 and b1 > b2) end
+local rts, rtb, mts, mtb
+local r = redis.call('GET', reset_key)
+if r then rts, rtb = parse(r) end
+r = redis.call('GET', mreset_key)
+if r then mts, mtb = parse(r) end
+local all = redis.call('HGETALL', fields_key)
+if mode == 'api' then
+  local maxts = rts
+  if mts and ((not maxts) or mts > maxts) then maxts = mts end
+  for i = 2, #all, 2 do
+    local t = parse(all[i])
+    if (not maxts) or t > maxts then maxts = t end
+  end
+  if maxts and ts <= maxts then ts = maxts + 1 end
+end
+local stamp = string.format('%d', ts) .. '|' .. tb
+local touched = {}
+if reset ~= '0' then
+  if (not rts) or newer(ts, tb, rts, rtb) then
+    rts, rtb = ts, tb
+    redis.call('SET', reset_key, stamp)
+  end
+  if reset == 'd' and ((not mts) or newer(ts, tb, mts, mtb)) then
+    mts, mtb = ts, tb
+    redis.call('SET', mreset_key, stamp)
+  end
+  for i = 1, #all, 2 do
+    local f = all[i]
+    local t, b = parse(all[i + 1])
+    local is_m = string.sub(f, 1, 2) == 'm:'
+    if is_m then
+      if mts and newer(mts, mtb, t, b) then
+        redis.call('HDEL', fields_key, f)
+        redis.call('ZREM', members_key, string.sub(f, 3))
+        touched[#touched + 1] = string.sub(f, 3)
+      end
+    elseif rts and newer(rts, rtb, t, b) then
+      redis.call('HDEL', fields_key, f)
+    end
+  end
+end
+for i = 7, #ARGV, 2 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  local is_m = string.sub(f, 1, 2) == 'm:'
+  local floor_t, floor_b = rts, rtb
+  if is_m then floor_t, floor_b = mts, mtb end
+  if not (floor_t and newer(floor_t, floor_b, ts, tb)) then
+    local cur = redis.call('HGET', fields_key, f)
+    local write = true
+    if cur then
+      local t, b = parse(cur)
+      write = newer(ts, tb, t, b)
+    end
+    if write then
+      redis.call('HSET', fields_key, f, stamp .. '|' .. v)
+      if is_m then
+        local uid = string.sub(f, 3)
+        if v ~= '' then redis.call('ZADD', members_key, 0, uid) else redis.call('ZREM', members_key, uid) end
+        touched[#touched + 1] = uid
+      end
+    end
+  end
+end
+all = redis.call('HGETALL', fields_key)
+local top, props, pnames, seen = {}, {}, {}, false
+for i = 1, #all, 2 do
+  local f = all[i]
+  local _, _, v = parse(all[i + 1])
+  if v ~= '' then
+    local p = string.sub(f, 1, 2)
+    if p == 't:' then top[string.sub(f, 3)] = v; seen = true
+    elseif p == 'p:' then props[string.sub(f, 3)] = v; pnames[#pnames + 1] = string.sub(f, 3); seen = true
+    elseif p == 'x:' then seen = true end
+  end
+end
+local new = false
+if seen then
+  table.sort(pnames)
+  local pp = {}
+  for i, n in ipairs(pnames) do pp[i] = cjson.encode(n) .. ':' .. props[n] end
+  local parts = {'"id":' .. tid_json, '"name":' .. (top['name'] or tid_json)}
+  for _, k in ipairs({'parent_tenant_id', 'brand_id', 'default_preferences', 'user_profile'}) do
+    parts[#parts + 1] = '"' .. k .. '":' .. (top[k] or 'null')
+  end
+  parts[#parts + 1] = '"properties":{' .. table.concat(pp, ',') .. '}'
+  parts[#parts + 1] = '"type":"tenant"'
+  new = '{' .. table.concat(parts, ',') .. '}'
+  if new ~= old then redis.call('SET', doc_key, new) end
+elseif old then
+  redis.call('DEL', doc_key)
+end
+local changed = 0
+if new ~= old then changed = 1 end
+local out = {'ok', new or '', changed}
+for _, u in ipairs(touched) do out[#out + 1] = u end
+return out
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    None,
+    /// Tenant fields missing from the write are removed; memberships stay.
+    Replace,
+    /// Tenant and memberships removed.
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub enum Stamp {
+    Event { ts_ms: i64, tiebreak: String },
+    Api { now_ms: i64, tiebreak: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub stamp: Stamp,
+    pub reset: Reset,
+    /// Fail with `Missing` unless the tenant exists.
+    pub require_existing: bool,
+    pub fields: Vec<(String, Option<Value>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Ok {
+        doc: Option<String>,
+        changed: bool,
+        /// Members whose membership was written or removed.
+        touched: Vec<String>,
+    },
+    Missing,
+}
+
+pub async fn apply(
+    conn: &RedisConn,
+    ws: &str,
+    tid: &str,
+    write: &Write,
+) -> redis::RedisResult<Applied> {
+    static CELL: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    let script = CELL.get_or_init(|| Script::new(SCRIPT));
+    let (mode, ts, tb) = match &write.stamp {
+        Stamp::Event { ts_ms, tiebreak } => ("event", *ts_ms, tiebreak.as_str()),
+        Stamp::Api { now_ms, tiebreak } => ("api", *now_ms, tiebreak.as_str()),
+    };
+    let mut inv = script.prepare_invoke();
+    inv.key(fields_key(ws, tid))
+        .key(doc_key(ws, tid))
+        .key(format!("{}:reset", tag(ws, tid)))
+        .key(format!("{}:mreset", tag(ws, tid)))
+        .key(members_key(ws, tid))
+        .arg(mode)
+        .arg(ts)
+        .arg(tb)
+        .arg(match write.reset {
+            Reset::None => "0",
+            Reset::Replace => "r",
+            Reset::Delete => "d",
+        })
+        .arg(Value::from(tid).to_string())
+        .arg(if write.require_existing { "1" } else { "0" });
+    for (name, value) in &write.fields {
+        let json = match value {
+            Some(v) if !v.is_null() => v.to_string(),
+            _ => String::new(),
+        };
+        inv.arg(name.as_str()).arg(json);
+    }
+    let mut c = conn.clone();
+    let out: Vec<String> = inv.invoke_async(&mut c).await?;
+    if out.first().map(String::as_str) == Some("missing") {
+        return Ok(Applied::Missing);
+    }
+    let doc = out.get(1).filter(|d| !d.is_empty()).cloned();
+    let changed = out.get(2).map(String::as_str) == Some("1");
+    let touched = out.into_iter().skip(3).collect();
+    let applied = Applied::Ok {
+        doc,
+        changed,
+        touched,
+    };
+    Ok(applied)
+}
+
+/// Brings the derived indexes in line with the tenant after a write (idempotent).
+pub async fn update_indexes(
+    conn: &RedisConn,
+    ws: &str,
+    tid: &str,
+    exists: bool,
+    touched: &[String],
+) -> redis::RedisResult<()> {
+    let mut c = conn.clone();
+    let mut cmd = if exists {
+        redis::cmd("ZADD")
+    } else {
+        redis::cmd("ZREM")
+    };
+    if exists {
+        cmd.arg(tenants_index_key(ws)).arg(0).arg(tid);
+    } else {
+        cmd.arg(tenants_index_key(ws)).arg(tid);
+    }
+    let _: i64 = cmd.query_async(&mut c).await?;
+    for uid in touched {
+        let live: Option<f64> = redis::cmd("ZSCORE")
+            .arg(members_key(ws, tid))
+            .arg(uid)
+            .query_async(&mut c)
+            .await?;
+        let _: i64 = if live.is_some() {
+            redis::cmd("ZADD")
+                .arg(user_tenants_key(ws, uid))
+                .arg(0)
+                .arg(tid)
+                .query_async(&mut c)
+                .await?
+        } else {
+            redis::cmd("ZREM")
+                .arg(user_tenants_key(ws, uid))
+                .arg(tid)
+                .query_async(&mut c)
+                .await?
+        };
+    }
+    Ok(())
+}
+
+pub async fn get_doc(conn: &RedisConn, ws: &str, tid: &str) -> redis::RedisResult<Option<String>> {
+    let mut c = conn.clone();
+    redis::cmd("GET")
+        .arg(doc_key(ws, tid))
+        .query_async(&mut c)
+        .await
+}
+
+/// A member's tenant profile (None when not a member).
+pub async fn membership(
+    conn: &RedisConn,
+    ws: &str,
+    tid: &str,
+    uid: &str,
+) -> redis::RedisResult<Option<Value>> {
+    let mut c = conn.clone();
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(fields_key(ws, tid))
+        .arg(format!("m:{uid}"))
+        .query_async(&mut c)
+        .await?;
+    Ok(raw.and_then(|r| {
+        let mut parts = r.splitn(3, '|');
+        let v = parts.nth(2)?;
+        if v.is_empty() {
+            None
+        } else {
+            serde_json::from_str(v).ok()
+        }
+    }))
+}
+
+/// Up to `limit` members of a sorted set strictly after `cursor` (lexicographic).
+pub async fn range_after(
+    conn: &RedisConn,
+    key: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> redis::RedisResult<Vec<String>> {
+    let mut c = conn.clone();
+    let start = match cursor {
+        Some(cur) => format!("({cur}"),
+        None => "-".to_string(),
+    };
+    redis::cmd("ZRANGEBYLEX")
+        .arg(key)
+        .arg(start)
+        .arg("+")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(&mut c)
+        .await
+}

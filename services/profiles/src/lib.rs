@@ -1,0 +1,299 @@
+//! The profiles service: identify events (`events.*.identify`) and automation update-profile
+//! steps (`courier.*.profile.update`) merge into per-user profiles in Redis, with per-field
+//! last-writer-wins so the result never depends on delivery order or duplicates; a
+//! Courier-compatible `/profiles/{user_id}` API reads and writes them; every change is announced
+//! on `courier.<ws>.profile.updated`.
+
+pub mod api;
+pub mod error;
+pub mod events;
+pub mod patch;
+pub mod store;
+pub mod traits;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use axum::Router;
+use axum::extract::FromRef;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prost::Message;
+use rc_common::auth::{Authenticator, WorkspaceStore};
+use rc_common::config::{
+    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
+};
+use rc_common::consumer::{self, ConsumerSpec};
+use rc_common::ops::Readiness;
+use rc_common::redis::RedisConn;
+use rc_common::{Shutdown, subjects};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::ProfilesError;
+
+pub const SERVICE: &str = "profiles";
+/// Durable consumer of `events.*.identify`.
+pub const DURABLE_EVENTS: &str = "profiles";
+/// Durable consumer of `courier.*.profile.update`.
+pub const DURABLE_UPDATES: &str = "profiles-updates";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProfilesSettings {
+    /// Messages handled at once per consumer in this process.
+    pub concurrency: usize,
+    /// Deliveries before a failing message is dead-lettered.
+    pub max_deliver: i64,
+    pub ack_wait_ms: u64,
+    /// Idempotency-Key retention when `x-idempotency-expiration` is absent (Courier: 25 h).
+    pub idempotency_ttl_secs: u64,
+    /// How long an applied update-profile request id is remembered (≥ the stream's max age).
+    pub request_ttl_secs: u64,
+}
+
+impl Default for ProfilesSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            max_deliver: 10,
+            ack_wait_ms: 30_000,
+            idempotency_ttl_secs: 25 * 3600,
+            request_ttl_secs: 8 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub nats: NatsSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    pub auth: AuthSettings,
+    pub profiles: ProfilesSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::on_port(8081),
+            nats: NatsSettings::default(),
+            redis: RedisSettings::default(),
+            log: LogSettings::default(),
+            shutdown: ShutdownSettings::default(),
+            auth: AuthSettings::default(),
+            profiles: ProfilesSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Authenticator>,
+    pub redis: RedisConn,
+    pub publisher: Publisher,
+    pub settings: Arc<ProfilesSettings>,
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Publishes `ProfileUpdated` with a Nats-Msg-Id derived from the cause, so republishing
+/// after a redelivery is a no-op inside the dedupe window.
+#[derive(Clone)]
+pub struct Publisher {
+    pub js: jetstream::Context,
+}
+
+impl Publisher {
+    pub async fn profile_updated(
+        &self,
+        ws: &str,
+        uid: &str,
+        profile: Option<&str>,
+        source: &str,
+        cause_id: &str,
+    ) -> Result<(), async_nats::Error> {
+        let now = time::OffsetDateTime::now_utc();
+        let message = rc_proto::ProfileUpdated {
+            schema_version: 1,
+            workspace_id: ws.to_string(),
+            user_id: uid.to_string(),
+            profile: profile
+                .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()))
+                .unwrap_or_default(),
+            deleted: profile.is_none(),
+            source: source.to_string(),
+            cause_id: cause_id.to_string(),
+            updated_at: Some(prost_types::Timestamp {
+                seconds: now.unix_timestamp(),
+                nanos: now.nanosecond() as i32,
+            }),
+        };
+        let subject = subjects::courier_subject(ws, subjects::kinds::PROFILE_UPDATED);
+        let msg_id = format!("{ws}:profile:{uid}:{source}:{cause_id}");
+        self.js
+            .send_publish(
+                subject,
+                PublishMessage::build()
+                    .payload(message.encode_to_vec().into())
+                    .message_id(msg_id),
+            )
+            .await?
+            .await?;
+        metrics::counter!("profiles_updates_published_total", "source" => source.to_string())
+            .increment(1);
+        Ok(())
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs the service (API + both consumers) until `shutdown` triggers.
+pub async fn run(
+    settings: Settings,
+    listener: Option<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), BoxError> {
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(settings.http.listen).await?,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "Profiles listening");
+    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
+    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
+    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
+        .await
+        .ok_or("shut down before Redis was reachable")?;
+    let publisher = Publisher { js: js.clone() };
+    let cfg = Arc::new(settings.profiles.clone());
+
+    let streams_ready = Arc::new(AtomicBool::new(false));
+    // Aborted if this future is dropped (a killed service must not leave its consumer running).
+    let mut consumers = Vec::new();
+    {
+        let (js, nats_settings, flag, shutdown) = (
+            js.clone(),
+            settings.nats.clone(),
+            streams_ready.clone(),
+            shutdown.clone(),
+        );
+        let identify = Arc::new(events::IdentifyHandler {
+            redis: redis.clone(),
+            publisher: publisher.clone(),
+        });
+        let updates = Arc::new(events::UpdateHandler {
+            redis: redis.clone(),
+            publisher: publisher.clone(),
+            request_ttl_secs: cfg.request_ttl_secs,
+        });
+        let specs = consumer_specs(&settings);
+        consumers.push(AbortOnDrop(Some(tokio::spawn(async move {
+            if !rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
+            {
+                return;
+            }
+            flag.store(true, Ordering::Release);
+            let [events_spec, updates_spec] = specs;
+            let a = consumer::run(js.clone(), events_spec, identify, shutdown.clone());
+            let b = consumer::run(js, updates_spec, updates, shutdown);
+            tokio::join!(a, b);
+        }))));
+    }
+
+    let state = AppState {
+        auth: Arc::new(Authenticator::new(
+            WorkspaceStore::new(redis.clone()),
+            &settings.auth,
+        )),
+        redis: redis.clone(),
+        publisher,
+        settings: cfg,
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with_nats(nats.clone())
+        .with_redis(redis)
+        .with_streams_flag(streams_ready);
+    let app = app(
+        state,
+        readiness,
+        Duration::from_millis(settings.http.request_timeout_ms),
+    );
+    rc_common::http::serve(
+        listener,
+        app,
+        shutdown.clone(),
+        Duration::from_millis(settings.shutdown.drain_timeout_ms),
+    )
+    .await?;
+    shutdown.trigger();
+    for mut c in consumers {
+        if let Some(handle) = c.0.take() {
+            let _ = handle.await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+    tracing::info!("Profiles stopped");
+    Ok(())
+}
+
+fn consumer_specs(settings: &Settings) -> [ConsumerSpec; 2] {
+    let p = &settings.profiles;
+    let tune = |mut spec: ConsumerSpec| {
+        spec.concurrency = p.concurrency.max(1);
+        spec.max_deliver = p.max_deliver.max(1);
+        spec.ack_wait = Duration::from_millis(p.ack_wait_ms.max(1000));
+        spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+        spec
+    };
+    let events_spec = tune(ConsumerSpec::new(
+        SERVICE,
+        subjects::EVENTS_STREAM,
+        "events.*.identify",
+    ));
+    let mut updates_spec = tune(ConsumerSpec::new(
+        SERVICE,
+        subjects::COURIER_STREAM,
+        format!("courier.*.{}", subjects::kinds::PROFILE_UPDATE),
+    ));
+    updates_spec.durable = DURABLE_UPDATES.to_string();
+    [events_spec, updates_spec]
+}
+
+pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+    Router::new()
+        .route(
+            "/profiles/{user_id}",
+            get(api::get_profile)
+                .post(api::post_profile)
+                .put(api::put_profile)
+                .patch(api::patch_profile)
+                .delete(api::delete_profile),
+        )
+        .with_state(state)
+        .merge(rc_common::ops::router(readiness))
+        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+}

@@ -1,0 +1,306 @@
+//! Profiles in Redis: per-field last-writer-wins registers, merged atomically by one Lua script.
+//!
+//! Keys of one user share the hash tag `{ws:<ws>:user:<uid>}` (one Redis Cluster slot), with
+//! `%`, `{` and `}` in the user id percent-encoded so a user id can never end the hash tag:
+//! - `…:fields`  hash: field → `<ts ms>|<tiebreak>|<value JSON>` (empty value = tombstone)
+//! - `…:reset`   string `<ts ms>|<tiebreak>|<r or d>`: the latest whole-profile replace (`r`) or
+//!   delete (`d`); any field write stamped before it is ignored, fields stamped before it were
+//!   removed. After a replace with no field the profile exists and is `{}`.
+//! - `…:profile` string: the materialized profile (JSON object, keys sorted): **the read
+//!   contract** for other services; absent when the profile has no field
+//! - `…:idem:<key>` / `…:req:<id>`: markers of applied API idempotency keys / update requests
+//!
+//! A stamp is `(ts, tiebreak)` compared lexicographically; tiebreaks are 32 lower-case hex
+//! digits, so the comparison never depends on Redis's collation locale.
+
+use redis::Script;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use rc_common::redis::RedisConn;
+
+/// Percent-encodes the characters that would break the hash tag.
+pub fn escape_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn tag(ws: &str, uid: &str) -> String {
+    format!("{{ws:{ws}:user:{}}}", escape_id(uid))
+}
+
+/// The read contract: the materialized profile JSON of `uid` in `ws`.
+pub fn profile_key(ws: &str, uid: &str) -> String {
+    format!("{}:profile", tag(ws, uid))
+}
+pub fn fields_key(ws: &str, uid: &str) -> String {
+    format!("{}:fields", tag(ws, uid))
+}
+pub fn reset_key(ws: &str, uid: &str) -> String {
+    format!("{}:reset", tag(ws, uid))
+}
+pub fn idem_key(ws: &str, uid: &str, key: &str) -> String {
+    format!("{}:idem:{key}", tag(ws, uid))
+}
+pub fn request_key(ws: &str, uid: &str, request_id: &str) -> String {
+    format!("{}:req:{request_id}", tag(ws, uid))
+}
+
+/// A deterministic tiebreak for a cause id (an event's message id, …).
+pub fn tiebreak(cause: &str) -> String {
+    hex::encode(&Sha256::digest(cause.as_bytes())[..16])
+}
+
+pub fn random_tiebreak() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
+
+const SCRIPT: &str = r#"
+local fields_key, profile_key, reset_key, mark_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local mode, ts, tb, reset, cond = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local ttl, markval, expect = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+if ttl > 0 then
+  local prev = redis.call('GET', mark_key)
+  if prev then return {'dup', prev, 0} end
+end
+local old = redis.call('GET', profile_key)
+if expect ~= '-' then
+  if expect == '0' then
+    if old then return {'conflict', '', 0} end
+  elseif (not old) or ('1' .. old) ~= expect then
+    return {'conflict', '', 0}
+  end
+end
+local function parse(s)
+  local a = string.find(s, '|', 1, true)
+  local b = string.find(s, '|', a + 1, true)
+  return tonumber(string.sub(s, 1, a - 1)), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
+end
+local function newer(t1, b1, t2, b2)
+  return t1 > t2 or (t1 == t2 and b1 > b2)
+end
+local rts, rtb, rkind = nil, nil, nil
+local rs = redis.call('GET', reset_key)
+if rs then rts, rtb, rkind = parse(rs) end
+local all = redis.call('HGETALL', fields_key)
+if mode == 'api' then
+  -- API writes happen "now", and after everything already stored.
+  local maxts = rts
+  for i = 2, #all, 2 do
+    local t = parse(all[i])
+    if (not maxts) or t > maxts then maxts = t end
+  end
+  if maxts and ts <= maxts then ts = maxts + 1 end
+end
+if reset ~= '0' and ((not rts) or newer(ts, tb, rts, rtb)) then
+  rts, rtb, rkind = ts, tb, reset
+  redis.call('SET', reset_key, string.format('%d', ts) .. '|' .. tb .. '|' .. reset)
+  for i = 1, #all, 2 do
+    local t, b = parse(all[i + 1])
+    if newer(rts, rtb, t, b) then redis.call('HDEL', fields_key, all[i]) end
+  end
+end
+local skip_all = (cond == 'init' and old ~= false and old ~= nil)
+if not skip_all and not (rts and newer(rts, rtb, ts, tb)) then
+  local stamp = string.format('%d', ts) .. '|' .. tb .. '|'
+  for i = 9, #ARGV, 2 do
+    local f, v = ARGV[i], ARGV[i + 1]
+    local cur = redis.call('HGET', fields_key, f)
+    local write = true
+    if cur then
+      local t, b, cv = parse(cur)
+      if cond == 'soft' and cv ~= '' then
+        write = false
+      elseif not newer(ts, tb, t, b) then
+        write = false
+      end
+    end
+    if write then redis.call('HSET', fields_key, f, stamp .. v) end
+  end
+end
+all = redis.call('HGETALL', fields_key)
+local names, values = {}, {}
+for i = 1, #all, 2 do
+  local _, _, v = parse(all[i + 1])
+  if v ~= '' then
+    names[#names + 1] = all[i]
+    values[all[i]] = v
+  end
+end
+table.sort(names)
+local new = false
+if #names > 0 then
+  local parts = {}
+  for i, n in ipairs(names) do parts[i] = cjson.encode(n) .. ':' .. values[n] end
+  new = '{' .. table.concat(parts, ',') .. '}'
+  if new ~= old then redis.call('SET', profile_key, new) end
+elseif rkind == 'r' then
+  -- replaced by an empty profile: it exists, with no field
+  new = '{}'
+  if new ~= old then redis.call('SET', profile_key, new) end
+elseif old then
+  redis.call('DEL', profile_key)
+end
+if ttl > 0 then redis.call('SET', mark_key, markval, 'EX', ttl) end
+local changed = 0
+if new ~= old and not (new == false and old == nil) then changed = 1 end
+return {'ok', new or '', changed}
+"#;
+
+/// How values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    /// Every given field, when its stamp wins.
+    Set,
+    /// Only fields that are absent (or tombstoned) now.
+    Soft,
+    /// Only when the profile is empty now.
+    Init,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    None,
+    /// Keys missing from the write are removed; the profile exists even when empty.
+    Replace,
+    /// Every key is removed; the profile no longer exists.
+    Delete,
+}
+
+/// When the write happens.
+#[derive(Debug, Clone)]
+pub enum Stamp {
+    /// An event's own time and tiebreak.
+    Event { ts_ms: i64, tiebreak: String },
+    /// Now, but after everything stored.
+    Api { now_ms: i64, tiebreak: String },
+}
+
+/// One atomic write to one profile.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub stamp: Stamp,
+    /// Replace or delete: fields stamped before this write are removed.
+    pub reset: Reset,
+    pub cond: Cond,
+    /// field → Some(value) to set, None to remove.
+    pub fields: Vec<(String, Option<Value>)>,
+    /// Apply once per marker key (idempotency key / request id), remembering `marker_value`.
+    pub marker: Option<(String, u64, String)>,
+    /// Compare-and-set on the current profile: Some(None) = must be absent, Some(Some(json)).
+    pub expect: Option<Option<String>>,
+}
+
+impl Write {
+    pub fn new(stamp: Stamp, fields: Vec<(String, Option<Value>)>) -> Self {
+        Write {
+            stamp,
+            reset: Reset::None,
+            cond: Cond::Set,
+            fields,
+            marker: None,
+            expect: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Applied; the profile after it (None when it has no field) and whether it changed.
+    Ok {
+        profile: Option<String>,
+        changed: bool,
+    },
+    /// The marker was already there: the stored marker value; nothing was done.
+    Duplicate(String),
+    /// `expect` did not hold; nothing was done.
+    Conflict,
+}
+
+pub fn object_fields(object: &Map<String, Value>) -> Vec<(String, Option<Value>)> {
+    object
+        .iter()
+        .map(|(k, v)| (k.clone(), if v.is_null() { None } else { Some(v.clone()) }))
+        .collect()
+}
+
+pub async fn apply(
+    conn: &RedisConn,
+    ws: &str,
+    uid: &str,
+    write: &Write,
+) -> redis::RedisResult<Applied> {
+    static SCRIPT_CELL: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    let script = SCRIPT_CELL.get_or_init(|| Script::new(SCRIPT));
+    let (mode, ts, tb) = match &write.stamp {
+        Stamp::Event { ts_ms, tiebreak } => ("event", *ts_ms, tiebreak.as_str()),
+        Stamp::Api { now_ms, tiebreak } => ("api", *now_ms, tiebreak.as_str()),
+    };
+    let mark = match &write.marker {
+        Some((key, _, _)) => key.clone(),
+        None => format!("{}:nomark", tag(ws, uid)),
+    };
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(fields_key(ws, uid))
+        .key(profile_key(ws, uid))
+        .key(reset_key(ws, uid))
+        .key(mark)
+        .arg(mode)
+        .arg(ts)
+        .arg(tb)
+        .arg(match write.reset {
+            Reset::None => "0",
+            Reset::Replace => "r",
+            Reset::Delete => "d",
+        })
+        .arg(match write.cond {
+            Cond::Set => "set",
+            Cond::Soft => "soft",
+            Cond::Init => "init",
+        });
+    match &write.marker {
+        Some((_, ttl, value)) => invocation.arg(*ttl.max(&1)).arg(value.as_str()),
+        None => invocation.arg(0).arg(""),
+    };
+    match &write.expect {
+        None => invocation.arg("-"),
+        Some(None) => invocation.arg("0"),
+        Some(Some(json)) => invocation.arg(format!("1{json}")),
+    };
+    for (name, value) in &write.fields {
+        let json = match value {
+            Some(v) if !v.is_null() => v.to_string(),
+            _ => String::new(),
+        };
+        invocation.arg(name.as_str()).arg(json);
+    }
+    let mut conn = conn.clone();
+    let (status, body, changed): (String, String, i64) = invocation.invoke_async(&mut conn).await?;
+    Ok(match status.as_str() {
+        "dup" => Applied::Duplicate(body),
+        "conflict" => Applied::Conflict,
+        _ => Applied::Ok {
+            profile: (!body.is_empty()).then_some(body),
+            changed: changed == 1,
+        },
+    })
+}
+
+/// The materialized profile (the read contract), when there is one.
+pub async fn get(conn: &RedisConn, ws: &str, uid: &str) -> redis::RedisResult<Option<String>> {
+    let mut conn = conn.clone();
+    redis::cmd("GET")
+        .arg(profile_key(ws, uid))
+        .query_async(&mut conn)
+        .await
+}
