@@ -112,11 +112,7 @@ impl Run {
     }
     /// The public view (`GET /automations/runs/{id}`).
     pub fn view(&self, canceled_flag: bool) -> Value {
-        let state = if canceled_flag && !self.is_terminal() {
-            "canceled"
-        } else {
-            &self.state
-        };
+        let state = &self.state;
         serde_json::json!({
             "runId": self.id,
             "state": state,
@@ -132,6 +128,8 @@ impl Run {
             "updated_at": iso(self.updated_at_ms),
             "started_at": self.started_at_ms.map(iso),
             "error": self.error,
+            // Cancel requested, not yet finalized (within one scheduler poll).
+            "cancel_requested": canceled_flag && !self.is_terminal(),
             "context": self.context,
             "timeline": self.timeline,
         })
