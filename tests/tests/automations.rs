@@ -578,3 +578,141 @@ async fn invalid_templates_are_refused_with_a_path_and_invoke_is_idempotent() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_profile_and_invoke_steps_publish_their_requests() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    let a = api(&svc, &key);
+    let (s, _) = a
+        .post(
+            "/automations/templates",
+            json!({"id": "child", "steps": [
+            {"action": "send", "template": "CHILD", "data": {"x": {"$ref": "data.x"}}}]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, body) = a
+        .post("/automations/invoke", json!({"automation": {"steps": [
+            {"action": "update-profile", "recipient_id": "refs.recipient", "profile": {"plan": {"$ref": "data.plan"}}, "merge": "overwrite"},
+            {"action": "invoke", "template": "child", "ref": "child", "context": {"recipient": "u_kid", "data": {"x": 1}}}]},
+            "recipient": "u_3", "data": {"plan": "team"}}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run = a
+        .run_until(body["runId"].as_str().unwrap(), &["completed"])
+        .await;
+    let updates = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.profile.update",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(updates.len(), 1);
+    let up = rc_proto::ProfileUpdateRequest::decode(updates[0].payload.as_ref()).unwrap();
+    assert_eq!(
+        (up.user_id.as_str(), up.merge.as_str()),
+        ("u_3", "overwrite")
+    );
+    assert_eq!(json_of(&up.profile), json!({"plan": "team"}));
+    let child = run["context"]["child"]["runId"].as_str().unwrap();
+    a.run_until(child, &["completed"]).await;
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let req = decode(&msgs[0]);
+    assert_eq!(
+        (req.recipient.as_str(), req.run_id.as_str()),
+        ("u_kid", child)
+    );
+    assert_eq!(json_of(&req.data)["x"], 1);
+}
+
+/// Measurement, not a test: `cargo test --release -p rc-tests --test automations -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_event_to_run_started() {
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    let a = api(&svc, &key);
+    a.post(
+        "/automations/mappings",
+        json!({"event": "Ping", "template": {"id": "ping", "steps": [
+        {"action": "send", "template": "PING"}]}}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(json!({"type": "track", "event": "Ping", "userId": format!("u{i}"), "messageId": format!("p{i}")}));
+        if batch.len() == 100 || i + 1 == n {
+            let r = client
+                .post(ingress.url("/inbound/rudderstack"))
+                .bearer_auth(&key)
+                .json(&json!({"batch": batch}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+            batch.clear();
+        }
+    }
+    let started = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.run.started",
+        n,
+        Duration::from_secs(120),
+    )
+    .await;
+    let total = t0.elapsed();
+    let events = stored_messages(&js, "EVENTS", "events.acme.track").await;
+    let received: std::collections::HashMap<String, i64> = events
+        .iter()
+        .map(|m| {
+            let e = rc_proto::Envelope::decode(m.payload.as_ref()).unwrap();
+            let t = e.received_at.unwrap();
+            (
+                e.message_id,
+                t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
+            )
+        })
+        .collect();
+    let mut lat: Vec<i64> = started
+        .iter()
+        .map(|m| {
+            let r = RunEvent::decode(m.payload.as_ref()).unwrap();
+            let at = r.at.unwrap();
+            at.seconds * 1000 + i64::from(at.nanos) / 1_000_000 - received[&r.source_message_id]
+        })
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "runs started: {} in {:.2?} ({:.0}/s); event→run.started latency ms p50 {} p90 {} p99 {} max {}",
+        started.len(),
+        total,
+        started.len() as f64 / total.as_secs_f64(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+}
