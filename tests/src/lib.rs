@@ -7,6 +7,7 @@
 pub mod delivery;
 pub mod accounts;
 pub mod profiles;
+pub mod automations;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -1,0 +1,601 @@
+//! HTTP API: run invocation and reading, automation templates, notification templates,
+//! mappings and the received-events catalog. Every route authenticates with the workspace key.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use rc_common::auth::Workspace;
+use redis::AsyncCommands;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::engine::NewRun;
+use crate::error::AutomationError as E;
+use crate::steps::{cancelation_token, validate_steps};
+use crate::store::{self, now_ms};
+use crate::{AppState, catalog};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/automations/invoke", post(invoke_adhoc))
+        .route("/automations/{template_id}/invoke", post(invoke_template))
+        .route("/automations/runs/{run_id}", get(get_run))
+        .route(
+            "/automations/templates",
+            get(list_templates).post(create_template),
+        )
+        .route(
+            "/automations/templates/{id}",
+            get(get_template).put(put_template).delete(delete_template),
+        )
+        .route(
+            "/automations/mappings",
+            get(list_mappings)
+                .post(create_mapping)
+                .delete(delete_mapping),
+        )
+        .route("/automations/events", get(list_events))
+        .route("/automations/events/{key}", get(get_event))
+        .route(
+            "/notifications/templates",
+            get(list_notifications).post(create_notification),
+        )
+        .route(
+            "/notifications/templates/{id}",
+            get(get_notification)
+                .put(put_notification)
+                .delete(delete_notification),
+        )
+}
+
+fn body_object(body: &[u8]) -> Result<Value, E> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| E::Invalid(format!("invalid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(E::Invalid("the body must be a JSON object".into()));
+    }
+    Ok(v)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+fn run_context(b: &Value, recipient: Value) -> Value {
+    json!({
+        "data": b.get("data").cloned().filter(Value::is_object).unwrap_or(json!({})),
+        "profile": b.get("profile").cloned().unwrap_or(Value::Null),
+        "brand": b.get("brand").cloned().unwrap_or(Value::Null),
+        "template": b.get("template").cloned().unwrap_or(Value::Null),
+        "recipient": recipient,
+    })
+}
+
+async fn start(
+    state: &AppState,
+    ws: &str,
+    headers: &HeaderMap,
+    salt: &str,
+    new: impl FnOnce(String) -> NewRun,
+) -> Result<Json<Value>, E> {
+    let id = match idempotency_key(headers) {
+        Some(k) => store::derive_id(&[ws, "idempotency", salt, &k]),
+        None => store::random_id(),
+    };
+    let created = state
+        .engine
+        .create(ws, new(id.clone()))
+        .await
+        .map_err(|t| E::Unavailable(t.0))?;
+    if created {
+        let (engine, ws2, id2) = (state.engine.clone(), ws.to_string(), id.clone());
+        tokio::spawn(async move { engine.execute_logged(&ws2, &id2).await });
+    }
+    Ok(Json(json!({"runId": id})))
+}
+
+async fn invoke_adhoc(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, E> {
+    let b = body_object(&body)?;
+    let automation = b
+        .get("automation")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| E::Invalid("automation: required object".into()))?;
+    let steps = automation
+        .get("steps")
+        .ok_or_else(|| E::Invalid("automation.steps: required".into()))?;
+    validate_steps(steps, "automation.steps").map_err(E::Invalid)?;
+    check_recipient(&b)?;
+    let steps = steps.as_array().cloned().unwrap_or_default();
+    let token = cancelation_token(automation).map(str::to_string);
+    let ctx = run_context(&b, b.get("recipient").cloned().unwrap_or(Value::Null));
+    start(&state, &ws, &headers, "adhoc", |id| NewRun {
+        id,
+        template: String::new(),
+        steps,
+        cancelation_token: token,
+        context: ctx,
+        event: String::new(),
+        source_message_id: String::new(),
+    })
+    .await
+}
+
+fn check_recipient(b: &Value) -> Result<(), E> {
+    match b.get("recipient") {
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(E::Invalid("recipient: must be a string (user id)".into())),
+    }
+}
+
+async fn invoke_template(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(tid): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, E> {
+    let b = body_object(&body)?;
+    check_recipient(&b)?;
+    let t = store::hget_json(&state.engine.redis, &store::templates_key(&ws), &tid)
+        .await?
+        .ok_or_else(|| E::NotFound(format!("automation template {tid:?} not found")))?;
+    let steps = t
+        .get("steps")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let token = cancelation_token(&t).map(str::to_string);
+    let ctx = run_context(&b, b.get("recipient").cloned().unwrap_or(Value::Null));
+    start(&state, &ws, &headers, &tid, |id| NewRun {
+        id,
+        template: tid.clone(),
+        steps,
+        cancelation_token: token,
+        context: ctx,
+        event: String::new(),
+        source_message_id: String::new(),
+    })
+    .await
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, E> {
+    let run = store::load_run(&state.engine.redis, &ws, &id)
+        .await?
+        .ok_or_else(|| E::NotFound(format!("run {id:?} not found")))?;
+    let canceled: bool = state
+        .engine
+        .redis
+        .clone()
+        .exists(store::canceled_key(&ws, &id))
+        .await?;
+    Ok(Json(run.view(canceled)))
+}
+
+// ---- automation templates -------------------------------------------------------------------
+
+fn validate_id(id: &str, what: &str) -> Result<(), E> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c == '/') {
+        return Err(E::Invalid(format!(
+            "{what}: 1-128 characters, no '/' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates and normalises an automation template body; `id` comes from the path or body.
+fn template_doc(mut b: Value, id: String, created_at: Option<Value>) -> Result<Value, E> {
+    validate_id(&id, "id")?;
+    let steps = b
+        .get("steps")
+        .ok_or_else(|| E::Invalid("steps: required".into()))?;
+    validate_steps(steps, "steps").map_err(E::Invalid)?;
+    if let Some(n) = b.get("name")
+        && !n.is_string()
+    {
+        return Err(E::Invalid("name: must be a string".into()));
+    }
+    let o = b.as_object_mut().expect("checked object");
+    if let Some(t) = o.remove("cancellation_token") {
+        o.insert("cancelation_token".into(), t);
+    }
+    o.insert("id".into(), json!(id));
+    let now = store::iso(now_ms());
+    o.insert("created_at".into(), created_at.unwrap_or(json!(now)));
+    o.insert("updated_at".into(), json!(now));
+    Ok(b)
+}
+
+async fn list_templates(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, E> {
+    let mut all: Vec<Value> = store::hall_json(&state.engine.redis, &store::templates_key(&ws))
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(json!({"results": all})))
+}
+
+async fn create_template(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<Value>), E> {
+    let b = body_object(&body)?;
+    let id = b
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(store::random_id);
+    let doc = template_doc(b, id.clone(), None)?;
+    let created: bool = state
+        .engine
+        .redis
+        .clone()
+        .hset_nx(store::templates_key(&ws), &id, doc.to_string())
+        .await?;
+    if !created {
+        return Err(E::Invalid(format!(
+            "id: automation template {id:?} already exists (use PUT to replace it)"
+        )));
+    }
+    Ok((axum::http::StatusCode::CREATED, Json(doc)))
+}
+
+async fn get_template(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, E> {
+    store::hget_json(&state.engine.redis, &store::templates_key(&ws), &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| E::NotFound(format!("automation template {id:?} not found")))
+}
+
+async fn put_template(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, E> {
+    let b = body_object(&body)?;
+    let old = store::hget_json(&state.engine.redis, &store::templates_key(&ws), &id).await?;
+    let doc = template_doc(
+        b,
+        id.clone(),
+        old.and_then(|o| o.get("created_at").cloned()),
+    )?;
+    state
+        .engine
+        .redis
+        .clone()
+        .hset::<_, _, _, ()>(store::templates_key(&ws), &id, doc.to_string())
+        .await?;
+    Ok(Json(doc))
+}
+
+async fn delete_template(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, E> {
+    let n: i64 = state
+        .engine
+        .redis
+        .clone()
+        .hdel(store::templates_key(&ws), &id)
+        .await?;
+    if n == 0 {
+        return Err(E::NotFound(format!("automation template {id:?} not found")));
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+// ---- notification templates -----------------------------------------------------------------
+
+fn notification_doc(mut b: Value, id: String) -> Result<Value, E> {
+    validate_id(&id, "id")?;
+    match b.get("channels") {
+        Some(Value::Object(chs)) => {
+            for (name, c) in chs {
+                if !c.is_object() {
+                    return Err(E::Invalid(format!("channels.{name}: must be an object")));
+                }
+            }
+        }
+        None => {}
+        Some(_) => return Err(E::Invalid("channels: must be an object".into())),
+    }
+    if let Some(p) = b.get("published")
+        && !p.is_boolean()
+    {
+        return Err(E::Invalid("published: must be a boolean".into()));
+    }
+    let o = b.as_object_mut().expect("checked object");
+    o.insert("id".into(), json!(id));
+    o.entry("published").or_insert(json!(true));
+    o.insert("updated_at".into(), json!(store::iso(now_ms())));
+    Ok(b)
+}
+
+async fn list_notifications(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, E> {
+    let mut all: Vec<Value> = store::hall_json(&state.engine.redis, &store::notifications_key(&ws))
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(json!({"results": all})))
+}
+
+async fn create_notification(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<Value>), E> {
+    let b = body_object(&body)?;
+    let id = b
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(store::random_id);
+    let doc = notification_doc(b, id.clone())?;
+    let created: bool = state
+        .engine
+        .redis
+        .clone()
+        .hset_nx(store::notifications_key(&ws), &id, doc.to_string())
+        .await?;
+    if !created {
+        return Err(E::Invalid(format!(
+            "id: notification template {id:?} already exists (use PUT to replace it)"
+        )));
+    }
+    Ok((axum::http::StatusCode::CREATED, Json(doc)))
+}
+
+async fn get_notification(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, E> {
+    store::hget_json(&state.engine.redis, &store::notifications_key(&ws), &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| E::NotFound(format!("notification template {id:?} not found")))
+}
+
+async fn put_notification(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, E> {
+    let doc = notification_doc(body_object(&body)?, id.clone())?;
+    state
+        .engine
+        .redis
+        .clone()
+        .hset::<_, _, _, ()>(store::notifications_key(&ws), &id, doc.to_string())
+        .await?;
+    Ok(Json(doc))
+}
+
+async fn delete_notification(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, E> {
+    let n: i64 = state
+        .engine
+        .redis
+        .clone()
+        .hdel(store::notifications_key(&ws), &id)
+        .await?;
+    if n == 0 {
+        return Err(E::NotFound(format!(
+            "notification template {id:?} not found"
+        )));
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+// ---- mappings ---------------------------------------------------------------------------------
+
+/// The catalog / mapping key of a request: `event` (track name) or `type` (identify | group).
+fn mapping_key(event: Option<&str>, kind: Option<&str>) -> Result<String, E> {
+    match (event, kind) {
+        (Some(e), None | Some("track")) if !e.is_empty() => Ok(catalog::entry_key("track", e)),
+        (None, Some(k @ ("identify" | "group"))) => Ok(k.to_string()),
+        _ => Err(E::Invalid(
+            "give `event` (a track event name) or `type` (identify | group)".into(),
+        )),
+    }
+}
+
+const LINK: &str = r"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local list = {}
+if raw then list = cjson.decode(raw) end
+for _, v in ipairs(list) do if v == ARGV[2] then return 0 end end
+table.insert(list, ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(list))
+return 1
+";
+
+const UNLINK: &str = r"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local list = cjson.decode(raw)
+local out = {}
+local found = 0
+for _, v in ipairs(list) do if v == ARGV[2] then found = 1 else table.insert(out, v) end end
+if #out == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(out)) end
+return found
+";
+
+async fn list_mappings(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, E> {
+    let mut out: Vec<Value> = store::hall_json(&state.engine.redis, &store::mappings_key(&ws))
+        .await?
+        .into_iter()
+        .map(|(k, v)| json!({"key": k, "templates": v}))
+        .collect();
+    out.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    Ok(Json(json!({"results": out})))
+}
+
+/// `{"event"|"type", "template_id"}` links an existing template; `{"event"|"type", "template":
+/// {name, steps, …}}` creates a template (the event becomes its trigger) and links it.
+async fn create_mapping(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<Value>), E> {
+    let b = body_object(&body)?;
+    let key = mapping_key(
+        b.get("event").and_then(Value::as_str),
+        b.get("type").and_then(Value::as_str),
+    )?;
+    let redis = state.engine.redis.clone();
+    let tid = match (
+        b.get("template_id").and_then(Value::as_str),
+        b.get("template"),
+    ) {
+        (Some(t), None) => t.to_string(),
+        (None, Some(t)) if t.is_object() => {
+            let id = t
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(store::random_id);
+            let mut doc = template_doc(t.clone(), id.clone(), None).map_err(|e| match e {
+                E::Invalid(m) => E::Invalid(format!("template.{m}")),
+                other => other,
+            })?;
+            doc["trigger"] = json!(key);
+            let created: bool = redis
+                .clone()
+                .hset_nx(store::templates_key(&ws), &id, doc.to_string())
+                .await?;
+            if !created {
+                return Err(E::Invalid(format!(
+                    "template.id: automation template {id:?} already exists"
+                )));
+            }
+            id
+        }
+        _ => {
+            return Err(E::Invalid(
+                "give `template_id` (an existing template) or `template` (a new one)".into(),
+            ));
+        }
+    };
+    let mut conn = redis.clone();
+    redis::Script::new(LINK)
+        .key(store::mappings_key(&ws))
+        .arg(&key)
+        .arg(&tid)
+        .invoke_async::<i64>(&mut conn)
+        .await?;
+    let exists: bool = conn.hexists(store::templates_key(&ws), &tid).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(
+            json!({"key": key, "template_id": tid, "template_status": if exists {"ok"} else {"missing"}}),
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+struct MappingQuery {
+    event: Option<String>,
+    r#type: Option<String>,
+    template_id: String,
+}
+
+async fn delete_mapping(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Query(q): Query<MappingQuery>,
+) -> Result<axum::http::StatusCode, E> {
+    let key = mapping_key(q.event.as_deref(), q.r#type.as_deref())?;
+    let mut conn = state.engine.redis.clone();
+    let found: i64 = redis::Script::new(UNLINK)
+        .key(store::mappings_key(&ws))
+        .arg(&key)
+        .arg(&q.template_id)
+        .invoke_async(&mut conn)
+        .await?;
+    if found == 0 {
+        return Err(E::NotFound(format!(
+            "no mapping of {key:?} to {:?}",
+            q.template_id
+        )));
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+// ---- catalog ----------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ListQuery {
+    mapped_first: Option<bool>,
+    limit: Option<usize>,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, E> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let out = catalog::list(
+        &state.engine.redis,
+        &ws,
+        q.mapped_first.unwrap_or(true),
+        limit,
+    )
+    .await?;
+    Ok(Json(json!({"results": out})))
+}
+
+async fn get_event(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, E> {
+    // `identify`, `group`, `track:<name>`, or a bare track event name.
+    let key = if key == "identify" || key == "group" || key.starts_with("track:") {
+        key
+    } else {
+        catalog::entry_key("track", &key)
+    };
+    catalog::get(&state.engine.redis, &ws, &key)
+        .await?
+        .map(Json)
+        .ok_or_else(|| E::NotFound(format!("no event {key:?} received")))
+}

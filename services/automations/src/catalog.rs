@@ -1,0 +1,130 @@
+//! The received-events catalog (Courier Studio's "destination events" page): one entry per
+//! track event name and per identify / group type, updated by the EVENTS consumer, counted once
+//! per message id (a marker with expiry makes redelivery a no-op).
+//!
+//! Keys: `ws:{<ws>}:auto:catalog` (entry key → JSON {first, last, payload}),
+//! `ws:{<ws>}:auto:catalog:count` (entry key → count), `ws:{<ws>}:auto:catalog:index`
+//! (zset by last time), `ws:{<ws>}:auto:seen:<message id>` (marker, 24 h).
+
+use rc_common::redis::RedisConn;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+use crate::store::{self, key};
+
+/// Entry key: `track:<event name>`, `identify` or `group`.
+pub fn entry_key(kind: &str, event: &str) -> String {
+    if kind == "track" {
+        format!("track:{event}")
+    } else {
+        kind.to_string()
+    }
+}
+
+const RECORD: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+local first = ARGV[2]
+if raw then
+  local old = cjson.decode(raw)
+  if old['first_ms'] and tonumber(old['first_ms']) < tonumber(first) then first = old['first_ms'] end
+end
+local last = ARGV[2]
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({first_ms = tonumber(first), last_ms = tonumber(last), payload = ARGV[3]}))
+redis.call('ZADD', KEYS[4], tonumber(last), ARGV[1])
+return n
+";
+
+pub async fn record(
+    redis: &RedisConn,
+    ws: &str,
+    message_id: &str,
+    entry: &str,
+    at_ms: i64,
+    payload: &str,
+) -> redis::RedisResult<()> {
+    let mut conn = redis.clone();
+    redis::Script::new(RECORD)
+        .key(key(ws, &format!("seen:{message_id}")))
+        .key(key(ws, "catalog"))
+        .key(key(ws, "catalog:count"))
+        .key(key(ws, "catalog:index"))
+        .arg(entry)
+        .arg(at_ms)
+        .arg(payload)
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .map(|_| ())
+}
+
+async fn view(redis: &RedisConn, ws: &str, entry: &str, raw: Value) -> redis::RedisResult<Value> {
+    let count: Option<i64> = redis.clone().hget(key(ws, "catalog:count"), entry).await?;
+    let linked: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), entry)
+        .await?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut automations = Vec::new();
+    for id in &linked {
+        let t = store::hget_json(redis, &store::templates_key(ws), id).await?;
+        automations.push(match t {
+            Some(t) => json!({"id": id, "name": t.get("name"), "status": "ok"}),
+            None => json!({"id": id, "status": "missing"}),
+        });
+    }
+    let (kind, name) = match entry.split_once(':') {
+        Some((k, n)) => (k.to_string(), n.to_string()),
+        None => (entry.to_string(), entry.to_string()),
+    };
+    let payload = raw
+        .get("payload")
+        .and_then(Value::as_str)
+        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+        .unwrap_or(Value::Null);
+    Ok(json!({
+        "key": entry,
+        "type": kind,
+        "event": name,
+        "count": count.unwrap_or(0),
+        "first_received_at": raw.get("first_ms").and_then(Value::as_i64).map(store::iso),
+        "last_received_at": raw.get("last_ms").and_then(Value::as_i64).map(store::iso),
+        "last_payload": payload,
+        "mapped": !linked.is_empty(),
+        "automations": automations,
+    }))
+}
+
+pub async fn get(redis: &RedisConn, ws: &str, entry: &str) -> redis::RedisResult<Option<Value>> {
+    match store::hget_json(redis, &key(ws, "catalog"), entry).await? {
+        None => Ok(None),
+        Some(raw) => Ok(Some(view(redis, ws, entry, raw).await?)),
+    }
+}
+
+/// Newest first; with `mapped_first`, mapped events sort before unmapped ones (as Studio shows).
+pub async fn list(
+    redis: &RedisConn,
+    ws: &str,
+    mapped_first: bool,
+    limit: usize,
+) -> redis::RedisResult<Vec<Value>> {
+    let keys: Vec<String> = redis
+        .clone()
+        .zrevrange(
+            key(ws, "catalog:index"),
+            0,
+            limit.saturating_sub(1) as isize,
+        )
+        .await?;
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(v) = get(redis, ws, &k).await? {
+            out.push(v);
+        }
+    }
+    if mapped_first {
+        // Stable: keeps newest-first inside each group.
+        out.sort_by_key(|v| !v.get("mapped").and_then(Value::as_bool).unwrap_or(false));
+    }
+    Ok(out)
+}

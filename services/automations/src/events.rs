@@ -1,0 +1,203 @@
+//! The EVENTS consumer: updates the catalog, then starts the runs an event calls for (mapped
+//! templates; inline `properties.courier.automation`). Run ids are derived from workspace +
+//! message id + template (or "inline"), and creation is SET NX, so a redelivered or duplicated
+//! event starts each run once.
+
+use async_nats::jetstream::Message;
+use prost::Message as _;
+use rc_common::consumer::{Handler, Outcome};
+use rc_proto::{Envelope, EventType};
+use serde_json::{Map, Value, json};
+
+use crate::catalog;
+use crate::engine::{Engine, NewRun, Transient};
+use crate::steps::cancelation_token;
+use crate::store::{self, now_ms};
+
+pub struct EventHandler {
+    pub engine: Engine,
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Object(Map::new());
+    }
+    serde_json::from_slice(bytes).unwrap_or(Value::Object(Map::new()))
+}
+
+impl Handler for EventHandler {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let env = match Envelope::decode(message.payload.as_ref()) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Poison(format!("not an Envelope: {e}")),
+        };
+        match self.process(&env).await {
+            Ok(()) => Outcome::Done,
+            Err(Transient(e)) => Outcome::Retry(e),
+        }
+    }
+}
+
+impl EventHandler {
+    async fn process(&self, env: &Envelope) -> Result<(), Transient> {
+        let ws = env.workspace_id.as_str();
+        let kind = match env.r#type() {
+            EventType::Track => "track",
+            EventType::Identify => "identify",
+            EventType::Group => "group",
+            EventType::Unspecified => return Ok(()),
+        };
+        let entry = catalog::entry_key(kind, &env.event);
+        let at = env
+            .received_at
+            .as_ref()
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+            .unwrap_or_else(now_ms);
+        let payload = String::from_utf8_lossy(&env.raw).to_string();
+        let redis = &self.engine.redis;
+        catalog::record(redis, ws, &env.message_id, &entry, at, &payload).await?;
+
+        let props = json_of(if kind == "track" {
+            &env.properties
+        } else {
+            &env.traits
+        });
+        let inline = props
+            .get("courier")
+            .and_then(|c| c.get("automation"))
+            .filter(|a| a.is_object())
+            .cloned();
+        // data = properties + userId, anonymousId, event, properties repeated under data.properties.
+        let mut base = props.as_object().cloned().unwrap_or_default();
+        base.remove("courier");
+        let mut data = base.clone();
+        data.insert("userId".into(), json!(env.user_id));
+        data.insert("anonymousId".into(), json!(env.anonymous_id));
+        if kind == "track" {
+            data.insert("event".into(), json!(env.event));
+        }
+        data.insert("properties".into(), Value::Object(base));
+        let default_recipient = if env.user_id.is_empty() {
+            &env.anonymous_id
+        } else {
+            &env.user_id
+        };
+
+        let a = inline.clone().unwrap_or(json!({}));
+        let context = |a: &Value| {
+            json!({
+                "data": a.get("data").filter(|d| d.is_object()).cloned().unwrap_or(Value::Object(data.clone())),
+                "profile": a.get("profile").cloned().unwrap_or(Value::Null),
+                "brand": a.get("brand").cloned().unwrap_or(Value::Null),
+                "template": a.get("template").cloned().unwrap_or(Value::Null),
+                "recipient": a.get("recipient").and_then(Value::as_str).unwrap_or(default_recipient),
+            })
+        };
+        let mut created = Vec::new();
+
+        // Inline automation (track only).
+        if kind == "track"
+            && let Some(a) = &inline
+        {
+            let token = cancelation_token(a).map(str::to_string);
+            let steps = a
+                .get("steps")
+                .or_else(|| a.get("automation").and_then(|x| x.get("steps")));
+            if let Some(steps) = steps {
+                if let Err(e) =
+                    crate::steps::validate_steps(steps, "properties.courier.automation.steps")
+                {
+                    tracing::warn!(workspace = ws, message_id = %env.message_id, error = %e, "Invalid inline automation; ignored");
+                    metrics::counter!("automations_inline_invalid_total").increment(1);
+                } else {
+                    let id = store::derive_id(&[ws, &env.message_id, "inline"]);
+                    let new = NewRun {
+                        id: id.clone(),
+                        template: String::new(),
+                        steps: steps.as_array().cloned().unwrap_or_default(),
+                        cancelation_token: token,
+                        context: context(a),
+                        event: env.event.clone(),
+                        source_message_id: env.message_id.clone(),
+                    };
+                    if self.engine.create(ws, new).await? {
+                        created.push(id);
+                    }
+                }
+            } else if let Some(tid) = a.get("template").and_then(Value::as_str) {
+                self.start_template(
+                    ws,
+                    env,
+                    tid,
+                    token,
+                    context(a),
+                    "inline-template",
+                    &mut created,
+                )
+                .await?;
+            } else if let Some(token) = token {
+                // Only a token: cancel the runs started with it.
+                self.engine.cancel_token(ws, &token, "").await?;
+            }
+        }
+
+        // Mapped templates: the inline `data` (when present) seeds them.
+        let mapped: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), &entry)
+            .await?
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let ctx = context(
+            &json!({"data": a.get("data"), "recipient": a.get("recipient"), "profile": a.get("profile"), "brand": a.get("brand")}),
+        );
+        for tid in mapped {
+            self.start_template(ws, env, &tid, None, ctx.clone(), &tid, &mut created)
+                .await?;
+        }
+        for id in created {
+            let (engine, ws) = (self.engine.clone(), ws.to_string());
+            tokio::spawn(async move { engine.execute_logged(&ws, &id).await });
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_template(
+        &self,
+        ws: &str,
+        env: &Envelope,
+        tid: &str,
+        token: Option<String>,
+        context: Value,
+        salt: &str,
+        created: &mut Vec<String>,
+    ) -> Result<(), Transient> {
+        let Some(t) = store::hget_json(&self.engine.redis, &store::templates_key(ws), tid).await?
+        else {
+            tracing::warn!(
+                workspace = ws,
+                template = tid,
+                "Event mapped to a missing automation template"
+            );
+            metrics::counter!("automations_missing_template_total").increment(1);
+            return Ok(());
+        };
+        let id = store::derive_id(&[ws, &env.message_id, salt]);
+        let new = NewRun {
+            id: id.clone(),
+            template: tid.to_string(),
+            steps: t
+                .get("steps")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            cancelation_token: token.or_else(|| cancelation_token(&t).map(str::to_string)),
+            context,
+            event: env.event.clone(),
+            source_message_id: env.message_id.clone(),
+        };
+        if self.engine.create(ws, new).await? {
+            created.push(id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! `refs`: reading the run context, `{"$ref": "…"}` substitution and merge strategies.
+//!
+//! The context is a JSON object: `data`, `profile`, `brand`, `template`, `recipient`, plus one
+//! entry per step `ref` (the step's result). A path is dotted (`data.order.total`, array indices
+//! as numbers: `data.items.0.sku`), optionally prefixed `refs.`.
+
+use serde_json::{Map, Value};
+
+/// The value at `path` in `ctx`, `null` when any segment is missing.
+pub fn lookup(ctx: &Value, path: &str) -> Value {
+    let path = path.strip_prefix("refs.").unwrap_or(path);
+    let mut cur = ctx;
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        cur = match cur {
+            Value::Object(o) => match o.get(seg) {
+                Some(v) => v,
+                None => return Value::Null,
+            },
+            Value::Array(a) => match seg.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                Some(v) => v,
+                None => return Value::Null,
+            },
+            _ => return Value::Null,
+        };
+    }
+    cur.clone()
+}
+
+/// Replaces every `{"$ref": "path"}` object (exactly one key) in `v` by its value in `ctx`.
+pub fn resolve(v: &Value, ctx: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            if o.len() == 1
+                && let Some(Value::String(path)) = o.get("$ref")
+            {
+                return lookup(ctx, path);
+            }
+            Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), resolve(v, ctx)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| resolve(v, ctx)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A designer-style string field (`recipient`, `recipient_id`, `template`, `brand`): a string
+/// starting with `refs.` is read from the context; anything else is taken literally.
+pub fn resolve_str_field(v: &Value, ctx: &Value) -> Value {
+    match v {
+        Value::String(s) if s.starts_with("refs.") => lookup(ctx, s),
+        other => resolve(other, ctx),
+    }
+}
+
+pub const MERGE_STRATEGIES: [&str; 4] = ["replace", "soft-merge", "overwrite", "none"];
+
+/// Courier merge strategies, applied to `old` with `new`.
+pub fn merge(old: &Value, new: &Value, strategy: &str) -> Value {
+    let empty = |v: &Value| v.is_null() || v.as_object().is_some_and(Map::is_empty);
+    match (strategy, old, new) {
+        ("none", o, n) => {
+            if empty(o) {
+                n.clone()
+            } else {
+                o.clone()
+            }
+        }
+        ("soft-merge", Value::Object(o), Value::Object(n)) => {
+            let mut out = o.clone();
+            for (k, v) in n {
+                out.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            Value::Object(out)
+        }
+        ("overwrite", Value::Object(o), Value::Object(n)) => {
+            let mut out = o.clone();
+            for (k, v) in n {
+                out.insert(k.clone(), v.clone());
+            }
+            Value::Object(out)
+        }
+        ("soft-merge", o, n) if !empty(o) => {
+            let _ = n;
+            o.clone()
+        }
+        (_, _, n) => n.clone(),
+    }
+}
+
+/// Shallow object merge where `new`'s keys win (null/non-object sides are ignored).
+pub fn overlay(old: &Value, new: &Value) -> Value {
+    merge(
+        &if old.is_object() {
+            old.clone()
+        } else {
+            Value::Object(Map::new())
+        },
+        &if new.is_object() {
+            new.clone()
+        } else {
+            Value::Object(Map::new())
+        },
+        "overwrite",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn refs_resolve_anywhere() {
+        let ctx = json!({"data": {"days": 3, "items": [{"sku": "a"}]}, "recipient": "u1", "lookup": {"x": 1}});
+        let v = json!({"a": {"$ref": "data.days"}, "b": [{"$ref": "data.items.0.sku"}], "c": {"$ref": "lookup.x"}, "d": {"$ref": "data.nope"}});
+        assert_eq!(
+            resolve(&v, &ctx),
+            json!({"a": 3, "b": ["a"], "c": 1, "d": null})
+        );
+        assert_eq!(
+            resolve_str_field(&json!("refs.recipient"), &ctx),
+            json!("u1")
+        );
+        assert_eq!(resolve_str_field(&json!("u2"), &ctx), json!("u2"));
+    }
+
+    #[test]
+    fn merge_strategies() {
+        let (old, new) = (json!({"a": 1, "b": 1}), json!({"b": 2, "c": 2}));
+        assert_eq!(merge(&old, &new, "replace"), new);
+        assert_eq!(
+            merge(&old, &new, "soft-merge"),
+            json!({"a": 1, "b": 1, "c": 2})
+        );
+        assert_eq!(
+            merge(&old, &new, "overwrite"),
+            json!({"a": 1, "b": 2, "c": 2})
+        );
+        assert_eq!(merge(&old, &new, "none"), old);
+        assert_eq!(merge(&json!({}), &new, "none"), new);
+    }
+}

@@ -1,0 +1,62 @@
+//! The durable timer: every replica polls the due index (`rc:automations:due`, score = epoch ms
+//! when the run should next execute) and claims due runs atomically with a Lua script that moves
+//! each claimed member's score to now + lease. A claimer that crashes simply lets the lease run
+//! out, and the run becomes due again for any replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rc_common::Shutdown;
+use tokio::sync::Semaphore;
+
+use crate::engine::Engine;
+use crate::store::{DUE_KEY, now_ms};
+
+const CLAIM: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m)
+end
+return due
+";
+
+pub async fn claim(engine: &Engine, max: usize) -> redis::RedisResult<Vec<String>> {
+    let mut conn = engine.redis.clone();
+    redis::Script::new(CLAIM)
+        .key(DUE_KEY)
+        .arg(now_ms())
+        .arg(engine.lease_ms)
+        .arg(max)
+        .invoke_async(&mut conn)
+        .await
+}
+
+pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: Shutdown) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    while !shutdown.is_triggered() {
+        let free = permits.available_permits();
+        if free > 0 {
+            match claim(&engine, free).await {
+                Ok(members) => {
+                    for member in members {
+                        let Some((ws, id)) = member.split_once('/') else {
+                            continue;
+                        };
+                        let (ws, id) = (ws.to_string(), id.to_string());
+                        let permit = permits.clone().acquire_owned().await.expect("open");
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            engine.execute_logged(&ws, &id).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Could not poll due runs"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.triggered() => break,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Redis keys and records. Every key is `ws:{<ws>}:auto:…` (one cluster slot per workspace),
+//! except the scheduler's global due index `rc:automations:due` (members `<ws>/<run id>`).
+
+use rc_common::redis::RedisConn;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const DUE_KEY: &str = "rc:automations:due";
+
+pub fn key(ws: &str, rest: &str) -> String {
+    format!("ws:{{{ws}}}:auto:{rest}")
+}
+pub fn templates_key(ws: &str) -> String {
+    key(ws, "templates")
+}
+pub fn notifications_key(ws: &str) -> String {
+    key(ws, "notifications")
+}
+pub fn mappings_key(ws: &str) -> String {
+    key(ws, "mappings")
+}
+pub fn run_key(ws: &str, id: &str) -> String {
+    key(ws, &format!("run:{id}"))
+}
+pub fn canceled_key(ws: &str, id: &str) -> String {
+    key(ws, &format!("run:{id}:canceled"))
+}
+pub fn token_key(ws: &str, token: &str) -> String {
+    key(ws, &format!("token:{token}"))
+}
+/// The profiles service's read contract.
+pub fn profile_key(ws: &str, user: &str) -> String {
+    format!("{{ws:{ws}:user:{user}}}:profile")
+}
+pub fn due_member(ws: &str, run_id: &str) -> String {
+    format!("{ws}/{run_id}")
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+pub fn iso(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// 32 hex characters of SHA-256 over the parts (deterministic ids).
+pub fn derive_id(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+pub fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub index: usize,
+    pub action: String,
+    /// done | skipped | waiting | failed | canceled
+    pub status: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub workspace: String,
+    /// pending | running | waiting | completed | failed | canceled
+    pub state: String,
+    /// Automation template id; empty for ad-hoc runs.
+    pub template: String,
+    pub steps: Vec<Value>,
+    pub cancelation_token: Option<String>,
+    /// The run context (`refs`): data, profile, brand, template, recipient and step refs.
+    pub context: Value,
+    /// Next step to execute.
+    pub step: usize,
+    pub wake_at_ms: Option<i64>,
+    pub event: String,
+    pub source_message_id: String,
+    pub timeline: Vec<TimelineEntry>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl Run {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "failed" | "canceled")
+    }
+    pub fn recipient(&self) -> String {
+        self.context
+            .get("recipient")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+    /// The public view (`GET /automations/runs/{id}`).
+    pub fn view(&self, canceled_flag: bool) -> Value {
+        let state = &self.state;
+        serde_json::json!({
+            "runId": self.id,
+            "state": state,
+            "template": self.template,
+            "recipient": self.recipient(),
+            "event": self.event,
+            "source_message_id": self.source_message_id,
+            "cancelation_token": self.cancelation_token,
+            "step": self.step,
+            "steps": self.steps.len(),
+            "wake_at": self.wake_at_ms.map(iso),
+            "created_at": iso(self.created_at_ms),
+            "updated_at": iso(self.updated_at_ms),
+            "started_at": self.started_at_ms.map(iso),
+            "error": self.error,
+            // Cancel requested, not yet finalized (within one scheduler poll).
+            "cancel_requested": canceled_flag && !self.is_terminal(),
+            "context": self.context,
+            "timeline": self.timeline,
+        })
+    }
+}
+
+pub async fn load_run(redis: &RedisConn, ws: &str, id: &str) -> redis::RedisResult<Option<Run>> {
+    let raw: Option<String> = redis.clone().get(run_key(ws, id)).await?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+pub async fn save_run(redis: &RedisConn, run: &Run) -> redis::RedisResult<()> {
+    let raw = serde_json::to_string(run).expect("run serializes");
+    redis
+        .clone()
+        .set::<_, _, ()>(run_key(&run.workspace, &run.id), raw)
+        .await
+}
+
+pub async fn hget_json(
+    redis: &RedisConn,
+    key: &str,
+    field: &str,
+) -> redis::RedisResult<Option<Value>> {
+    let raw: Option<String> = redis.clone().hget(key, field).await?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+pub async fn hall_json(redis: &RedisConn, key: &str) -> redis::RedisResult<Vec<(String, Value)>> {
+    let all: Vec<(String, String)> = redis.clone().hgetall(key).await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|v| (k, v)))
+        .collect())
+}

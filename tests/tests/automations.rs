@@ -1,0 +1,718 @@
+//! The automations service end to end: real NATS and Redis, events through the real ingress.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::PublishMessage;
+use prost::Message as _;
+use rc_proto::{MessageRequest, RunEvent};
+use rc_tests::automations::wait_for_messages;
+use rc_tests::{Stack, stored_messages};
+use serde_json::{Value, json};
+
+const COURIER: &str = "COURIER";
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn run_until(&self, run_id: &str, states: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (s, run) = self.get(&format!("/automations/runs/{run_id}")).await;
+            if s == 200 && states.contains(&run["state"].as_str().unwrap_or("")) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id} never reached {states:?}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn api(service: &rc_tests::Service, key: &str) -> Api {
+    Api {
+        http: reqwest::Client::new(),
+        base: service.url(""),
+        key: key.to_string(),
+    }
+}
+
+async fn ingest(stack_ingress: &rc_tests::Service, key: &str, event: Value) {
+    let resp = reqwest::Client::new()
+        .post(stack_ingress.url("/inbound/rudderstack"))
+        .bearer_auth(key)
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
+}
+
+fn decode(m: &async_nats::jetstream::Message) -> MessageRequest {
+    MessageRequest::decode(m.payload.as_ref()).expect("MessageRequest")
+}
+
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_track_event_runs_template_once_and_requests_a_message() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let svc = stack.automations().await;
+    let api = api(&svc, &key);
+    let js = stack.jetstream().await;
+    // The recipient's stored profile (profiles service's read contract).
+    redis::cmd("SET")
+        .arg("{ws:acme:user:u_1}:profile")
+        .arg(r#"{"email":"u1@example.com","name":"Ann"}"#)
+        .query_async::<()>(&mut stack.redis_conn().await)
+        .await
+        .unwrap();
+
+    let (s, _) = api
+        .post(
+            "/notifications/templates",
+            json!({"id": "ORDER_DONE", "name": "Order done", "published": true,
+                   "channels": {"email": {"title": "Thanks {{name}}", "body": "Order {{order_id}}"}}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, body) = api
+        .post(
+            "/automations/mappings",
+            json!({"event": "Order Completed", "template": {"id": "order-flow", "name": "Order flow", "steps": [
+                {"action": "send", "if": "data.total > 100", "recipient": "refs.data.userId", "template": "BIG_ORDER"},
+                {"action": "send", "recipient": "refs.data.userId", "template": "ORDER_DONE", "brand": "B1",
+                 "profile": {"locale": "fr"},
+                 "data": {"order": {"$ref": "data.order_id"}, "vendor": {"$ref": "data.properties.vendor"}}, "ref": "sent"}
+            ]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["key"], "track:Order Completed");
+
+    let event = json!({"type": "track", "event": "Order Completed", "userId": "u_1", "messageId": "m-1",
+                       "properties": {"order_id": "o_9", "total": 42, "vendor": "Acme"}});
+    ingest(&ingress, &key, event).await;
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(msgs.len(), 1, "the `if` step is skipped, one send");
+    let m = &msgs[0];
+    let req = decode(m);
+    assert_eq!(req.workspace_id, "acme");
+    assert_eq!(req.recipient, "u_1");
+    assert_eq!(req.template, "ORDER_DONE");
+    assert_eq!(req.template_status, "found");
+    assert_eq!(req.automation_template, "order-flow");
+    assert_eq!(req.event, "Order Completed");
+    assert_eq!(req.brand, "B1");
+    assert_eq!(
+        json_of(&req.notification)["channels"]["email"]["title"],
+        "Thanks {{name}}"
+    );
+    let data = json_of(&req.data);
+    assert_eq!(data["order"], "o_9");
+    assert_eq!(data["vendor"], "Acme");
+    assert_eq!(data["userId"], "u_1");
+    assert_eq!(data["event"], "Order Completed");
+    assert_eq!(data["properties"]["total"], 42);
+    let profile = json_of(&req.profile);
+    assert_eq!(
+        profile,
+        json!({"email": "u1@example.com", "name": "Ann", "locale": "fr"})
+    );
+    let msg_id = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .unwrap()
+        .to_string();
+    assert_eq!(msg_id, format!("acme:{}:requested", req.message_id));
+
+    let run = api.run_until(&req.run_id, &["completed"]).await;
+    let timeline = run["timeline"].as_array().unwrap();
+    assert_eq!(timeline[0]["status"], "skipped");
+    assert_eq!(timeline[1]["status"], "done");
+    assert_eq!(run["context"]["sent"]["messageId"], req.message_id);
+
+    // The same event again past the JetStream dedupe window (a different Nats-Msg-Id): one run.
+    let stored = stored_messages(&js, "EVENTS", "events.acme.track").await;
+    js.send_publish(
+        "events.acme.track",
+        PublishMessage::build()
+            .payload(stored[0].payload.clone())
+            .message_id("replay-1"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Wait until the catalog has certainly processed the replay (a later distinct event).
+    ingest(
+        &ingress,
+        &key,
+        json!({"type": "identify", "userId": "u_1", "messageId": "m-2", "traits": {"plan": "pro"}}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _) = api.get("/automations/events/identify").await;
+        if s == 200 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = stored_messages(&js, COURIER, "courier.acme.run.started").await;
+    assert_eq!(started.len(), 1, "a duplicate event starts no second run");
+    assert_eq!(
+        RunEvent::decode(started[0].payload.as_ref())
+            .unwrap()
+            .source_message_id,
+        "m-1"
+    );
+    assert_eq!(
+        stored_messages(&js, COURIER, "courier.acme.message.requested")
+            .await
+            .len(),
+        1
+    );
+
+    // Catalog: counted once, mapped, last payload kept; identify listed too.
+    let (s, entry) = api.get("/automations/events/Order%20Completed").await;
+    assert_eq!(s, 200);
+    assert_eq!(entry["count"], 1);
+    assert_eq!(entry["mapped"], true);
+    assert_eq!(entry["automations"][0]["id"], "order-flow");
+    assert_eq!(entry["automations"][0]["status"], "ok");
+    assert_eq!(entry["last_payload"]["properties"]["order_id"], "o_9");
+    let (_, list) = api.get("/automations/events").await;
+    let keys: Vec<&str> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["track:Order Completed", "identify"],
+        "mapped first, then newest"
+    );
+
+    // A mapping to a template that does not exist shows as missing.
+    let (s, _) = api
+        .post(
+            "/automations/mappings",
+            json!({"type": "identify", "template_id": "ghost"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, entry) = api.get("/automations/events/identify").await;
+    assert_eq!(entry["automations"][0]["status"], "missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_automations_steps_and_template() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let svc = stack.automations().await;
+    let api = api(&svc, &key);
+    let js = stack.jetstream().await;
+    let (s, _) = api
+        .post(
+            "/automations/templates",
+            json!({"id": "welcome", "steps": [
+            {"action": "send", "template": "WELCOME", "data": {"who": {"$ref": "data.name"}}}]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+
+    // Inline steps (ad hoc) with anonymousId as the default recipient.
+    ingest(
+        &ingress,
+        &key,
+        json!({"type": "track", "event": "Signed Up", "anonymousId": "anon-7", "messageId": "e-1",
+        "properties": {"courier": {"automation": {"data": {"name": "Zed"}, "steps": [
+            {"action": "send", "template": "INLINE_T", "data": {"n": {"$ref": "data.name"}}}]}}}}),
+    )
+    .await;
+    // Inline template run with an explicit recipient.
+    ingest(&ingress, &key, json!({"type": "track", "event": "Signed Up", "userId": "u_2", "messageId": "e-2",
+        "properties": {"courier": {"automation": {"template": "welcome", "recipient": "u_other", "data": {"name": "Bo"}}}}})).await;
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(msgs.len(), 2);
+    let mut reqs: Vec<MessageRequest> = msgs.iter().map(decode).collect();
+    reqs.sort_by(|a, b| a.template.cmp(&b.template));
+    assert_eq!(reqs[0].template, "INLINE_T");
+    assert_eq!(reqs[0].recipient, "anon-7");
+    assert_eq!(reqs[0].template_status, "missing");
+    assert_eq!(reqs[0].automation_template, "");
+    assert_eq!(json_of(&reqs[0].data)["n"], "Zed");
+    assert_eq!(reqs[1].template, "WELCOME");
+    assert_eq!(reqs[1].recipient, "u_other");
+    assert_eq!(reqs[1].automation_template, "welcome");
+    assert_eq!(json_of(&reqs[1].data)["who"], "Bo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_survives_a_restart_and_fires_on_time() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    let a = api(&svc, &key);
+    let t0 = Instant::now();
+    let (s, body) = a
+        .post(
+            "/automations/invoke",
+            json!({"automation": {"steps": [
+            {"action": "delay", "duration": "3 seconds"},
+            {"action": "send", "recipient": "refs.recipient", "template": "LATER"}]},
+            "recipient": "u_5"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run_id = body["runId"].as_str().unwrap().to_string();
+    a.run_until(&run_id, &["waiting"]).await;
+    svc.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let svc2 = stack.automations().await;
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let elapsed = t0.elapsed();
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        elapsed >= Duration::from_secs(3),
+        "fired early: {elapsed:?}"
+    );
+    println!("delay of 3 s across a restart fired after {elapsed:?}");
+    let req = decode(&msgs[0]);
+    assert_eq!(req.recipient, "u_5");
+    assert_eq!(req.run_id, run_id);
+    let run = api(&svc2, &key).run_until(&run_id, &["completed"]).await;
+    assert_eq!(run["timeline"][0]["status"], "waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelation_token_stops_a_pending_run() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    let a = api(&svc, &key);
+    let (_, body) = a
+        .post(
+            "/automations/invoke",
+            json!({"automation": {"cancellation_token": "trial-u_1", "steps": [
+            {"action": "delay", "duration": "2 seconds"},
+            {"action": "send", "template": "TRIAL_ENDING"}]}, "recipient": "u_1"}),
+        )
+        .await;
+    let first = body["runId"].as_str().unwrap().to_string();
+    let (_, body) = a
+        .post(
+            "/automations/invoke",
+            json!({"automation": {"cancelation_token": "trial-u_2", "steps": [
+            {"action": "delay", "duration": "2 seconds"},
+            {"action": "send", "template": "TRIAL_ENDING"}]}, "recipient": "u_2"}),
+        )
+        .await;
+    let second = body["runId"].as_str().unwrap().to_string();
+    a.run_until(&first, &["waiting"]).await;
+    a.run_until(&second, &["waiting"]).await;
+    // A cancel step stops the first; a later event carrying the second token stops the second.
+    let (s, _) = a
+        .post("/automations/invoke", json!({"automation": {"steps": [{"action": "cancel", "cancelation_token": "trial-u_1"}]}}))
+        .await;
+    assert_eq!(s, 200);
+    ingest(
+        &ingress,
+        &key,
+        json!({"type": "track", "event": "Upgraded", "userId": "u_2", "messageId": "c-1",
+        "properties": {"courier": {"automation": {"cancelation_token": "trial-u_2"}}}}),
+    )
+    .await;
+    let run = a.run_until(&first, &["canceled"]).await;
+    assert_eq!(
+        run["timeline"].as_array().unwrap().last().unwrap()["status"],
+        "canceled"
+    );
+    a.run_until(&second, &["canceled"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        stored_messages(&js, COURIER, "courier.acme.message.requested")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        stored_messages(&js, COURIER, "courier.acme.run.canceled")
+            .await
+            .len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_data_merges_a_webhook_response() {
+    use axum::routing::post;
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    // A tiny third-party endpoint: requires the header and echoes what it got.
+    let app = axum::Router::new().route(
+        "/lookup",
+        post(
+            |headers: axum::http::HeaderMap,
+             axum::extract::Query(q): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >,
+             axum::Json(body): axum::Json<Value>| async move {
+                if headers.get("x-token").map(|v| v.as_bytes()) != Some(b"s3cret") {
+                    return (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        axum::Json(json!({"error": "no token"})),
+                    );
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(
+                        json!({"plan": "pro", "seats": 5, "user": q.get("user"), "echo": body}),
+                    ),
+                )
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let a = api(&svc, &key);
+    let (s, body) = a
+        .post("/automations/invoke", json!({"automation": {"steps": [
+            {"action": "fetch-data", "ref": "lookup", "merge_strategy": "overwrite", "webhook": {
+                "url": format!("http://{addr}/lookup"), "method": "POST", "headers": {"x-token": "s3cret"},
+                "params": {"user": {"$ref": "recipient"}}, "body": {"id": {"$ref": "data.id"}}}},
+            {"action": "send", "if": "data.plan == \"pro\" && data.seats > 2", "template": "PRO", "data": {"echo": {"$ref": "lookup.echo.id"}}},
+            {"action": "send", "if": "!(data.plan == \"pro\")", "template": "NOT_PRO"}]},
+            "recipient": "u_9", "data": {"id": 17}}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run_id = body["runId"].as_str().unwrap();
+    let run = a.run_until(run_id, &["completed", "failed"]).await;
+    assert_eq!(run["state"], "completed", "{run}");
+    assert_eq!(
+        run["context"]["data"],
+        json!({"id": 17, "plan": "pro", "seats": 5, "user": "u_9", "echo": {"id": 17}})
+    );
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(msgs.len(), 1);
+    let req = decode(&msgs[0]);
+    assert_eq!(req.template, "PRO");
+    assert_eq!(json_of(&req.data)["echo"], 17);
+    assert_eq!(run["timeline"][2]["status"], "skipped");
+
+    // A failing webhook fails the run, and the timeline says which step and why.
+    let (_, body) = a
+        .post("/automations/invoke", json!({"automation": {"steps": [
+            {"action": "fetch-data", "webhook": {"url": format!("http://{addr}/lookup"), "method": "POST", "body": {}}}]}}))
+        .await;
+    let run = a
+        .run_until(body["runId"].as_str().unwrap(), &["failed"])
+        .await;
+    assert_eq!(run["timeline"][0]["status"], "failed");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("steps[0].webhook: answered 401"),
+        "{run}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_templates_are_refused_with_a_path_and_invoke_is_idempotent() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    let a = api(&svc, &key);
+    let (s, body) = a
+        .post(
+            "/automations/templates",
+            json!({"id": "bad", "steps": [
+            {"action": "send", "template": "T"}, {"action": "delay", "duration": "1 day"},
+            {"action": "delay", "duration": "5 minuts"}]}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        body["message"],
+        "steps[2].duration: cannot parse \"5 minuts\""
+    );
+    assert_eq!(body["type"], "invalid_request_error");
+    let (s, body) = a
+        .post("/automations/invoke", json!({"automation": {"steps": [{"action": "send", "template": "T", "if": "data.x >"}]}}))
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("automation.steps[0].if:"),
+        "{body}"
+    );
+    assert_eq!(a.get("/automations/templates/bad").await.0, 404);
+
+    // Templates CRUD.
+    let t = json!({"id": "t1", "name": "T1", "steps": [{"action": "send", "template": "X"}]});
+    assert_eq!(a.post("/automations/templates", t.clone()).await.0, 201);
+    assert_eq!(
+        a.post("/automations/templates", t).await.0,
+        400,
+        "ids are unique"
+    );
+    let (s, body) = a
+        .call(
+            reqwest::Method::PUT,
+            "/automations/templates/t1",
+            Some(json!({"name": "T1b", "steps": []})),
+        )
+        .await;
+    assert_eq!((s, body["name"].clone()), (200, json!("T1b")));
+    let (_, list) = a.get("/automations/templates").await;
+    assert_eq!(list["results"].as_array().unwrap().len(), 1);
+
+    // Idempotency-Key: the same run id, one run.
+    let invoke = |k: &'static str| {
+        a.http
+            .post(svc.url("/automations/t1/invoke"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", k)
+            .json(&json!({"recipient": "u_1"}))
+            .send()
+    };
+    let r1: Value = invoke("k-1").await.unwrap().json().await.unwrap();
+    let r2: Value = invoke("k-1").await.unwrap().json().await.unwrap();
+    let r3: Value = invoke("k-2").await.unwrap().json().await.unwrap();
+    assert_eq!(r1["runId"], r2["runId"]);
+    assert_ne!(r1["runId"], r3["runId"]);
+    a.run_until(r1["runId"].as_str().unwrap(), &["completed"])
+        .await;
+    assert_eq!(
+        a.call(reqwest::Method::DELETE, "/automations/templates/t1", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        a.post("/automations/nope/invoke", json!({"recipient": "u"}))
+            .await
+            .0,
+        404
+    );
+    // Another workspace sees nothing.
+    let other = stack.workspace("other").await;
+    let b = api(&svc, &other);
+    assert_eq!(
+        b.get(&format!(
+            "/automations/runs/{}",
+            r1["runId"].as_str().unwrap()
+        ))
+        .await
+        .0,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_profile_and_invoke_steps_publish_their_requests() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    let a = api(&svc, &key);
+    let (s, _) = a
+        .post(
+            "/automations/templates",
+            json!({"id": "child", "steps": [
+            {"action": "send", "template": "CHILD", "data": {"x": {"$ref": "data.x"}}}]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, body) = a
+        .post("/automations/invoke", json!({"automation": {"steps": [
+            {"action": "update-profile", "recipient_id": "refs.recipient", "profile": {"plan": {"$ref": "data.plan"}}, "merge": "overwrite"},
+            {"action": "invoke", "template": "child", "ref": "child", "context": {"recipient": "u_kid", "data": {"x": 1}}}]},
+            "recipient": "u_3", "data": {"plan": "team"}}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run = a
+        .run_until(body["runId"].as_str().unwrap(), &["completed"])
+        .await;
+    let updates = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.profile.update",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(updates.len(), 1);
+    let up = rc_proto::ProfileUpdateRequest::decode(updates[0].payload.as_ref()).unwrap();
+    assert_eq!(
+        (up.user_id.as_str(), up.merge.as_str()),
+        ("u_3", "overwrite")
+    );
+    assert_eq!(json_of(&up.profile), json!({"plan": "team"}));
+    let child = run["context"]["child"]["runId"].as_str().unwrap();
+    a.run_until(child, &["completed"]).await;
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let req = decode(&msgs[0]);
+    assert_eq!(
+        (req.recipient.as_str(), req.run_id.as_str()),
+        ("u_kid", child)
+    );
+    assert_eq!(json_of(&req.data)["x"], 1);
+}
+
+/// Measurement, not a test: `cargo test --release -p rc-tests --test automations -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_event_to_run_started() {
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let svc = stack.automations().await;
+    let js = stack.jetstream().await;
+    let a = api(&svc, &key);
+    a.post(
+        "/automations/mappings",
+        json!({"event": "Ping", "template": {"id": "ping", "steps": [
+        {"action": "send", "template": "PING"}]}}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(json!({"type": "track", "event": "Ping", "userId": format!("u{i}"), "messageId": format!("p{i}")}));
+        if batch.len() == 100 || i + 1 == n {
+            let r = client
+                .post(ingress.url("/inbound/rudderstack"))
+                .bearer_auth(&key)
+                .json(&json!({"batch": batch}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+            batch.clear();
+        }
+    }
+    let started = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.run.started",
+        n,
+        Duration::from_secs(120),
+    )
+    .await;
+    let total = t0.elapsed();
+    let events = stored_messages(&js, "EVENTS", "events.acme.track").await;
+    let received: std::collections::HashMap<String, i64> = events
+        .iter()
+        .map(|m| {
+            let e = rc_proto::Envelope::decode(m.payload.as_ref()).unwrap();
+            let t = e.received_at.unwrap();
+            (
+                e.message_id,
+                t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
+            )
+        })
+        .collect();
+    let mut lat: Vec<i64> = started
+        .iter()
+        .map(|m| {
+            let r = RunEvent::decode(m.payload.as_ref()).unwrap();
+            let at = r.at.unwrap();
+            at.seconds * 1000 + i64::from(at.nanos) / 1_000_000 - received[&r.source_message_id]
+        })
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "runs started: {} in {:.2?} ({:.0}/s); event→run.started latency ms p50 {} p90 {} p99 {} max {}",
+        started.len(),
+        total,
+        started.len() as f64 / total.as_secs_f64(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+}
