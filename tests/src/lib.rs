@@ -4,6 +4,9 @@
 //! Binaries come from `$NATS_SERVER_BIN` / `$REDIS_SERVER_BIN`, else from `PATH`
 //! (`make deps` installs both).
 
+pub mod dataplane;
+pub mod forwarder;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
