@@ -484,3 +484,94 @@ async fn rejected_events_are_dead_lettered_and_can_be_replayed() {
     let (_, list) = get_json(&fwd, &key, "/integrations/rudderstack/dead-letters").await;
     assert_eq!(list["total"], 0);
 }
+
+/// Measurement, not a check: `cargo test --release -p rc-tests --test forwarder -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_throughput_and_isolation_latency() {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let key_a = stack.workspace("alpha").await;
+    let key_b = stack.workspace("beta").await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    dp.set_latency(Duration::from_millis(10));
+    let dead = DataPlane::start(WRITE_KEY).await;
+    let mut settings = stack.forwarder_settings(&new_encryption_key());
+    settings.forwarder.linger_ms = 200;
+    settings.forwarder.request_timeout_ms = 10_000;
+    settings.forwarder.max_ack_pending = 5_000;
+    let fwd = stack.forwarder_with(settings).await;
+    assert_eq!(
+        put_integration(&fwd, &key_b, config(&dp, WRITE_KEY))
+            .await
+            .status(),
+        200
+    );
+
+    // Throughput: a backlog of N events, data plane answering in 10 ms.
+    let n = 20_000;
+    let payloads: Vec<_> = (0..n)
+        .map(|i| message_event("beta", &format!("t-{i}"), "DELIVERED", "u_1"))
+        .collect();
+    let mut acks = Vec::new();
+    for ev in &payloads {
+        use prost::Message as _;
+        acks.push(
+            js.publish("courier.beta.message.delivered", ev.encode_to_vec().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    eventually("backlog", Duration::from_secs(300), async || {
+        dp.message_ids().len() == n
+    })
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "throughput: {n} events in {secs:.2} s = {:.0} events/s ({} requests)",
+        n as f64 / secs,
+        dp.batch_sizes().len()
+    );
+
+    // Latency of a healthy workspace while another's data plane hangs.
+    dead.set_mode(Mode::Hang);
+    assert_eq!(
+        put_integration(&fwd, &key_a, config(&dead, WRITE_KEY))
+            .await
+            .status(),
+        200
+    );
+    for i in 0..2_000 {
+        publish_message_event(
+            &js,
+            &message_event("alpha", &format!("a-{i}"), "SENT", "u_1"),
+        )
+        .await;
+    }
+    let mut latencies = Vec::new();
+    for i in 0..50 {
+        let id = format!("l-{i}-SENT");
+        let t = std::time::Instant::now();
+        publish_message_event(
+            &js,
+            &message_event("beta", &format!("l-{i}"), "SENT", "u_2"),
+        )
+        .await;
+        eventually("latency probe", Duration::from_secs(30), async || {
+            dp.message_ids().contains(&id)
+        })
+        .await;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "healthy workspace latency while another's data plane hangs: p50 {:?}, p95 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 95 / 100],
+        latencies[latencies.len() - 1]
+    );
+}

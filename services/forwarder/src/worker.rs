@@ -309,7 +309,7 @@ async fn run_worker(
     'supervise: while !stop.is_triggered() {
         let consumer: Result<jetstream::consumer::PullConsumer, crate::BoxError> = async {
             let stream = ctx.js.get_stream(COURIER_STREAM).await?;
-            Ok(stream.get_consumer(&consumer_name(&ws)).await?)
+            stream.get_consumer(&consumer_name(&ws)).await
         }
         .await;
         let consumer = match consumer {
@@ -385,7 +385,7 @@ async fn pull(
             Ok(m) => out.push(m),
             Err(err) => {
                 if out.is_empty() {
-                    return Err(err.into());
+                    return Err(err);
                 }
                 break;
             }
