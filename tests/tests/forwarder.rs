@@ -115,6 +115,19 @@ async fn message_delivered_reaches_the_data_plane_with_the_documented_shape() {
     assert_eq!(t["status"], 200);
     assert_eq!(t["body"], "ok");
 
+    // Metrics.
+    let metrics = reqwest::get(fwd.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("forwarder_events_delivered_total{workspace=\"acme\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("forwarder_dataplane_request_duration_seconds"));
+
     // URL validation.
     for bad in [
         "ftp://dp.example",

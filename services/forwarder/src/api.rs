@@ -495,3 +495,27 @@ async fn purge_dead_letters(
         .map_err(unavailable)?;
     Ok(Json(json!({"purged": purged.purged})))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::validate_url;
+
+    #[test]
+    fn data_plane_urls_are_validated() {
+        assert_eq!(
+            validate_url("https://acme.dataplane.rudderstack.com/", false).unwrap(),
+            "https://acme.dataplane.rudderstack.com"
+        );
+        assert!(validate_url("http://127.0.0.1:8080", true).is_ok());
+        for bad in [
+            "http://127.0.0.1:8080",
+            "ftp://x.example",
+            "https://key:@x.example",
+            "https://u:p@x.example",
+            "https://x.example/?writeKey=1",
+            "nonsense",
+        ] {
+            assert!(validate_url(bad, false).is_err(), "{bad}");
+        }
+    }
+}
