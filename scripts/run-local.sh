@@ -52,6 +52,13 @@ if [ -z "${REDIS_URL:-}" ]; then
   pids+=($!)
   REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 fi
+# Seals stored credentials (RudderStack write keys, provider keys): generated once, kept.
+SECRETS_FILE=$DATA/secrets_key
+if [ -z "${RC_SECRETS__ENCRYPTION_KEY:-}" ]; then
+  [ -s "$SECRETS_FILE" ] || { (umask 077; python3 -c 'import base64,os;print(base64.b64encode(os.urandom(32)).decode())' > "$SECRETS_FILE"); }
+  RC_SECRETS__ENCRYPTION_KEY=$(cat "$SECRETS_FILE")
+fi
+export RC_SECRETS__ENCRYPTION_KEY
 export RC_NATS__URL=$NATS_URL RC_REDIS__URL=$REDIS_URL RC_LOG__FORMAT=${RC_LOG__FORMAT:-pretty}
 
 # Key that seals provider credentials at rest (rc-delivery): generated once, kept in .data/.

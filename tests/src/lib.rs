@@ -8,6 +8,8 @@ pub mod delivery;
 pub mod accounts;
 pub mod profiles;
 pub mod automations;
+pub mod dataplane;
+pub mod forwarder;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

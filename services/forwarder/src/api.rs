@@ -1,0 +1,521 @@
+//! `/integrations/rudderstack…`: configuration, test, status and dead letters. Every route
+//! authenticates the workspace API key and only touches that workspace's data.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use prost::Message as _;
+use rc_common::auth::Workspace;
+use rc_common::secrets::mask;
+use rc_common::subjects::{self, DLQ_STREAM, dlq_headers};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ForwarderError;
+use crate::store::Integration;
+use crate::{AppState, SERVICE, mapping, worker};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/integrations/rudderstack",
+            get(get_integration)
+                .put(put_integration)
+                .delete(delete_integration),
+        )
+        .route("/integrations/rudderstack/test", post(test_integration))
+        .route("/integrations/rudderstack/status", get(status))
+        .route(
+            "/integrations/rudderstack/dead-letters",
+            get(list_dead_letters).delete(purge_dead_letters),
+        )
+        .route(
+            "/integrations/rudderstack/dead-letters/{seq}",
+            get(get_dead_letter),
+        )
+        .route(
+            "/integrations/rudderstack/dead-letters/{seq}/replay",
+            post(replay_dead_letter),
+        )
+        .with_state(state)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct EventKinds {
+    statuses: Option<Vec<String>>,
+    profile_updates: bool,
+    tenant_updates: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PutBody {
+    write_key: Option<String>,
+    data_plane_url: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    events: EventKinds,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn bad(m: impl Into<String>) -> ForwarderError {
+    ForwarderError::Invalid(m.into())
+}
+
+/// http(s), a host, no credentials, no query or fragment.
+pub fn validate_url(raw: &str, allow_http: bool) -> Result<String, ForwarderError> {
+    let url = url::Url::parse(raw.trim())
+        .map_err(|e| bad(format!("dataPlaneUrl is not a valid URL: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => return Err(bad("dataPlaneUrl must use https")),
+        other => {
+            return Err(bad(format!(
+                "dataPlaneUrl must be http or https, not {other:?}"
+            )));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("dataPlaneUrl has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "dataPlaneUrl must not contain credentials; send the write key as writeKey",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("dataPlaneUrl must not have a query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn view(ws: &str, integ: &Integration, state: &AppState) -> Value {
+    let masked = state
+        .ctx
+        .cipher
+        .as_ref()
+        .and_then(|c| c.open(&integ.write_key_sealed, ws).ok())
+        .map(|k| mask(&k))
+        .unwrap_or_else(|| "••••".into());
+    json!({
+        "writeKey": masked,
+        "dataPlaneUrl": integ.data_plane_url,
+        "enabled": integ.enabled,
+        "events": {
+            "statuses": integ.statuses,
+            "profileUpdates": integ.profile_updates,
+            "tenantUpdates": integ.tenant_updates,
+        },
+        "paused": integ.paused_reason.is_some(),
+        "pausedReason": integ.paused_reason,
+        "updatedAt": integ.updated_at,
+    })
+}
+
+async fn get_integration(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, ForwarderError> {
+    let integ = state.ctx.store.get(&ws).await?.ok_or_else(|| {
+        ForwarderError::NotFound("no RudderStack integration is configured".into())
+    })?;
+    Ok(Json(view(&ws, &integ, &state)))
+}
+
+async fn put_integration(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ForwarderError> {
+    let body: PutBody =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid body: {e}")))?;
+    let url = validate_url(&body.data_plane_url, state.ctx.settings.allow_http)?;
+    let cipher =
+        state.ctx.cipher.as_ref().ok_or_else(|| {
+            ForwarderError::Unavailable("secrets.encryption_key is not set".into())
+        })?;
+    let existing = state.ctx.store.get(&ws).await?;
+    let sealed = match (body.write_key.as_deref().map(str::trim), &existing) {
+        (Some(k), _) if !k.is_empty() => {
+            if k.len() > 256 || k.chars().any(|c| c.is_control() || c == ':') {
+                return Err(bad("writeKey is malformed"));
+            }
+            cipher.seal(k, &ws)
+        }
+        (_, Some(e)) => e.write_key_sealed.clone(),
+        _ => return Err(bad("writeKey is required")),
+    };
+    let statuses = match body.events.statuses {
+        None => mapping::SENDABLE_STATUSES
+            .iter()
+            .map(|(s, _)| s.to_string())
+            .collect(),
+        Some(list) => {
+            let mut out: Vec<String> = Vec::new();
+            for s in list {
+                let up = s.trim().to_ascii_uppercase();
+                if mapping::event_name(&up).is_none() {
+                    return Err(bad(format!(
+                        "events.statuses: {s:?} is not sent; use SENT, DELIVERED, OPENED, CLICKED, UNDELIVERABLE, UNROUTABLE"
+                    )));
+                }
+                if !out.contains(&up) {
+                    out.push(up);
+                }
+            }
+            out
+        }
+    };
+    if statuses.is_empty() && !body.events.profile_updates && !body.events.tenant_updates {
+        return Err(bad("nothing to send: choose at least one status or kind"));
+    }
+    let integ = Integration {
+        write_key_sealed: sealed,
+        data_plane_url: url,
+        enabled: body.enabled,
+        statuses,
+        profile_updates: body.events.profile_updates,
+        tenant_updates: body.events.tenant_updates,
+        // A PUT is the fix for a refused key: it resumes.
+        paused_reason: None,
+        updated_at: mapping::rfc3339(time::OffsetDateTime::now_utc()),
+        version: existing.as_ref().map_or(1, |e| e.version + 1),
+    };
+    // The consumer exists before the answer: events published after it are forwarded.
+    state
+        .ctx
+        .ensure_consumer(&ws, &integ)
+        .await
+        .map_err(|e| ForwarderError::Unavailable(format!("nats: {e}")))?;
+    state.ctx.store.put(&ws, &integ).await?;
+    state.ctx.store.set_field(&ws, "paused_reason", "").await;
+    if let Err(err) = state.ctx.reconcile().await {
+        tracing::warn!(workspace = %ws, error = %err, "Reconcile after PUT failed; the loop retries");
+    }
+    tracing::info!(workspace = %ws, enabled = integ.enabled, "RudderStack integration saved");
+    Ok(Json(view(&ws, &integ, &state)))
+}
+
+async fn delete_integration(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<StatusCode, ForwarderError> {
+    let existed = state.ctx.store.delete(&ws).await?;
+    let _ = state.ctx.reconcile().await;
+    state.ctx.delete_consumer(&ws).await;
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ForwarderError::NotFound(
+            "no RudderStack integration is configured".into(),
+        ))
+    }
+}
+
+async fn test_integration(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, ForwarderError> {
+    let integ = state.ctx.store.get(&ws).await?.ok_or_else(|| {
+        ForwarderError::NotFound("no RudderStack integration is configured".into())
+    })?;
+    let key = state
+        .ctx
+        .cipher
+        .as_ref()
+        .and_then(|c| c.open(&integ.write_key_sealed, &ws).ok())
+        .ok_or_else(|| ForwarderError::Unavailable("the stored write key does not open".into()))?;
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let event = mapping::test_event(time::OffsetDateTime::now_utc(), &nonce);
+    let body = serde_json::to_vec(&json!({"batch": [event]})).expect("serializable");
+    let url = format!("{}/v1/batch", integ.data_plane_url);
+    Ok(Json(
+        match worker::raw_post(&state.ctx.http, &url, &key, &body).await {
+            Ok((status, text, _)) => json!({
+                "ok": (200..300).contains(&status),
+                "status": status,
+                "body": text.chars().take(1024).collect::<String>(),
+                "messageId": event["messageId"],
+            }),
+            Err(err) => json!({"ok": false, "status": null, "error": err}),
+        },
+    ))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, ForwarderError> {
+    let integ = state.ctx.store.get(&ws).await?.ok_or_else(|| {
+        ForwarderError::NotFound("no RudderStack integration is configured".into())
+    })?;
+    let stats = state.ctx.store.stats(&ws).await?;
+    let num = |k: &str| {
+        stats
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let text = |k: &str| stats.get(k).filter(|v| !v.is_empty()).cloned();
+    let (pending, ack_pending) = state.ctx.pending(&ws).await.unwrap_or((0, 0));
+    let circuit = state
+        .ctx
+        .runtime(&ws)
+        .circuit
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let dead_letters = async {
+        let stream = state.ctx.js.get_stream(DLQ_STREAM).await.ok()?;
+        let mut info = stream
+            .info_with_subjects(subjects::dlq_subject(SERVICE, &ws))
+            .await
+            .ok()?;
+        let mut total = 0u64;
+        while let Some(Ok((_, n))) = info.next().await {
+            total += n as u64;
+        }
+        Some(total)
+    }
+    .await
+    .unwrap_or(0);
+    let state_name = if !integ.enabled {
+        "disabled"
+    } else if integ.paused_reason.is_some() {
+        "paused"
+    } else {
+        "active"
+    };
+    Ok(Json(json!({
+        "state": state_name,
+        "pausedReason": integ.paused_reason,
+        "delivered": num("delivered"),
+        "failed": num("failed"),
+        "pending": pending + ack_pending as u64,
+        "pendingInStream": pending,
+        "pendingUnacked": ack_pending,
+        "deadLetters": dead_letters,
+        "lastError": text("last_error"),
+        "lastErrorAt": text("last_error_at"),
+        "lastDeliveredAt": text("last_delivered_at"),
+        "circuit": worker::circuit_name(circuit),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct ListQuery {
+    limit: usize,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self { limit: 100 }
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| v.as_str().to_string())
+}
+
+fn describe(subject: &str, payload: &[u8]) -> Value {
+    let kind = subject.splitn(3, '.').nth(2).unwrap_or("");
+    if kind.starts_with("message.")
+        && let Ok(ev) = rc_proto::MessageEvent::decode(payload)
+    {
+        return json!({"messageId": ev.message_id, "status": ev.status, "recipient": ev.recipient});
+    }
+    json!({"bytes": payload.len()})
+}
+
+fn dead_letter_json(seq: u64, headers: &HeaderMap, payload: &[u8], at: Option<String>) -> Value {
+    let original = header(headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
+    json!({
+        "seq": seq,
+        "originalSubject": original,
+        "originalSequence": header(headers, dlq_headers::ORIGINAL_SEQUENCE),
+        "deliveryCount": header(headers, dlq_headers::DELIVERY_COUNT),
+        "reason": header(headers, dlq_headers::REASON),
+        "deadLetteredAt": at,
+        "event": describe(&original, payload),
+    })
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ForwarderError {
+    ForwarderError::Unavailable(format!("nats: {e}"))
+}
+
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ForwarderError> {
+    let limit = q.limit.clamp(1, 1_000);
+    let stream = state
+        .ctx
+        .js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(unavailable)?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subjects::dlq_subject(SERVICE, &ws),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)?;
+    let total = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::new();
+    if total > 0 {
+        let mut messages = consumer
+            .fetch()
+            .max_messages(limit.min(total))
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        while let Some(Ok(m)) = messages.next().await {
+            let info = m.info().ok();
+            let seq = info.as_ref().map_or(0, |i| i.stream_sequence);
+            let at = info.and_then(|i| mapping::rfc3339(i.published).into());
+            let empty = HeaderMap::new();
+            out.push(dead_letter_json(
+                seq,
+                m.headers.as_ref().unwrap_or(&empty),
+                &m.payload,
+                at,
+            ));
+            if out.len() >= limit.min(total) {
+                break;
+            }
+        }
+    }
+    Ok(Json(json!({"total": total, "deadLetters": out})))
+}
+
+async fn load_dead_letter(
+    state: &AppState,
+    ws: &str,
+    seq: u64,
+) -> Result<async_nats::jetstream::message::StreamMessage, ForwarderError> {
+    let stream = state
+        .ctx
+        .js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(unavailable)?;
+    let not_found = || ForwarderError::NotFound(format!("no dead letter {seq} in this workspace"));
+    let msg = stream.get_raw_message(seq).await.map_err(|_| not_found())?;
+    // Only the caller's own dead letters.
+    if msg.subject.as_str() != subjects::dlq_subject(SERVICE, ws) {
+        return Err(not_found());
+    }
+    Ok(msg)
+}
+
+async fn get_dead_letter(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(seq): Path<u64>,
+) -> Result<Json<Value>, ForwarderError> {
+    let msg = load_dead_letter(&state, &ws, seq).await?;
+    let mut v = dead_letter_json(
+        seq,
+        &msg.headers,
+        &msg.payload,
+        Some(mapping::rfc3339(msg.time)),
+    );
+    // The whole original event, decoded.
+    let original = header(&msg.headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
+    if original.contains(".message.")
+        && let Ok(ev) = rc_proto::MessageEvent::decode(&msg.payload[..])
+    {
+        v["rudderstackEvent"] =
+            mapping::message_event(&ev, time::OffsetDateTime::now_utc()).unwrap_or(Value::Null);
+    }
+    Ok(Json(v))
+}
+
+async fn replay_dead_letter(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(seq): Path<u64>,
+) -> Result<Json<Value>, ForwarderError> {
+    let msg = load_dead_letter(&state, &ws, seq).await?;
+    let original = header(&msg.headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
+    if subjects::workspace_of(&original) != Some(&*ws) || !original.starts_with("courier.") {
+        return Err(bad("the dead letter has no replayable original subject"));
+    }
+    // No Nats-Msg-Id: the original id is inside the dedupe window and would drop the replay.
+    state
+        .ctx
+        .js
+        .publish(original.clone(), msg.payload.clone())
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    let stream = state
+        .ctx
+        .js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(unavailable)?;
+    let _ = stream.delete_message(seq).await;
+    Ok(Json(json!({"replayed": seq, "subject": original})))
+}
+
+async fn purge_dead_letters(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+) -> Result<Json<Value>, ForwarderError> {
+    let stream = state
+        .ctx
+        .js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(unavailable)?;
+    let purged = stream
+        .purge()
+        .filter(subjects::dlq_subject(SERVICE, &ws))
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({"purged": purged.purged})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_url;
+
+    #[test]
+    fn data_plane_urls_are_validated() {
+        assert_eq!(
+            validate_url("https://acme.dataplane.rudderstack.com/", false).unwrap(),
+            "https://acme.dataplane.rudderstack.com"
+        );
+        assert!(validate_url("http://127.0.0.1:8080", true).is_ok());
+        for bad in [
+            "http://127.0.0.1:8080",
+            "ftp://x.example",
+            "https://key:@x.example",
+            "https://u:p@x.example",
+            "https://x.example/?writeKey=1",
+            "nonsense",
+        ] {
+            assert!(validate_url(bad, false).is_err(), "{bad}");
+        }
+    }
+}

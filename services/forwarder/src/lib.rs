@@ -1,0 +1,207 @@
+//! The forwarder: Courier-generated events on JetStream `COURIER` → the workspace's RudderStack
+//! data plane (`POST {dataPlaneUrl}/v1/batch`), with one durable consumer and one delivery task
+//! per workspace, so one slow or dead data plane never delays another workspace.
+
+pub mod api;
+pub mod error;
+pub mod mapping;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::http::StatusCode;
+use rc_common::Shutdown;
+use rc_common::auth::{Authenticator, WorkspaceStore};
+use rc_common::config::{
+    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
+};
+use rc_common::ops::Readiness;
+use rc_common::secrets::{Cipher, SecretsSettings};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::ForwarderError;
+
+pub const SERVICE: &str = "forwarder";
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ForwarderSettings {
+    /// Events per `/v1/batch` request (RudderStack SDKs use ≤ 500).
+    pub batch_max_events: usize,
+    /// Uncompressed bytes per request (always kept under the gateway's 4,096,000).
+    pub batch_max_bytes: usize,
+    /// How long a batch waits for more events after its first one.
+    pub linger_ms: u64,
+    /// Bound on one data-plane request (connect + answer).
+    pub request_timeout_ms: u64,
+    /// JetStream ack wait of the per-workspace consumers; held batches send `Progress` every third.
+    pub ack_wait_ms: u64,
+    /// Unacked events one workspace may have out.
+    pub max_ack_pending: i64,
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Consecutive failures that open a destination's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit waits before its half-open probe.
+    pub circuit_cooldown_ms: u64,
+    /// How often every replica re-reads the integrations from Redis.
+    pub reconcile_interval_ms: u64,
+    /// Data-plane URLs must be https unless this is true (local and test setups).
+    pub allow_http: bool,
+}
+
+impl Default for ForwarderSettings {
+    fn default() -> Self {
+        Self {
+            batch_max_events: 500,
+            batch_max_bytes: 500_000,
+            linger_ms: 200,
+            request_timeout_ms: 10_000,
+            ack_wait_ms: 30_000,
+            max_ack_pending: 5_000,
+            base_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            circuit_failures: 5,
+            circuit_cooldown_ms: 30_000,
+            reconcile_interval_ms: 2_000,
+            allow_http: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub nats: NatsSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    pub auth: AuthSettings,
+    pub secrets: SecretsSettings,
+    pub forwarder: ForwarderSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::on_port(8084),
+            nats: NatsSettings::default(),
+            redis: RedisSettings::default(),
+            log: LogSettings::default(),
+            shutdown: ShutdownSettings::default(),
+            auth: AuthSettings::default(),
+            secrets: SecretsSettings::default(),
+            forwarder: ForwarderSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Authenticator>,
+    pub ctx: Arc<worker::Ctx>,
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// Runs the forwarder until `shutdown` triggers.
+pub async fn run(
+    settings: Settings,
+    listener: Option<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), BoxError> {
+    // A missing key is fatal: nothing could be stored or sent.
+    let cipher = Cipher::from_settings(&settings.secrets)?;
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(settings.http.listen).await?,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "Forwarder listening");
+    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
+    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
+    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
+        .await
+        .ok_or("shut down before Redis was reachable")?;
+
+    let ctx = worker::Ctx::new(
+        js.clone(),
+        store::Store::new(redis.clone()),
+        Some(cipher),
+        settings.forwarder.clone(),
+        shutdown.clone(),
+    );
+    let streams_ready = Arc::new(AtomicBool::new(false));
+    let supervisor = {
+        let (js, nats_settings, flag, shutdown, ctx) = (
+            js.clone(),
+            settings.nats.clone(),
+            streams_ready.clone(),
+            shutdown.clone(),
+            ctx.clone(),
+        );
+        tokio::spawn(async move {
+            if rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
+            {
+                flag.store(true, Ordering::Release);
+                ctx.supervise().await;
+            }
+        })
+    };
+
+    let state = AppState {
+        auth: Arc::new(Authenticator::new(
+            WorkspaceStore::new(redis.clone()),
+            &settings.auth,
+        )),
+        ctx,
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with_nats(nats.clone())
+        .with_redis(redis)
+        .with_streams_flag(streams_ready);
+    let app = app(
+        state,
+        readiness,
+        Duration::from_millis(settings.http.request_timeout_ms),
+    );
+    rc_common::http::serve(
+        listener,
+        app,
+        shutdown.clone(),
+        Duration::from_millis(settings.shutdown.drain_timeout_ms),
+    )
+    .await?;
+    // Workers stop pulling and give back what they hold (nak), bounded.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(settings.shutdown.drain_timeout_ms),
+        supervisor,
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+    tracing::info!("Forwarder stopped");
+    Ok(())
+}
+
+pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+    api::router(state)
+        .merge(rc_common::ops::router(readiness))
+        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+}
