@@ -24,7 +24,7 @@ K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.37.0"}
 # Custom resources the schemas cannot know; anything else without a schema fails.
 CRD_KINDS="keda.sh/v1alpha1/ScaledObject monitoring.coreos.com/v1/ServiceMonitor"
 
-TOOLS=${DEPLOY_TOOLS_DIR:-$HOME/.cache/rudder-courier/deploy-tools}
+TOOLS=${DEPLOY_TOOLS_DIR:-${HOME:-/tmp}/.cache/rudder-courier/deploy-tools}
 say() { echo "deploy-check: $*"; }
 fail() { echo "deploy-check: FAILED: $*" >&2; exit 1; }
 
