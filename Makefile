@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 PROFILE ?= release
+IMAGE ?= rudder-courier:dev
 
-.PHONY: help deps build run test lint fmt bench clean
+.PHONY: help deps build run test lint fmt bench clean image deploy-check
 
 help:
 	@echo "make run    - real nats-server + redis-server under .data/, every service, a dev workspace"
@@ -11,6 +12,8 @@ help:
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - load benchmarks; figures go to BENCHMARKS.md"
 	@echo "make deps   - install nats-server (>= 2.10) and redis-server if missing"
+	@echo "make image  - container image with every service binary (IMAGE=$(IMAGE); needs a Docker engine)"
+	@echo "make deploy-check - render deploy/ overlays, validate against Kubernetes schemas, lint the Dockerfile"
 
 deps:
 	@scripts/deps.sh
@@ -33,6 +36,14 @@ fmt:
 
 bench: deps
 	@scripts/bench.sh
+
+image:
+	@command -v docker >/dev/null 2>&1 || { echo "make image: docker is not installed; build where a Docker engine runs: docker build -t $(IMAGE) ." >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable (docker info failed); build where one runs: docker build -t $(IMAGE) ." >&2; exit 1; }
+	docker build -t $(IMAGE) .
+
+deploy-check:
+	@scripts/check-deploy.sh
 
 clean:
 	$(CARGO) clean

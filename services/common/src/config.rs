@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use config::{Config, Environment, File};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 pub use config::ConfigError;
 
@@ -44,7 +44,7 @@ pub fn load_from<T: DeserializeOwned>(
     builder.add_source(env).build()?.try_deserialize()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HttpSettings {
     /// Address the service listens on (API, `/healthz`, `/readyz`, `/metrics`).
@@ -68,7 +68,7 @@ impl Default for HttpSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct NatsSettings {
     pub url: String,
@@ -103,7 +103,7 @@ impl Default for NatsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RedisSettings {
     /// Single-node URL, used when `cluster_urls` is empty.
@@ -125,7 +125,7 @@ impl Default for RedisSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogSettings {
     /// `pretty` (local) or `json` (production).
@@ -143,7 +143,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ShutdownSettings {
     /// After SIGTERM, `/readyz` fails for this long before the listener closes, so load
@@ -162,7 +162,7 @@ impl Default for ShutdownSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AuthSettings {
     /// How long a resolved API key stays cached in-process (revocation takes this long).

@@ -22,7 +22,7 @@ use rc_common::config::{
 };
 use rc_common::ops::Readiness;
 use rc_common::{Shutdown, subjects};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::timeout::TimeoutLayer;
@@ -32,7 +32,7 @@ use event::{Normalized, Normalizer, Parsed, Rejection};
 
 pub const SERVICE: &str = "ingress";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct IngressSettings {
     /// Publishes awaiting their JetStream ack at once; past this, requests get a fast 429.
@@ -57,7 +57,7 @@ impl Default for IngressSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,
