@@ -4,12 +4,12 @@
 //! Binaries come from `$NATS_SERVER_BIN` / `$REDIS_SERVER_BIN`, else from `PATH`
 //! (`make deps` installs both).
 
-pub mod delivery;
 pub mod accounts;
-pub mod profiles;
 pub mod automations;
 pub mod dataplane;
+pub mod delivery;
 pub mod forwarder;
+pub mod profiles;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
