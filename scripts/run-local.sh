@@ -61,15 +61,6 @@ fi
 export RC_SECRETS__ENCRYPTION_KEY
 export RC_NATS__URL=$NATS_URL RC_REDIS__URL=$REDIS_URL RC_LOG__FORMAT=${RC_LOG__FORMAT:-pretty}
 
-# Key that seals provider credentials at rest (rc-delivery): generated once, kept in .data/.
-SECRETS_KEY_FILE=$DATA/secrets_key
-if [ -z "${RC_SECRETS__ENCRYPTION_KEY:-}" ]; then
-  if [ ! -s "$SECRETS_KEY_FILE" ]; then
-    (umask 077; head -c 32 /dev/urandom | base64 | tr -d '\n' > "$SECRETS_KEY_FILE")
-  fi
-  RC_SECRETS__ENCRYPTION_KEY=$(cat "$SECRETS_KEY_FILE")
-fi
-export RC_SECRETS__ENCRYPTION_KEY
 
 for _ in $(seq 1 100); do
   "$BIN/rc-admin" --redis-url "$REDIS_URL" list-workspaces >/dev/null 2>&1 && break
