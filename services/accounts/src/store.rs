@@ -20,18 +20,7 @@ use sha2::{Digest, Sha256};
 
 use rc_common::redis::RedisConn;
 
-pub fn escape_id(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for c in id.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use rc_common::redis::escape_key_id as escape_id;
 
 fn tag(ws: &str, tid: &str) -> String {
     format!("{{ws:{ws}:tenant:{}}}", escape_id(tid))

@@ -107,3 +107,19 @@ pub async fn ping(conn: &RedisConn) -> bool {
         .await
         .is_ok()
 }
+
+/// Percent-encodes `%`, `{` and `}` in an id placed inside a key's hash tag, so no id can
+/// break the tag. Part of the documented Redis read contracts: every reader and writer of
+/// `{ws:<ws>:user:<uid>}:…` and `{ws:<ws>:tenant:<tid>}:…` keys encodes ids with this.
+pub fn escape_key_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
