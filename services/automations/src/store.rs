@@ -31,7 +31,10 @@ pub fn token_key(ws: &str, token: &str) -> String {
 }
 /// The profiles service's read contract.
 pub fn profile_key(ws: &str, user: &str) -> String {
-    format!("{{ws:{ws}:user:{user}}}:profile")
+    format!(
+        "{{ws:{ws}:user:{}}}:profile",
+        rc_common::redis::escape_key_id(user)
+    )
 }
 pub fn due_member(ws: &str, run_id: &str) -> String {
     format!("{ws}/{run_id}")

@@ -280,7 +280,10 @@ impl Worker {
         let mut conn = self.store.redis();
         let members: Vec<String> = redis::AsyncCommands::zrange(
             &mut conn,
-            format!("{{ws:{ws}:tenant:{}}}:members", prepared.tenant_id),
+            format!(
+                "{{ws:{ws}:tenant:{}}}:members",
+                rc_common::redis::escape_key_id(&prepared.tenant_id)
+            ),
             0,
             -1,
         )
@@ -314,9 +317,14 @@ impl Worker {
             serde_json::from_slice(&req.profile).unwrap_or_default();
         let mut acks = Vec::with_capacity(members.len());
         for uid in &members {
-            let stored: Option<String> =
-                redis::AsyncCommands::get(&mut conn, format!("{{ws:{ws}:user:{uid}}}:profile"))
-                    .await?;
+            let stored: Option<String> = redis::AsyncCommands::get(
+                &mut conn,
+                format!(
+                    "{{ws:{ws}:user:{}}}:profile",
+                    rc_common::redis::escape_key_id(uid)
+                ),
+            )
+            .await?;
             let mut profile: serde_json::Map<String, serde_json::Value> = stored
                 .and_then(|s| serde_json::from_str(&s).ok())
                 .unwrap_or_default();
