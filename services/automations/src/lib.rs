@@ -13,18 +13,18 @@ pub mod steps;
 pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
-use rc_common::auth::{Authenticator, WorkspaceStore};
+use rc_common::auth::Authenticator;
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::consumer::{self, ConsumerSpec};
 use rc_common::ops::Readiness;
+use rc_common::service::{Base, Runtime};
 use rc_common::{Shutdown, subjects};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -74,6 +74,18 @@ pub struct Settings {
     pub automations: AutomationsSettings,
 }
 
+impl Settings {
+    /// The sections [`Runtime::start`] needs.
+    pub fn base(&self) -> Base<'_> {
+        Base {
+            http: &self.http,
+            nats: &self.nats,
+            redis: &self.redis,
+            shutdown: &self.shutdown,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -100,7 +112,7 @@ impl FromRef<AppState> for Arc<Authenticator> {
     }
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use rc_common::service::BoxError;
 
 /// Runs the service until `shutdown` triggers: HTTP API, the EVENTS consumer and the scheduler.
 pub async fn run(
@@ -108,89 +120,45 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.http.listen).await?,
-    };
-    tracing::info!(addr = %listener.local_addr()?, "Automations listening");
-    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
-    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
-    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
-        .await
-        .ok_or("shut down before Redis was reachable")?;
+    let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
     let cfg = &settings.automations;
     let engine = Engine {
-        redis: redis.clone(),
-        js: js.clone(),
+        redis: rt.redis.clone(),
+        js: rt.js.clone(),
         http: reqwest::Client::new(),
         lease_ms: cfg.lease_ms as i64,
     };
 
-    let streams_ready = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    {
-        let (js, nats_settings, flag, shutdown) = (
-            js.clone(),
-            settings.nats.clone(),
-            streams_ready.clone(),
-            shutdown.clone(),
-        );
-        let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.track");
-        spec.durable = cfg.consumer_name.clone();
-        spec.filter_subjects = vec![
-            "events.*.track".into(),
-            "events.*.identify".into(),
-            "events.*.group".into(),
-        ];
-        spec.concurrency = cfg.consumer_concurrency;
-        spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
-        let handler = Arc::new(events::EventHandler {
-            engine: engine.clone(),
-        });
-        tasks.push(tokio::spawn(async move {
-            if rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
-            {
-                flag.store(true, Ordering::Release);
-                consumer::run(js, spec, handler, shutdown).await;
-            }
-        }));
-    }
-    tasks.push(tokio::spawn(scheduler::run(
+    let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.track");
+    spec.durable = cfg.consumer_name.clone();
+    spec.filter_subjects = vec![
+        "events.*.track".into(),
+        "events.*.identify".into(),
+        "events.*.group".into(),
+    ];
+    spec.concurrency = cfg.consumer_concurrency;
+    spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+    let handler = Arc::new(events::EventHandler {
+        engine: engine.clone(),
+    });
+    rt.spawn_when_streams_ready(|js, shutdown| consumer::run(js, spec, handler, shutdown));
+    rt.spawn(scheduler::run(
         engine.clone(),
         Duration::from_millis(cfg.poll_interval_ms),
         cfg.scheduler_concurrency,
-        shutdown.clone(),
-    )));
+        rt.shutdown.clone(),
+    ));
 
     let state = AppState {
-        auth: Arc::new(Authenticator::new(
-            WorkspaceStore::new(redis.clone()),
-            &settings.auth,
-        )),
+        auth: rt.authenticator(&settings.auth),
         engine,
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with_nats(nats.clone())
-        .with_redis(redis)
-        .with_streams_flag(streams_ready);
     let app = app(
         state,
-        readiness,
+        rt.readiness(),
         Duration::from_millis(settings.http.request_timeout_ms),
     );
-    rc_common::http::serve(
-        listener,
-        app,
-        shutdown.clone(),
-        Duration::from_millis(settings.shutdown.drain_timeout_ms),
-    )
-    .await?;
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
-    tracing::info!("Automations stopped");
-    Ok(())
+    rt.serve(app).await
 }
 
 pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {

@@ -10,6 +10,7 @@ pub mod nats;
 pub mod ops;
 pub mod redis;
 pub mod secrets;
+pub mod service;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

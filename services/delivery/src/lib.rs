@@ -14,20 +14,20 @@ pub mod store;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use rc_common::auth::{Authenticator, WorkspaceStore};
+use rc_common::auth::Authenticator;
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::consumer::ConsumerSpec;
 use rc_common::ops::Readiness;
 use rc_common::secrets::{Cipher, SecretsSettings};
+use rc_common::service::{Base, Runtime};
 use rc_common::{Shutdown, subjects};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -92,6 +92,18 @@ pub struct Settings {
     pub delivery: DeliverySettings,
 }
 
+impl Settings {
+    /// The sections [`Runtime::start`] needs.
+    pub fn base(&self) -> Base<'_> {
+        Base {
+            http: &self.http,
+            nats: &self.nats,
+            redis: &self.redis,
+            shutdown: &self.shutdown,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -121,7 +133,7 @@ impl FromRef<AppState> for Arc<Authenticator> {
     }
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use rc_common::service::BoxError;
 
 pub fn consumer_spec(settings: &DeliverySettings) -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(
@@ -147,20 +159,10 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
     let cipher = Cipher::from_settings(&settings.secrets)?;
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.http.listen).await?,
-    };
-    tracing::info!(addr = %listener.local_addr()?, "Delivery listening");
-    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
-    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
-    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
-        .await
-        .ok_or("shut down before Redis was reachable")?;
-
-    let store = store::Store::new(redis.clone());
-    let registry = providers::Registry::new(redis.clone(), cipher);
-    let publisher = worker::Publisher { js: js.clone() };
+    let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
+    let store = store::Store::new(rt.redis.clone());
+    let registry = providers::Registry::new(rt.redis.clone(), cipher);
+    let publisher = worker::Publisher { js: rt.js.clone() };
     let http = reqwest::Client::builder()
         .user_agent("rudder-courier-delivery")
         .redirect(reqwest::redirect::Policy::none())
@@ -171,7 +173,7 @@ pub async fn run(
         registry: registry.clone(),
         senders: send::Senders {
             http,
-            redis: redis.clone(),
+            redis: rt.redis.clone(),
             default_timeout: Duration::from_millis(d.provider_timeout_ms),
         },
         publisher: publisher.clone(),
@@ -183,55 +185,23 @@ pub async fn run(
             max_deliver: d.max_deliver.max(1),
         },
     });
-
-    let streams_ready = Arc::new(AtomicBool::new(false));
-    let consumer_task = {
-        let (js, nats_settings, flag, shutdown) = (
-            js.clone(),
-            settings.nats.clone(),
-            streams_ready.clone(),
-            shutdown.clone(),
-        );
-        let spec = consumer_spec(&settings.delivery);
-        tokio::spawn(async move {
-            if rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
-            {
-                flag.store(true, Ordering::Release);
-                rc_common::consumer::run(js, spec, worker, shutdown).await;
-            }
-        })
-    };
+    let spec = consumer_spec(&settings.delivery);
+    rt.spawn_when_streams_ready(|js, shutdown| {
+        rc_common::consumer::run(js, spec, worker, shutdown)
+    });
 
     let state = AppState {
-        auth: Arc::new(Authenticator::new(
-            WorkspaceStore::new(redis.clone()),
-            &settings.auth,
-        )),
+        auth: rt.authenticator(&settings.auth),
         store,
         registry,
         publisher,
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with_nats(nats.clone())
-        .with_redis(redis)
-        .with_streams_flag(streams_ready);
     let app = app(
         state,
-        readiness,
+        rt.readiness(),
         Duration::from_millis(settings.http.request_timeout_ms),
     );
-    rc_common::http::serve(
-        listener,
-        app,
-        shutdown.clone(),
-        Duration::from_millis(settings.shutdown.drain_timeout_ms),
-    )
-    .await?;
-    shutdown.trigger();
-    let _ = consumer_task.await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
-    tracing::info!("Delivery stopped");
-    Ok(())
+    rt.serve(app).await
 }
 
 pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {

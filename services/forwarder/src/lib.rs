@@ -9,19 +9,19 @@ pub mod store;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
 use rc_common::Shutdown;
-use rc_common::auth::{Authenticator, WorkspaceStore};
+use rc_common::auth::Authenticator;
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::ops::Readiness;
 use rc_common::secrets::{Cipher, SecretsSettings};
+use rc_common::service::{Base, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
@@ -30,7 +30,7 @@ pub use error::ForwarderError;
 
 pub const SERVICE: &str = "forwarder";
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use rc_common::service::BoxError;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -91,6 +91,18 @@ pub struct Settings {
     pub forwarder: ForwarderSettings,
 }
 
+impl Settings {
+    /// The sections [`Runtime::start`] needs.
+    pub fn base(&self) -> Base<'_> {
+        Base {
+            http: &self.http,
+            nats: &self.nats,
+            redis: &self.redis,
+            shutdown: &self.shutdown,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -126,74 +138,28 @@ pub async fn run(
 ) -> Result<(), BoxError> {
     // A missing key is fatal: nothing could be stored or sent.
     let cipher = Cipher::from_settings(&settings.secrets)?;
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.http.listen).await?,
-    };
-    tracing::info!(addr = %listener.local_addr()?, "Forwarder listening");
-    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
-    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
-    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
-        .await
-        .ok_or("shut down before Redis was reachable")?;
-
+    let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
     let ctx = worker::Ctx::new(
-        js.clone(),
-        store::Store::new(redis.clone()),
+        rt.js.clone(),
+        store::Store::new(rt.redis.clone()),
         Some(cipher),
         settings.forwarder.clone(),
-        shutdown.clone(),
+        rt.shutdown.clone(),
     );
-    let streams_ready = Arc::new(AtomicBool::new(false));
-    let supervisor = {
-        let (js, nats_settings, flag, shutdown, ctx) = (
-            js.clone(),
-            settings.nats.clone(),
-            streams_ready.clone(),
-            shutdown.clone(),
-            ctx.clone(),
-        );
-        tokio::spawn(async move {
-            if rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
-            {
-                flag.store(true, Ordering::Release);
-                ctx.supervise().await;
-            }
-        })
-    };
+    // On shutdown, workers stop pulling and give back what they hold (nak), bounded.
+    let supervisor = ctx.clone();
+    rt.spawn_when_streams_ready(|_, _| async move { supervisor.supervise().await });
 
     let state = AppState {
-        auth: Arc::new(Authenticator::new(
-            WorkspaceStore::new(redis.clone()),
-            &settings.auth,
-        )),
+        auth: rt.authenticator(&settings.auth),
         ctx,
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with_nats(nats.clone())
-        .with_redis(redis)
-        .with_streams_flag(streams_ready);
     let app = app(
         state,
-        readiness,
+        rt.readiness(),
         Duration::from_millis(settings.http.request_timeout_ms),
     );
-    rc_common::http::serve(
-        listener,
-        app,
-        shutdown.clone(),
-        Duration::from_millis(settings.shutdown.drain_timeout_ms),
-    )
-    .await?;
-    // Workers stop pulling and give back what they hold (nak), bounded.
-    let _ = tokio::time::timeout(
-        Duration::from_millis(settings.shutdown.drain_timeout_ms),
-        supervisor,
-    )
-    .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
-    tracing::info!("Forwarder stopped");
-    Ok(())
+    rt.serve(app).await
 }
 
 pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {

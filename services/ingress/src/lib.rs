@@ -5,7 +5,6 @@ pub mod error;
 pub mod event;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
@@ -16,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use prost::Message;
-use rc_common::auth::{Authenticator, Workspace, WorkspaceStore};
+use rc_common::auth::{Authenticator, Workspace};
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::ops::Readiness;
+use rc_common::service::{Base, Runtime};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -69,6 +69,18 @@ pub struct Settings {
     pub ingress: IngressSettings,
 }
 
+impl Settings {
+    /// The sections [`Runtime::start`] needs.
+    pub fn base(&self) -> Base<'_> {
+        Base {
+            http: &self.http,
+            nats: &self.nats,
+            redis: &self.redis,
+            shutdown: &self.shutdown,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -111,7 +123,7 @@ impl FromRef<AppState> for Arc<Authenticator> {
     }
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use rc_common::service::BoxError;
 
 /// Runs the ingress until `shutdown` triggers. Binds `settings.http.listen` unless a
 /// listener is given (tests pass one bound to port 0).
@@ -120,40 +132,11 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.http.listen).await?,
-    };
-    tracing::info!(addr = %listener.local_addr()?, "Ingress listening");
-    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
-    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
-    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
-        .await
-        .ok_or("shut down before Redis was reachable")?;
-
-    let streams_ready = Arc::new(AtomicBool::new(false));
-    {
-        let (js, nats_settings, flag, shutdown) = (
-            js.clone(),
-            settings.nats.clone(),
-            streams_ready.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            if rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
-            {
-                flag.store(true, Ordering::Release);
-            }
-        });
-    }
-
+    let rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
     let state = AppState(Arc::new(AppInner {
-        auth: Arc::new(Authenticator::new(
-            WorkspaceStore::new(redis.clone()),
-            &settings.auth,
-        )),
-        js,
-        nats: nats.clone(),
+        auth: rt.authenticator(&settings.auth),
+        js: rt.js.clone(),
+        nats: rt.nats.clone(),
         inflight: Semaphore::new(settings.ingress.max_inflight_publishes),
         body_budget: Semaphore::new((settings.ingress.max_buffered_body_bytes / 1024).max(1)),
         normalizer: Normalizer {
@@ -161,26 +144,13 @@ pub async fn run(
         },
         max_body_bytes: settings.ingress.max_body_bytes,
     }));
-    let readiness = Readiness::new(shutdown.clone())
-        .with_nats(nats.clone())
-        .with_redis(redis)
-        .with_streams_flag(streams_ready);
     let app = app(
         state,
-        readiness,
+        rt.readiness(),
         Duration::from_millis(settings.http.request_timeout_ms),
     );
-    rc_common::http::serve(
-        listener,
-        app,
-        shutdown,
-        Duration::from_millis(settings.shutdown.drain_timeout_ms),
-    )
-    .await?;
-    // Every accepted request has been answered; make sure nothing is left in the client buffer.
-    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
-    tracing::info!("Ingress stopped");
-    Ok(())
+    // Every accepted request is answered before `serve` returns, and NATS is flushed after.
+    rt.serve(app).await
 }
 
 pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {

@@ -12,7 +12,6 @@ pub mod store;
 pub mod traits;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -21,13 +20,14 @@ use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::routing::get;
 use prost::Message;
-use rc_common::auth::{Authenticator, WorkspaceStore};
+use rc_common::auth::Authenticator;
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::consumer::{self, ConsumerSpec};
 use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
+use rc_common::service::{Base, Runtime};
 use rc_common::{Shutdown, subjects};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -79,6 +79,18 @@ pub struct Settings {
     pub profiles: ProfilesSettings,
 }
 
+impl Settings {
+    /// The sections [`Runtime::start`] needs.
+    pub fn base(&self) -> Base<'_> {
+        Base {
+            http: &self.http,
+            nats: &self.nats,
+            redis: &self.redis,
+            shutdown: &self.shutdown,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -107,7 +119,7 @@ impl FromRef<AppState> for Arc<Authenticator> {
     }
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use rc_common::service::BoxError;
 
 /// Publishes `ProfileUpdated` with a Nats-Msg-Id derived from the cause, so republishing
 /// after a redelivery is a no-op inside the dedupe window.
@@ -158,102 +170,44 @@ impl Publisher {
     }
 }
 
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-        }
-    }
-}
-
 /// Runs the service (API + both consumers) until `shutdown` triggers.
 pub async fn run(
     settings: Settings,
     listener: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.http.listen).await?,
-    };
-    tracing::info!(addr = %listener.local_addr()?, "Profiles listening");
-    let nats = rc_common::nats::connect(&settings.nats, SERVICE).await?;
-    let js = rc_common::nats::jetstream(nats.clone(), &settings.nats);
-    let redis = rc_common::redis::connect_until_ready(&settings.redis, &shutdown)
-        .await
-        .ok_or("shut down before Redis was reachable")?;
-    let publisher = Publisher { js: js.clone() };
+    let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
+    let publisher = Publisher { js: rt.js.clone() };
     let cfg = Arc::new(settings.profiles.clone());
-
-    let streams_ready = Arc::new(AtomicBool::new(false));
-    // Aborted if this future is dropped (a killed service must not leave its consumer running).
-    let mut consumers = Vec::new();
-    {
-        let (js, nats_settings, flag, shutdown) = (
-            js.clone(),
-            settings.nats.clone(),
-            streams_ready.clone(),
-            shutdown.clone(),
+    let identify = Arc::new(events::IdentifyHandler {
+        redis: rt.redis.clone(),
+        publisher: publisher.clone(),
+    });
+    let updates = Arc::new(events::UpdateHandler {
+        redis: rt.redis.clone(),
+        publisher: publisher.clone(),
+        request_ttl_secs: cfg.request_ttl_secs,
+    });
+    let [events_spec, updates_spec] = consumer_specs(&settings);
+    rt.spawn_when_streams_ready(|js, shutdown| async move {
+        tokio::join!(
+            consumer::run(js.clone(), events_spec, identify, shutdown.clone()),
+            consumer::run(js, updates_spec, updates, shutdown),
         );
-        let identify = Arc::new(events::IdentifyHandler {
-            redis: redis.clone(),
-            publisher: publisher.clone(),
-        });
-        let updates = Arc::new(events::UpdateHandler {
-            redis: redis.clone(),
-            publisher: publisher.clone(),
-            request_ttl_secs: cfg.request_ttl_secs,
-        });
-        let specs = consumer_specs(&settings);
-        consumers.push(AbortOnDrop(Some(tokio::spawn(async move {
-            if !rc_common::nats::provision_streams_until_ready(&js, &nats_settings, &shutdown).await
-            {
-                return;
-            }
-            flag.store(true, Ordering::Release);
-            let [events_spec, updates_spec] = specs;
-            let a = consumer::run(js.clone(), events_spec, identify, shutdown.clone());
-            let b = consumer::run(js, updates_spec, updates, shutdown);
-            tokio::join!(a, b);
-        }))));
-    }
+    });
 
     let state = AppState {
-        auth: Arc::new(Authenticator::new(
-            WorkspaceStore::new(redis.clone()),
-            &settings.auth,
-        )),
-        redis: redis.clone(),
+        auth: rt.authenticator(&settings.auth),
+        redis: rt.redis.clone(),
         publisher,
         settings: cfg,
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with_nats(nats.clone())
-        .with_redis(redis)
-        .with_streams_flag(streams_ready);
     let app = app(
         state,
-        readiness,
+        rt.readiness(),
         Duration::from_millis(settings.http.request_timeout_ms),
     );
-    rc_common::http::serve(
-        listener,
-        app,
-        shutdown.clone(),
-        Duration::from_millis(settings.shutdown.drain_timeout_ms),
-    )
-    .await?;
-    shutdown.trigger();
-    for mut c in consumers {
-        if let Some(handle) = c.0.take() {
-            let _ = handle.await;
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
-    tracing::info!("Profiles stopped");
-    Ok(())
+    rt.serve(app).await
 }
 
 fn consumer_specs(settings: &Settings) -> [ConsumerSpec; 2] {

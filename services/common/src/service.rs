@@ -1,0 +1,178 @@
+//! The wiring every service's `run()` shares, written once: bind the listener, connect NATS and
+//! Redis, provision the streams before any consumer starts, serve with a bounded drain, then stop
+//! background work (bounded too) and flush what NATS still buffers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Shutdown;
+use crate::auth::{Authenticator, WorkspaceStore};
+use crate::config::{AuthSettings, HttpSettings, NatsSettings, RedisSettings, ShutdownSettings};
+use crate::ops::Readiness;
+use crate::redis::RedisConn;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The settings sections every service has.
+#[derive(Clone, Copy)]
+pub struct Base<'a> {
+    pub http: &'a HttpSettings,
+    pub nats: &'a NatsSettings,
+    pub redis: &'a RedisSettings,
+    pub shutdown: &'a ShutdownSettings,
+}
+
+/// A started service's connections and background tasks.
+pub struct Runtime {
+    name: &'static str,
+    listener: TcpListener,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub redis: RedisConn,
+    pub shutdown: Shutdown,
+    drain_timeout: Duration,
+    streams_ready: Arc<AtomicBool>,
+    streams: watch::Receiver<bool>,
+    tasks: Vec<AbortOnDrop>,
+}
+
+/// Background tasks die with the runtime: a service future that is dropped (a test killing it,
+/// a failed start) must not leave a consumer pulling messages.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+impl Runtime {
+    /// Binds (unless a listener is given), connects NATS, waits for Redis, and starts
+    /// provisioning the streams in the background (readiness reports them).
+    pub async fn start(
+        name: &'static str,
+        base: Base<'_>,
+        listener: Option<TcpListener>,
+        shutdown: Shutdown,
+    ) -> Result<Self, BoxError> {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(base.http.listen).await?,
+        };
+        tracing::info!(service = name, addr = %listener.local_addr()?, "Listening");
+        let nats = crate::nats::connect(base.nats, name).await?;
+        let js = crate::nats::jetstream(nats.clone(), base.nats);
+        let redis = crate::redis::connect_until_ready(base.redis, &shutdown)
+            .await
+            .ok_or("shut down before Redis was reachable")?;
+
+        let streams_ready = Arc::new(AtomicBool::new(false));
+        let (ready_tx, streams) = watch::channel(false);
+        let provision = {
+            let (js, settings, flag, shutdown) = (
+                js.clone(),
+                base.nats.clone(),
+                streams_ready.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                if crate::nats::provision_streams_until_ready(&js, &settings, &shutdown).await {
+                    flag.store(true, Ordering::Release);
+                    let _ = ready_tx.send(true);
+                }
+            })
+        };
+        Ok(Self {
+            name,
+            listener,
+            nats,
+            js,
+            redis,
+            shutdown,
+            drain_timeout: Duration::from_millis(base.shutdown.drain_timeout_ms),
+            streams_ready,
+            streams,
+            tasks: vec![AbortOnDrop(Some(provision))],
+        })
+    }
+
+    /// The API-key authenticator over this runtime's Redis.
+    pub fn authenticator(&self, settings: &AuthSettings) -> Arc<Authenticator> {
+        Arc::new(Authenticator::new(
+            WorkspaceStore::new(self.redis.clone()),
+            settings,
+        ))
+    }
+
+    /// `/readyz`: NATS and Redis reachable, streams provisioned, not draining.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.shutdown.clone())
+            .with_nats(self.nats.clone())
+            .with_redis(self.redis.clone())
+            .with_streams_flag(self.streams_ready.clone())
+    }
+
+    /// Runs `task` in the background once the streams exist (consumers bind to them); it is not
+    /// started at all if shutdown comes first.
+    pub fn spawn_when_streams_ready<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(jetstream::Context, Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (mut ready, js, shutdown) =
+            (self.streams.clone(), self.js.clone(), self.shutdown.clone());
+        self.spawn(async move {
+            let provisioned = tokio::select! {
+                r = ready.wait_for(|ready| *ready) => r.is_ok(),
+                _ = shutdown.triggered() => false,
+            };
+            if provisioned {
+                task(js, shutdown).await;
+            }
+        });
+    }
+
+    /// Runs `task` in the background; it should end soon after shutdown triggers.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(AbortOnDrop(Some(tokio::spawn(task))));
+    }
+
+    /// Serves `app` until shutdown, drains in-flight requests, then gives background tasks the
+    /// drain timeout to finish (consumers ack or give back what they hold) and flushes NATS.
+    pub async fn serve(self, app: Router) -> Result<(), BoxError> {
+        let Self {
+            name,
+            listener,
+            nats,
+            shutdown,
+            drain_timeout,
+            mut tasks,
+            ..
+        } = self;
+        crate::http::serve(listener, app, shutdown.clone(), drain_timeout).await?;
+        shutdown.trigger();
+        let all = futures::future::join_all(tasks.iter_mut().filter_map(|t| t.0.as_mut()));
+        if tokio::time::timeout(drain_timeout, all).await.is_err() {
+            tracing::warn!(
+                service = name,
+                timeout_ms = drain_timeout.as_millis() as u64,
+                "Background tasks did not stop in time; aborting them"
+            );
+        }
+        // Dropping `tasks` aborts whatever is still running.
+        drop(tasks);
+        let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+        tracing::info!(service = name, "Stopped");
+        Ok(())
+    }
+}
