@@ -206,9 +206,13 @@ async fn group_events_are_order_and_duplicate_independent() {
     .await
     .unwrap();
     let url = accounts.url("/tenants/t1");
+    // Members first: a member is indexed only after its event's tenant write, so three members
+    // means every write has landed (reading the tenant first raced the last writes).
     let t = eventually("all applied", WAIT, || async {
-        let t = get_ok(&url, &key).await?;
-        (members(&stack, "acme", "t1").await.len() == 3).then_some(t)
+        if members(&stack, "acme", "t1").await.len() < 3 {
+            return None;
+        }
+        get_ok(&url, &key).await
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
