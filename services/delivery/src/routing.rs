@@ -125,14 +125,18 @@ impl Prepared {
         if channels.is_empty() {
             channels = channel_list(notification.get("channels"));
         }
-        if channels.is_empty()
-            && let Some(Value::Object(content)) = notification.get("content")
-        {
-            channels = content
-                .keys()
-                .filter(|k| crate::providers::CHANNELS.contains(&k.as_str()))
-                .cloned()
-                .collect();
+        // The automations service stores content per channel under `channels` (its documented
+        // notification template shape); Courier's own shape puts it under `content`.
+        for key in ["channels", "content"] {
+            if channels.is_empty()
+                && let Some(Value::Object(content)) = notification.get(key)
+            {
+                channels = content
+                    .keys()
+                    .filter(|k| crate::providers::CHANNELS.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+            }
         }
         if channels.is_empty() {
             channels = DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect();
@@ -204,9 +208,17 @@ impl Prepared {
                     .or_else(|| pick(c))
             })
             .or_else(|| {
+                let per_channel = |key: &str| {
+                    self.notification
+                        .get(key)
+                        .and_then(Value::as_object)
+                        .and_then(|c| c.get(channel))
+                        .and_then(Value::as_object)
+                        .and_then(pick)
+                };
                 let content = self.notification.get("content").and_then(Value::as_object);
-                content
-                    .and_then(|c| c.get(channel).and_then(Value::as_object).and_then(pick))
+                per_channel("content")
+                    .or_else(|| per_channel("channels"))
                     .or_else(|| content.and_then(pick))
                     .or_else(|| pick(&self.notification))
             })
@@ -375,6 +387,27 @@ mod tests {
             data: br#"{"name":"Ada"}"#.to_vec().into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn automations_template_shape_gives_channels_and_content() {
+        // What the automations service stores and embeds: content per channel under `channels`.
+        let mut r = req(json!({}), json!({"email": "p@x.org", "name": "Ada"}));
+        r.recipient = "u1".into();
+        r.template = "WELCOME".into();
+        r.notification = json!({"id": "WELCOME", "published": true, "channels": {
+            "webhook": {"title": "Hi {{profile.name}}", "body": "b"},
+            "email": {"subject": "Mail {{name}}", "text": "t"}}})
+        .to_string()
+        .into_bytes()
+        .into();
+        let p = Prepared::from_request(&r);
+        assert_eq!(p.template_status, "found");
+        let mut channels = p.channels.clone();
+        channels.sort();
+        assert_eq!(channels, ["email", "webhook"]);
+        assert_eq!(p.content("webhook"), ("Hi Ada".into(), "b".into()));
+        assert_eq!(p.content("email"), ("Mail Ada".into(), "t".into()));
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! The whole pipeline, every service at once over real NATS and Redis: RudderStack-shaped events
+//! through the ingress → profiles (identify) → automations (mapped track) → delivery (signed
+//! webhook, inbox) → forwarder → a fake RudderStack data plane that enforces the gateway's rules.
+
+use std::time::Duration;
+
+use rc_tests::dataplane::DataPlane;
+use rc_tests::delivery::WebhookReceiver;
+use rc_tests::forwarder::{eventually, new_encryption_key, put_integration};
+use rc_tests::{Service, Stack};
+use serde_json::{Value, json};
+
+const WRITE_KEY: &str = "2AbcWriteKeyFromRudderStack9f2a";
+const SECRET: &str = "whsec_e2e_signing_secret_0123456789";
+
+async fn call(
+    svc: &Service,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, svc.url(path))
+        .bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn ingest(ingress: &Service, key: &str, event: Value) {
+    let (s, body) = call(
+        ingress,
+        key,
+        reqwest::Method::POST,
+        "/inbound/rudderstack",
+        Some(event),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+}
+
+struct Pipeline {
+    stack: Stack,
+    key: String,
+    ingress: Service,
+    _profiles: Service,
+    automations: Service,
+    delivery: Service,
+    forwarder: Service,
+}
+
+async fn pipeline() -> Pipeline {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let profiles = stack.profiles().await;
+    let automations = stack.automations().await;
+    let delivery = stack.delivery().await;
+    let forwarder = stack
+        .forwarder_with(stack.forwarder_settings(&new_encryption_key()))
+        .await;
+    Pipeline {
+        stack,
+        key,
+        ingress,
+        _profiles: profiles,
+        automations,
+        delivery,
+        forwarder,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_event_becomes_a_delivered_webhook_and_message_events_in_rudderstack() {
+    let p = pipeline().await;
+    let key = &p.key;
+    let hook = WebhookReceiver::start(SECRET).await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+
+    // Configuration, the way a team would do it over the APIs.
+    let (s, body) = call(&p.delivery, key, reqwest::Method::PUT, "/providers/hook",
+        Some(json!({"type": "webhook", "channels": ["webhook"], "config": {"url": hook.url(), "secret": SECRET}}))).await;
+    assert_eq!(s, 200, "{body}");
+    let r = put_integration(
+        &p.forwarder,
+        key,
+        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (s, body) = call(&p.automations, key, reqwest::Method::POST, "/notifications/templates",
+        Some(json!({"id": "ORDER_SHIPPED", "name": "Order shipped", "published": true,
+                    "channels": {"webhook": {"title": "Shipped {{order_id}}", "body": "Hi {{profile.name}}, {{order_id}} is on its way"}}}))).await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = call(&p.automations, key, reqwest::Method::POST, "/automations/mappings",
+        Some(json!({"event": "Order Shipped", "template": {"id": "shipping", "name": "Shipping", "steps": [
+            {"action": "send", "recipient": "refs.data.userId", "template": "ORDER_SHIPPED"}]}}))).await;
+    assert_eq!(s, 201, "{body}");
+
+    // RudderStack sends an identify, then a track for the same user.
+    ingest(
+        &p.ingress,
+        key,
+        json!({"type": "identify", "userId": "u_42", "messageId": "rs-1",
+        "traits": {"firstName": "Grace", "name": "Grace Hopper", "email": "grace@example.org"}}),
+    )
+    .await;
+    eventually("profile stored", Duration::from_secs(10), async || {
+        redis::cmd("GET")
+            .arg("{ws:acme:user:u_42}:profile")
+            .query_async::<Option<String>>(&mut p.stack.redis_conn().await)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    ingest(
+        &p.ingress,
+        key,
+        json!({"type": "track", "event": "Order Shipped", "userId": "u_42",
+        "messageId": "rs-2", "properties": {"order_id": "ord_7"}}),
+    )
+    .await;
+
+    // The webhook receiver gets one signed, rendered message.
+    eventually("webhook called", Duration::from_secs(15), async || {
+        hook.received_count() >= 1
+    })
+    .await;
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_valid);
+    let data = &got[0].body["data"];
+    assert_eq!(data["recipient"], "u_42");
+    assert_eq!(data["channel"], "webhook");
+    assert_eq!(data["content"]["title"], "Shipped ord_7");
+    assert_eq!(
+        data["content"]["body"], "Hi Grace Hopper, ord_7 is on its way",
+        "profile from the identify"
+    );
+    let message_id = data["id"].as_str().unwrap().to_string();
+
+    // The data plane receives "Message Sent" and "Message Delivered" for it, as track calls.
+    eventually(
+        "sent and delivered at the data plane",
+        Duration::from_secs(15),
+        async || {
+            dp.events()
+                .iter()
+                .filter(|e| e["properties"]["id"] == message_id.as_str())
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events: Vec<Value> = dp
+        .events()
+        .into_iter()
+        .filter(|e| e["properties"]["id"] == message_id.as_str())
+        .collect();
+    let mut names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Message Delivered", "Message Sent"], "{events:#?}");
+    let delivered = events
+        .iter()
+        .find(|e| e["event"] == "Message Delivered")
+        .unwrap();
+    assert_eq!(delivered["type"], "track");
+    assert_eq!(delivered["userId"], "u_42");
+    assert_eq!(delivered["messageId"], format!("{message_id}-DELIVERED"));
+    let props = &delivered["properties"];
+    assert_eq!(props["status"], "DELIVERED");
+    assert_eq!(props["notification"], "ORDER_SHIPPED");
+    assert_eq!(props["channel"], "webhook");
+    assert_eq!(props["provider"], "hook");
+    assert_eq!(props["event"], "Order Shipped");
+    assert!(props["run_id"].as_str().is_some_and(|r| !r.is_empty()));
+
+    // Every service agrees: the message is DELIVERED, the run completed.
+    let (s, msg) = call(
+        &p.delivery,
+        key,
+        reqwest::Method::GET,
+        &format!("/messages/{message_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(msg["status"], "DELIVERED");
+    let run_id = props["run_id"].as_str().unwrap();
+    let (s, run) = call(
+        &p.automations,
+        key,
+        reqwest::Method::GET,
+        &format!("/automations/runs/{run_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(run["state"], "completed", "{run}");
+    let (s, catalog) = call(
+        &p.automations,
+        key,
+        reqwest::Method::GET,
+        "/automations/events",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{catalog}");
+    assert!(catalog.to_string().contains("Order Shipped"), "{catalog}");
+
+    // The same RudderStack event retried (same messageId): no second run, message or webhook.
+    ingest(
+        &p.ingress,
+        key,
+        json!({"type": "track", "event": "Order Shipped", "userId": "u_42",
+        "messageId": "rs-2", "properties": {"order_id": "ord_7"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        hook.received_count(),
+        1,
+        "a retried event sends nothing twice"
+    );
+    assert_eq!(dp.message_ids().len(), 2, "{:?}", dp.message_ids());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_automation_lands_in_the_inbox_and_is_reported_to_rudderstack() {
+    let p = pipeline().await;
+    let key = &p.key;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let (s, body) = call(
+        &p.delivery,
+        key,
+        reqwest::Method::PUT,
+        "/providers/inbox",
+        Some(json!({"type": "inbox", "channels": ["inbox", "email", "push", "sms", "chat"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let r = put_integration(
+        &p.forwarder,
+        key,
+        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+
+    // No mapping: the track event carries its automation (properties.courier.automation).
+    ingest(
+        &p.ingress,
+        key,
+        json!({"type": "track", "event": "Trial Ending", "userId": "u_7", "messageId": "rs-9",
+        "properties": {"courier": {"automation": {
+            "cancelation_token": "trial-u_7",
+            "data": {"days_left": 3},
+            "steps": [{"action": "send", "message": {"to": {"user_id": "u_7"},
+                "content": {"title": "Trial ends", "body": "{{days_left}} days left"}}}]}}}}),
+    )
+    .await;
+
+    eventually("inbox message", Duration::from_secs(15), async || {
+        let (s, inbox) = call(&p.delivery, key, reqwest::Method::GET, "/inbox/u_7", None).await;
+        s == 200 && inbox.to_string().contains("3 days left")
+    })
+    .await;
+    eventually(
+        "Message Delivered at the data plane",
+        Duration::from_secs(15),
+        async || {
+            dp.events()
+                .iter()
+                .any(|e| e["event"] == "Message Delivered" && e["userId"] == "u_7")
+        },
+    )
+    .await;
+}
