@@ -19,11 +19,14 @@ BIN=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 echo "==> building ($PROFILE)"
 cargo build --profile "$PROFILE" --bins
 
-pids=()
+pids=()      # nats-server, redis-server
+svc_pids=()  # the services
 cleanup() {
   echo
   echo "==> stopping"
-  # Services first (they drain), then Redis and NATS.
+  # Services first, all at once (each drains within its bound), then Redis and NATS.
+  for p in "${svc_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${svc_pids[@]}"; do wait "$p" 2>/dev/null || true; done
   for ((i=${#pids[@]}-1; i>=0; i--)); do
     kill -TERM "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
@@ -74,7 +77,7 @@ for entry in $SERVICES; do
   name=${entry%%:*}; port=${entry##*:}
   [ -x "$BIN/$name" ] || continue
   RC_HTTP__LISTEN=127.0.0.1:$port "$BIN/$name" >"$DATA/logs/$name.log" 2>&1 &
-  pids+=($!)
+  svc_pids+=($!)
   started+=("$name:$port")
 done
 
@@ -118,6 +121,27 @@ for entry in "${started[@]}"; do
   fi
 done
 
+# And a first automation: a "Signed Up" track event sends a welcome message (to the inbox), so
+# the first event shows the whole path. Existing templates are left as they are.
+for entry in "${started[@]}"; do
+  [ "${entry%%:*}" = rc-automations ] || continue
+  base=http://127.0.0.1:${entry##*:}
+  auth=(-H "Authorization: Bearer $key" -H 'Content-Type: application/json')
+  if ! curl -fsS -o /dev/null "${auth[@]}" "$base/notifications/templates/WELCOME" 2>/dev/null; then
+    curl -fsS -o /dev/null -X POST "${auth[@]}" "$base/notifications/templates" \
+      -d '{"id":"WELCOME","name":"Welcome","published":true,"channels":{"inbox":{"title":"Welcome, {{profile.name}}","body":"Thanks for signing up with {{plan}}."},"email":{"title":"Welcome, {{profile.name}}","body":"Thanks for signing up with {{plan}}."}}}' \
+      || echo "!!  could not create the WELCOME notification template"
+  fi
+  if ! curl -fsS -o /dev/null "${auth[@]}" "$base/automations/templates/welcome" 2>/dev/null; then
+    if curl -fsS -o /dev/null -X POST "${auth[@]}" "$base/automations/mappings" \
+        -d '{"event":"Signed Up","template":{"id":"welcome","name":"Welcome","steps":[{"action":"send","recipient":"refs.data.userId","template":"WELCOME"}]}}'; then
+      echo "==> dev workspace: \"Signed Up\" mapped to the welcome automation"
+    else
+      echo "!!  could not map \"Signed Up\" to the welcome automation"
+    fi
+  fi
+done
+
 cat <<MSG
 
 rudder-courier is running. Workspace "dev", API key:
@@ -130,6 +154,12 @@ Send an event the way RudderStack's Courier destination does:
     -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
     -d '{"type":"identify","userId":"u_1","traits":{"email":"ada@example.org","name":"Ada"},"messageId":"m-1"}'
 
+then a track event: "Signed Up" is mapped to a welcome automation that sends to the inbox:
+
+  curl -sS -X POST http://127.0.0.1:8080/inbound/rudderstack \\
+    -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
+    -d '{"type":"track","event":"Signed Up","userId":"u_1","properties":{"plan":"Pro"},"messageId":"m-2"}'
+
 Messages sent to the dev workspace land in the built-in inbox (when rc-delivery runs):
 
   curl -sS http://127.0.0.1:8085/inbox/u_1 -H 'Authorization: Bearer $key'
@@ -137,5 +167,5 @@ Messages sent to the dev workspace land in the built-in inbox (when rc-delivery 
 
 Press Ctrl-C to stop everything.
 MSG
-wait -n "${pids[@]}" || true
+wait -n "${pids[@]}" "${svc_pids[@]}" || true
 echo "a process exited; stopping the stack"
