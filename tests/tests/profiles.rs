@@ -291,6 +291,30 @@ async fn rest_verbs_follow_courier_semantics() {
     .await;
     assert_eq!(again, first);
     assert_eq!(get_profile(&url, &key).await.unwrap()["n"], 1);
+    // Keys are per workspace: the same key for another user is refused, nothing is written;
+    // another workspace has its own keys.
+    let other_url = profiles.url("/profiles/u_other");
+    let (s, b) = call(
+        Method::POST,
+        &other_url,
+        &key,
+        Some(json!({"profile":{"n":3}})),
+        &idem,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["type"], "idempotency_error");
+    assert_eq!(get_profile(&other_url, &key).await, None);
+    let key_b = stack.workspace("beta").await;
+    let (s, _) = call(
+        Method::POST,
+        &other_url,
+        &key_b,
+        Some(json!({"profile":{"n":4}})),
+        &idem,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
     let past = [
         ("idempotency-key", "k-2"),
         ("x-idempotency-expiration", "1000"),

@@ -156,6 +156,16 @@ pub async fn post_profile(
     );
     if let Some(k) = &key {
         let ttl = idempotency_ttl(&headers, state.settings.idempotency_ttl_secs)?;
+        // Keys are unique per workspace (as Courier's): a retry for the same user replays the
+        // first answer (whatever its body, as Courier does); the key reused for another user is
+        // refused rather than answered with a success that wrote nothing.
+        let owner = store::escape_id(&uid);
+        if let Err(other) = store::claim_idempotency_key(&state.redis, &ws, k, &owner, ttl).await? {
+            tracing::debug!(user = %other, "Idempotency-Key reused for another user");
+            return Err(ProfilesError::IdempotencyKeyReused(format!(
+                "Idempotency-Key {k:?} was already used in this workspace for another user"
+            )));
+        }
         write.marker = Some((
             store::idem_key(&ws, &uid, k),
             ttl,

@@ -18,6 +18,9 @@ pub enum ProfilesError {
     /// 409: concurrent writes kept changing the profile (PATCH); retry.
     #[error("{0}")]
     Conflict(String),
+    /// 409: the Idempotency-Key was already used in this workspace for another request.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     /// 503: Redis unreachable or slow; nothing is promised.
     #[error("profile store unavailable: {0}; retry shortly")]
     Unavailable(String),
@@ -40,6 +43,10 @@ impl IntoResponse for ProfilesError {
             ProfilesError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             ProfilesError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None),
             ProfilesError::Conflict(_) => (StatusCode::CONFLICT, "conflict", Some("1")),
+            // Retrying cannot help: the key is taken until it expires.
+            ProfilesError::IdempotencyKeyReused(_) => {
+                (StatusCode::CONFLICT, "idempotency_error", None)
+            }
             ProfilesError::Unavailable(_) => {
                 tracing::warn!(error = %message, "Profile request failed");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("2"))

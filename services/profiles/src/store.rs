@@ -9,6 +9,8 @@
 //! - `…:profile` string: the materialized profile (JSON object, keys sorted): **the read
 //!   contract** for other services; absent when the profile has no field
 //! - `…:idem:<key>` / `…:req:<id>`: markers of applied API idempotency keys / update requests
+//! - `{ws:<ws>}:profiles:idem:<key>`: which user owns an API Idempotency-Key in the
+//!   workspace, so one key cannot be reused for another user
 //!
 //! A stamp is `(ts, tiebreak)` compared lexicographically; tiebreaks are 32 lower-case hex
 //! digits, so the comparison never depends on Redis's collation locale.
@@ -38,6 +40,45 @@ pub fn reset_key(ws: &str, uid: &str) -> String {
 pub fn idem_key(ws: &str, uid: &str, key: &str) -> String {
     format!("{}:idem:{key}", tag(ws, uid))
 }
+/// Workspace-wide claim of an API Idempotency-Key: which user's request owns it.
+pub fn idem_claim_key(ws: &str, key: &str) -> String {
+    format!("{{ws:{ws}}}:profiles:idem:{}", escape_id(key))
+}
+
+/// Claims `key` for `request` (the escaped user id) in the workspace for `ttl_secs`.
+/// Ok(()) when the key is new or already belongs to this user (a retry, which the per-user
+/// marker then answers); Err(owner) when another user's request holds it.
+pub async fn claim_idempotency_key(
+    conn: &RedisConn,
+    ws: &str,
+    key: &str,
+    request: &str,
+    ttl_secs: u64,
+) -> redis::RedisResult<Result<(), String>> {
+    let claim_key = idem_claim_key(ws, key);
+    let mut c = conn.clone();
+    let claimed: Option<String> = redis::cmd("SET")
+        .arg(&claim_key)
+        .arg(request)
+        .arg("NX")
+        .arg("EX")
+        .arg(ttl_secs.max(1))
+        .query_async(&mut c)
+        .await?;
+    if claimed.is_some() {
+        return Ok(Ok(()));
+    }
+    let owner: Option<String> = redis::cmd("GET")
+        .arg(&claim_key)
+        .query_async(&mut c)
+        .await?;
+    Ok(match owner {
+        Some(o) if o != request => Err(o),
+        // Ours, or expired in between (the per-user marker still guards the write).
+        _ => Ok(()),
+    })
+}
+
 pub fn request_key(ws: &str, uid: &str, request_id: &str) -> String {
     format!("{}:req:{request_id}", tag(ws, uid))
 }
