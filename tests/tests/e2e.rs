@@ -47,7 +47,7 @@ struct Pipeline {
     stack: Stack,
     key: String,
     ingress: Service,
-    _profiles: Service,
+    profiles: Service,
     automations: Service,
     delivery: Service,
     forwarder: Service,
@@ -67,7 +67,7 @@ async fn pipeline() -> Pipeline {
         stack,
         key,
         ingress,
-        _profiles: profiles,
+        profiles,
         automations,
         delivery,
         forwarder,
@@ -282,6 +282,117 @@ async fn inline_automation_lands_in_the_inbox_and_is_reported_to_rudderstack() {
             dp.events()
                 .iter()
                 .any(|e| e["event"] == "Message Delivered" && e["userId"] == "u_7")
+        },
+    )
+    .await;
+}
+
+/// NATS crashes (SIGKILL) and comes back on the same store while every service runs: each
+/// consumer (profiles, accounts, automations, delivery, forwarder) resumes on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_consumer_resumes_after_a_nats_crash() {
+    let mut p = pipeline().await;
+    let key = p.key.clone();
+    let accounts = p.stack.accounts().await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let (s, _) = call(
+        &p.delivery,
+        &key,
+        reqwest::Method::PUT,
+        "/providers/inbox",
+        Some(json!({"type": "inbox", "channels": ["inbox"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let r = put_integration(
+        &p.forwarder,
+        &key,
+        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let inline = |id: &str, user: &str| {
+        json!({"type": "track", "event": "Ping", "userId": user, "messageId": id,
+        "properties": {"courier": {"automation": {"steps": [{"action": "send", "message": {"to": {"user_id": user},
+            "content": {"title": "Ping", "body": "pong"}}}]}}}})
+    };
+
+    // Everything works before the crash...
+    ingest(&p.ingress, &key, inline("rs-1", "u_before")).await;
+    eventually(
+        "first message reported",
+        Duration::from_secs(15),
+        async || {
+            dp.events()
+                .iter()
+                .any(|e| e["userId"] == "u_before" && e["event"] == "Message Delivered")
+        },
+    )
+    .await;
+
+    p.stack.nats.restart();
+
+    // ...and after it, once the ingress accepts again (503 while NATS is away).
+    let events = [
+        json!({"type": "identify", "userId": "u_after", "messageId": "rs-2", "traits": {"name": "After"}}),
+        json!({"type": "group", "userId": "u_after", "groupId": "t_after", "messageId": "rs-3", "traits": {"name": "T"}}),
+        inline("rs-4", "u_after"),
+    ];
+    for event in events {
+        eventually(
+            "ingress accepts after the restart",
+            Duration::from_secs(20),
+            async || {
+                reqwest::Client::new()
+                    .post(p.ingress.url("/inbound/rudderstack"))
+                    .bearer_auth(&key)
+                    .json(&event)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 202)
+            },
+        )
+        .await;
+    }
+    eventually(
+        "profile after the restart",
+        Duration::from_secs(20),
+        async || {
+            call(
+                &p.profiles,
+                &key,
+                reqwest::Method::GET,
+                "/profiles/u_after",
+                None,
+            )
+            .await
+            .0 == 200
+        },
+    )
+    .await;
+    eventually(
+        "tenant member after the restart",
+        Duration::from_secs(20),
+        async || {
+            let (s, users) = call(
+                &accounts,
+                &key,
+                reqwest::Method::GET,
+                "/tenants/t_after/users",
+                None,
+            )
+            .await;
+            s == 200 && users.to_string().contains("u_after")
+        },
+    )
+    .await;
+    eventually(
+        "message delivered and reported after the restart",
+        Duration::from_secs(30),
+        async || {
+            dp.events()
+                .iter()
+                .any(|e| e["userId"] == "u_after" && e["event"] == "Message Delivered")
         },
     )
     .await;
