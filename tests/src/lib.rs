@@ -377,19 +377,107 @@ impl Drop for Service {
     }
 }
 
+/// A service's real binary (`rc-profiles`, …) as a child process, configured through the
+/// environment like in production: for crash tests that need a real SIGKILL (an in-process
+/// task abort lets already-spawned work finish; a killed process does not).
+pub struct ServiceProcess {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// Where the workspace's binaries are: `$RC_BIN_DIR`, else next to this test binary's
+/// directory (`target/<profile>/deps/..`). `make test` builds them (`--all-targets`).
+pub fn service_binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("RC_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("target dir")
+                .to_path_buf()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo build --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+impl ServiceProcess {
+    /// Starts `binary` on a free port with `env` (plus the listen address) and waits for
+    /// `/readyz`.
+    pub async fn start(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
+        let port = free_port();
+        let mut cmd = Command::new(service_binary(binary));
+        cmd.env("RC_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RC_LOG__FORMAT", "json")
+            .env("RC_LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn service binary");
+        let process = ServiceProcess {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: Some(child),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(process.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return process;
+            }
+            assert!(Instant::now() < deadline, "{binary} never became ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no drain, no flush, whatever was in flight is cut.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Stack {
+    /// The environment a service binary needs to reach this stack's NATS and Redis.
+    pub fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RC_NATS__URL", self.nats.url()),
+            ("RC_REDIS__URL", self.redis.url()),
+        ]
+    }
+}
+
 /// Reads every message currently stored under `subject` (e.g. `events.ws.>`), in order.
 pub async fn stored_messages(
     js: &async_nats::jetstream::Context,
     stream: &str,
     subject: &str,
 ) -> Vec<async_nats::jetstream::Message> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     use futures::StreamExt;
     let stream = js.get_stream(stream).await.expect("stream");
     let consumer = stream
         .create_consumer(pull::Config {
             filter_subject: subject.to_string(),
             deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
@@ -397,19 +485,20 @@ pub async fn stored_messages(
         .expect("consumer");
     let pending = consumer.cached_info().num_pending as usize;
     let mut out = Vec::with_capacity(pending);
-    if pending == 0 {
-        return out;
-    }
-    let mut messages = consumer
-        .fetch()
-        .max_messages(pending)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .expect("fetch");
-    while let Some(Ok(m)) = messages.next().await {
-        out.push(m);
-        if out.len() == pending {
+    // Pull in batches until all are read (no acks: nothing is held back by max_ack_pending).
+    while out.len() < pending {
+        let before = out.len();
+        let mut messages = consumer
+            .fetch()
+            .max_messages((pending - out.len()).min(1_000))
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(Ok(m)) = messages.next().await {
+            out.push(m);
+        }
+        if out.len() == before {
             break;
         }
     }

@@ -8,7 +8,7 @@ use prost::Message;
 use rc_common::subjects::{COURIER_STREAM, DLQ_STREAM, dlq_headers};
 use rc_proto::{Envelope, EventType, ProfileUpdateRequest, ProfileUpdated};
 use rc_tests::profiles::eventually;
-use rc_tests::{Stack, stored_messages};
+use rc_tests::{ServiceProcess, Stack, stored_messages};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -480,7 +480,7 @@ async fn killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() 
     let stack = Stack::start();
     let key = stack.workspace("acme").await;
     let js = stack.jetstream().await;
-    const N: usize = 600;
+    const N: usize = 3_000;
     // A backlog first, so the kill lands while the consumer is working through it.
     for i in 0..N {
         let env = identify(
@@ -492,16 +492,19 @@ async fn killed_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing() 
         );
         publish_envelope(&js, &env).await;
     }
-    let profiles = stack.profiles().await;
+    // The real rc-profiles binary, SIGKILLed while it works through the backlog.
+    // Unacked messages come back after ack_wait: keep it as short as the in-process settings.
+    let mut env = stack.service_env();
+    env.push(("RC_PROFILES__ACK_WAIT_MS", "2000".into()));
+    let mut process = ServiceProcess::start("rc-profiles", &env).await;
     eventually("first updates", WAIT, || async {
         (!profile_updates(&stack, "acme").await.is_empty()).then_some(())
     })
     .await;
-    profiles.kill();
-    eprintln!(
-        "killed after {} of {N} updates",
-        profile_updates(&stack, "acme").await.len()
-    );
+    process.kill();
+    let done = profile_updates(&stack, "acme").await.len();
+    eprintln!("SIGKILLed after {done} of {N} updates");
+    assert!(done < N, "killed too late to prove anything");
     let profiles = stack.profiles().await;
     for u in 0..10 {
         let url = profiles.url(&format!("/profiles/u{u}"));
