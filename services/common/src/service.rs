@@ -1,8 +1,10 @@
-//! The wiring every service's `run()` shares, written once: bind the listener, connect NATS and
-//! Redis, provision the streams before any consumer starts, serve with a bounded drain, then stop
-//! background work (bounded too) and flush what NATS still buffers.
+//! The wiring every service shares, written once: the binary's `main` (config, logs, signals,
+//! exit code) and, in `run()`, bind the listener, connect NATS and Redis, provision the streams
+//! before any consumer starts, serve with a bounded drain, then stop background work (bounded
+//! too) and flush what NATS still buffers.
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::Shutdown;
 use crate::auth::{Authenticator, WorkspaceStore};
-use crate::config::{AuthSettings, HttpSettings, NatsSettings, RedisSettings, ShutdownSettings};
+use crate::config::{
+    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
+};
 use crate::ops::Readiness;
 use crate::redis::RedisConn;
 
@@ -28,6 +32,73 @@ pub struct Base<'a> {
     pub nats: &'a NatsSettings,
     pub redis: &'a RedisSettings,
     pub shutdown: &'a ShutdownSettings,
+}
+
+/// A service's whole configuration; implement it with [`service_settings!`](crate::service_settings).
+pub trait ServiceSettings: serde::de::DeserializeOwned {
+    fn base(&self) -> Base<'_>;
+    fn log(&self) -> &LogSettings;
+}
+
+/// Implements [`ServiceSettings`] for a settings struct with the common sections as fields named
+/// `http`, `nats`, `redis`, `shutdown` and `log`.
+#[macro_export]
+macro_rules! service_settings {
+    ($settings:ty) => {
+        impl $crate::service::ServiceSettings for $settings {
+            fn base(&self) -> $crate::service::Base<'_> {
+                $crate::service::Base {
+                    http: &self.http,
+                    nats: &self.nats,
+                    redis: &self.redis,
+                    shutdown: &self.shutdown,
+                }
+            }
+            fn log(&self) -> &$crate::config::LogSettings {
+                &self.log
+            }
+        }
+    };
+}
+
+/// A service binary's whole `main`: load the layered config (exit 2 if invalid), start the
+/// logs, turn SIGTERM/SIGINT into a graceful drain, and run until it ends (exit 1 on error).
+pub fn main<S, F, Fut>(service: &'static str, run: F) -> ExitCode
+where
+    S: ServiceSettings,
+    F: FnOnce(S, Option<TcpListener>, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let settings: S = match crate::config::load(service) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("{service}: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{service}: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        crate::telemetry::init_tracing(settings.log());
+        let shutdown = Shutdown::new();
+        let grace = Duration::from_millis(settings.base().shutdown.readiness_grace_ms);
+        shutdown.trigger_on_signals(grace);
+        match run(settings, None, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(service, error = %err, "Service failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// A started service's connections and background tasks.

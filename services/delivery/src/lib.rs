@@ -27,7 +27,7 @@ use rc_common::config::{
 use rc_common::consumer::ConsumerSpec;
 use rc_common::ops::Readiness;
 use rc_common::secrets::{Cipher, SecretsSettings};
-use rc_common::service::{Base, Runtime};
+use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -92,17 +92,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
 }
 
-impl Settings {
-    /// The sections [`Runtime::start`] needs.
-    pub fn base(&self) -> Base<'_> {
-        Base {
-            http: &self.http,
-            nats: &self.nats,
-            redis: &self.redis,
-            shutdown: &self.shutdown,
-        }
-    }
-}
+rc_common::service_settings!(Settings);
 
 impl Default for Settings {
     fn default() -> Self {

@@ -21,7 +21,7 @@ use rc_common::config::{
 };
 use rc_common::ops::Readiness;
 use rc_common::secrets::{Cipher, SecretsSettings};
-use rc_common::service::{Base, Runtime};
+use rc_common::service::{Runtime, ServiceSettings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
@@ -91,17 +91,7 @@ pub struct Settings {
     pub forwarder: ForwarderSettings,
 }
 
-impl Settings {
-    /// The sections [`Runtime::start`] needs.
-    pub fn base(&self) -> Base<'_> {
-        Base {
-            http: &self.http,
-            nats: &self.nats,
-            redis: &self.redis,
-            shutdown: &self.shutdown,
-        }
-    }
-}
+rc_common::service_settings!(Settings);
 
 impl Default for Settings {
     fn default() -> Self {

@@ -20,7 +20,7 @@ use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::ops::Readiness;
-use rc_common::service::{Base, Runtime};
+use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -69,17 +69,7 @@ pub struct Settings {
     pub ingress: IngressSettings,
 }
 
-impl Settings {
-    /// The sections [`Runtime::start`] needs.
-    pub fn base(&self) -> Base<'_> {
-        Base {
-            http: &self.http,
-            nats: &self.nats,
-            redis: &self.redis,
-            shutdown: &self.shutdown,
-        }
-    }
-}
+rc_common::service_settings!(Settings);
 
 impl Default for Settings {
     fn default() -> Self {

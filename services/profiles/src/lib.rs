@@ -27,7 +27,7 @@ use rc_common::config::{
 use rc_common::consumer::{self, ConsumerSpec};
 use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
-use rc_common::service::{Base, Runtime};
+use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -79,17 +79,7 @@ pub struct Settings {
     pub profiles: ProfilesSettings,
 }
 
-impl Settings {
-    /// The sections [`Runtime::start`] needs.
-    pub fn base(&self) -> Base<'_> {
-        Base {
-            http: &self.http,
-            nats: &self.nats,
-            redis: &self.redis,
-            shutdown: &self.shutdown,
-        }
-    }
-}
+rc_common::service_settings!(Settings);
 
 impl Default for Settings {
     fn default() -> Self {
