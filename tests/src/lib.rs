@@ -446,6 +446,31 @@ impl ServiceProcess {
     pub fn kill(&mut self) {
         kill(&mut self.child);
     }
+
+    /// SIGTERM, as Kubernetes sends it; returns how the process exited and how long it took
+    /// (None if it was still running after `timeout`, then it is killed).
+    pub async fn terminate(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(sent.success(), "kill -TERM failed");
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some((status, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill(&mut self.child);
+        None
+    }
 }
 
 impl Drop for ServiceProcess {

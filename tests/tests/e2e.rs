@@ -397,3 +397,46 @@ async fn every_consumer_resumes_after_a_nats_crash() {
     )
     .await;
 }
+
+/// Every real service binary, as Kubernetes runs it: ready over its environment config, fails
+/// readiness at once on SIGTERM (so the endpoint is removed) while still answering, then exits 0
+/// well inside the 30 s termination grace the manifests give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_binary_drains_on_sigterm_and_exits_cleanly() {
+    use rc_tests::ServiceProcess;
+    let stack = Stack::start();
+    let mut env = stack.service_env();
+    env.push(("RC_SECRETS__ENCRYPTION_KEY", new_encryption_key()));
+    env.push(("RC_SHUTDOWN__READINESS_GRACE_MS", "500".into()));
+    for binary in [
+        "rc-ingress",
+        "rc-profiles",
+        "rc-accounts",
+        "rc-automations",
+        "rc-delivery",
+        "rc-forwarder",
+    ] {
+        let mut process = ServiceProcess::start(binary, &env).await;
+        let metrics = reqwest::get(process.url("/metrics")).await.unwrap();
+        assert_eq!(metrics.status(), 200, "{binary} /metrics");
+        let readyz = process.url("/readyz");
+        let terminate = process.terminate(Duration::from_secs(20));
+        let probe = async {
+            // Within the readiness grace: not ready, but still serving.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reqwest::get(&readyz).await.map(|r| r.status().as_u16())
+        };
+        let (exit, probed) = tokio::join!(terminate, probe);
+        let (status, took) = exit.unwrap_or_else(|| panic!("{binary} did not exit after SIGTERM"));
+        assert!(status.success(), "{binary} exited with {status}");
+        assert_eq!(
+            probed.ok(),
+            Some(503),
+            "{binary} fails readiness while draining"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{binary} took {took:?} to stop"
+        );
+    }
+}
