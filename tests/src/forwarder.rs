@@ -29,6 +29,11 @@ impl Stack {
                 reconcile_interval_ms: 300,
                 ..forwarder::ForwarderSettings::default()
             },
+            // The fake data planes listen on 127.0.0.1.
+            outbound: rc_common::outbound::OutboundSettings {
+                allow_private_networks: true,
+                ..Default::default()
+            },
             ..forwarder::Settings::default()
         }
     }

@@ -72,6 +72,8 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub auth: AuthSettings,
     pub automations: AutomationsSettings,
+    /// Outbound HTTP (fetch-data steps): TLS extra CA, connect timeout, SSRF guard.
+    pub outbound: rc_common::outbound::OutboundSettings,
 }
 
 impl Default for Settings {
@@ -84,6 +86,7 @@ impl Default for Settings {
             shutdown: ShutdownSettings::default(),
             auth: AuthSettings::default(),
             automations: AutomationsSettings::default(),
+            outbound: rc_common::outbound::OutboundSettings::default(),
         }
     }
 }
@@ -122,7 +125,15 @@ pub async fn run(
     let engine = Engine {
         redis: redis.clone(),
         js: js.clone(),
-        http: reqwest::Client::new(),
+        http: rc_common::outbound::client(
+            &settings.outbound,
+            &rc_common::outbound::ClientSpec {
+                user_agent: concat!("rudder-courier-automations/", env!("CARGO_PKG_VERSION")),
+                // fetch-data sets its own per-request bound.
+                timeout: std::time::Duration::from_secs(10),
+                follow_redirects: true,
+            },
+        )?,
         lease_ms: cfg.lease_ms as i64,
     };
 

@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod http;
 pub mod nats;
 pub mod ops;
+pub mod outbound;
 pub mod redis;
 pub mod secrets;
 pub mod shutdown;

@@ -27,6 +27,7 @@ use rc_common::config::{
 };
 use rc_common::consumer::ConsumerSpec;
 use rc_common::ops::Readiness;
+use rc_common::outbound::{ClientSpec, OutboundSettings};
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::{Shutdown, subjects};
 use serde::Deserialize;
@@ -90,6 +91,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub secrets: SecretsSettings,
     pub delivery: DeliverySettings,
+    /// Outbound HTTP (webhook providers): TLS extra CA, connect timeout, SSRF guard.
+    pub outbound: OutboundSettings,
 }
 
 impl Default for Settings {
@@ -103,6 +106,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             secrets: SecretsSettings::default(),
             delivery: DeliverySettings::default(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -159,13 +163,21 @@ pub async fn run(
         .ok_or("shut down before Redis was reachable")?;
 
     let store = store::Store::new(redis.clone());
-    let registry = providers::Registry::new(redis.clone(), cipher);
+    let registry = providers::Registry::new(
+        redis.clone(),
+        cipher,
+        settings.outbound.allow_private_networks,
+    );
     let publisher = worker::Publisher { js: js.clone() };
-    let http = reqwest::Client::builder()
-        .user_agent("rudder-courier-delivery")
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
     let d = &settings.delivery;
+    let http = rc_common::outbound::client(
+        &settings.outbound,
+        &ClientSpec {
+            user_agent: concat!("rudder-courier-delivery/", env!("CARGO_PKG_VERSION")),
+            timeout: Duration::from_millis(d.provider_timeout_ms),
+            follow_redirects: false,
+        },
+    )?;
     let worker = Arc::new(worker::Worker {
         store: store.clone(),
         registry: registry.clone(),

@@ -21,6 +21,7 @@ use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::ops::Readiness;
+use rc_common::outbound::OutboundSettings;
 use rc_common::secrets::{Cipher, SecretsSettings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -89,6 +90,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub secrets: SecretsSettings,
     pub forwarder: ForwarderSettings,
+    /// Outbound HTTP (data planes): TLS extra CA, connect timeout, SSRF guard.
+    pub outbound: OutboundSettings,
 }
 
 impl Default for Settings {
@@ -102,6 +105,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             secrets: SecretsSettings::default(),
             forwarder: ForwarderSettings::default(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -142,8 +146,9 @@ pub async fn run(
         store::Store::new(redis.clone()),
         Some(cipher),
         settings.forwarder.clone(),
+        settings.outbound.clone(),
         shutdown.clone(),
-    );
+    )?;
     let streams_ready = Arc::new(AtomicBool::new(false));
     let supervisor = {
         let (js, nats_settings, flag, shutdown, ctx) = (
