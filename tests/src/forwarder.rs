@@ -99,6 +99,24 @@ pub async fn publish_message_event(
         .expect("ack");
 }
 
+/// Publishes a protobuf payload on `courier.<ws>.<kind>` (e.g. `profile.updated`), as the
+/// profiles and accounts services do.
+pub async fn publish_courier(
+    js: &async_nats::jetstream::Context,
+    ws: &str,
+    kind: &str,
+    payload: Vec<u8>,
+) {
+    js.publish(
+        rc_common::subjects::courier_subject(ws, kind),
+        payload.into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+}
+
 /// `PUT /integrations/rudderstack`.
 pub async fn put_integration(
     service: &Service,
