@@ -263,3 +263,96 @@ async fn private_destinations_are_refused_at_connect_time() {
         "the event is kept: {st}"
     );
 }
+
+/// Over TLS the peer check still sees the address (after the handshake, before any request
+/// byte): a trusted HTTPS server on 127.0.0.1 gets a handshake but no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_checks_the_peer_of_https_connections_too() {
+    let ca = TestCa::new("guard");
+    let hook = WebhookReceiver::start(SECRET).await;
+    let front = TlsFront::start(&ca, hook.addr).await;
+    let settings = rc_common::outbound::OutboundSettings {
+        extra_ca_file: Some(ca.pem_file().display().to_string()),
+        ..Default::default()
+    };
+    let spec = rc_common::outbound::ClientSpec {
+        user_agent: "test",
+        timeout: Duration::from_secs(5),
+        follow_redirects: false,
+    };
+    let guarded = rc_common::outbound::client(&settings, &spec).unwrap();
+    let err = guarded
+        .post(front.url("/hook"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    let blocked = rc_common::outbound::is_blocked(&err).expect("refused by the peer check");
+    assert!(
+        blocked.0.contains("127.0.0.1 is a loopback address"),
+        "{blocked}"
+    );
+    assert_eq!(hook.received_count(), 0, "no request was sent");
+
+    // The same client with the guard off reaches it (so the refusal above is the guard's).
+    let open = rc_common::outbound::client(
+        &rc_common::outbound::OutboundSettings {
+            allow_private_networks: true,
+            ..settings
+        },
+        &spec,
+    )
+    .unwrap();
+    let r = open
+        .post(front.url("/hook"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the receiver answered (unsigned body)");
+    assert_eq!(hook.received_count(), 1);
+}
+
+/// fetch-data steps use the same client: with the guard on, a step calling 127.0.0.1 fails the
+/// run and the endpoint never sees a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_data_cannot_reach_private_addresses_when_the_guard_is_on() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let hook = WebhookReceiver::start(SECRET).await;
+    let mut settings = stack.automations_settings();
+    settings.outbound.allow_private_networks = false;
+    let svc = Service::spawn(|listener, shutdown| async move {
+        automations::run(settings, Some(listener), shutdown).await
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(svc.url("/automations/invoke"))
+        .bearer_auth(&key)
+        .json(&json!({"automation": {"steps": [
+            {"action": "fetch-data", "webhook": {"url": hook.url(), "method": "POST", "body": {}}}]},
+            "recipient": "u_1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let run_id = body["runId"].as_str().unwrap().to_string();
+    let mut run = Value::Null;
+    eventually("the run ends", Duration::from_secs(15), async || {
+        run = http
+            .get(svc.url(&format!("/automations/runs/{run_id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        run["state"] == "failed" || run["state"] == "completed"
+    })
+    .await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(hook.received_count(), 0, "no request reached 127.0.0.1");
+}

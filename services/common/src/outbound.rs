@@ -9,6 +9,9 @@
 //!   to 10.x is refused before any connection) and a connector layer checks the peer address of
 //!   every new connection (IP literals never reach the resolver; redirects are covered too).
 //!   The check is on the address actually connected to, so there is no time-of-check gap.
+//!   The layer wraps reqwest's whole connector, so for an `https://<private IP>` URL (never a
+//!   name: those are filtered before connecting) the TCP and TLS handshakes happen before the
+//!   refusal; no request byte (headers, body, credentials) is ever sent.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
