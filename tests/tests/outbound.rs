@@ -216,8 +216,10 @@ async fn private_destinations_are_refused_at_connect_time() {
     let enc = new_encryption_key();
 
     // Configure with the guard off (as a local setup would)...
+    // The webhook by name (the resolver path), the data plane by literal IP (the peer check).
+    let by_name = format!("http://localhost:{}/hook", hook.addr.port());
     let open_delivery = stack.delivery().await;
-    assert_eq!(put_provider(&open_delivery, &key, &hook.url()).await.0, 200);
+    assert_eq!(put_provider(&open_delivery, &key, &by_name).await.0, 200);
     let _ = open_delivery.stop().await;
     let open_fwd = stack.forwarder_with(stack.forwarder_settings(&enc)).await;
     let r = put_integration(
@@ -240,7 +242,7 @@ async fn private_destinations_are_refused_at_connect_time() {
     .await;
     let err = msg["error"].as_str().unwrap();
     assert!(
-        err.contains("refused") && err.contains("loopback"),
+        err.contains("refused: localhost resolves to a loopback address"),
         "a refused destination fails at once: {err}"
     );
     assert_eq!(hook.received_count(), 0);
