@@ -1,6 +1,7 @@
 //! Plumbing shared by every rudder-courier service. No business logic lives here: only
 //! configuration, telemetry, connections, the ops endpoints, shutdown and API-key auth
-//! (every service authenticates the same workspace keys).
+//! (every service authenticates the same workspace keys), and the one outbound HTTP client
+//! builder (`outbound`: TLS and the SSRF guard for webhooks, data planes and fetch-data).
 
 pub mod auth;
 pub mod config;
