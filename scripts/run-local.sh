@@ -63,6 +63,9 @@ if [ -z "${RC_SECRETS__ENCRYPTION_KEY:-}" ]; then
 fi
 export RC_SECRETS__ENCRYPTION_KEY
 export RC_NATS__URL=$NATS_URL RC_REDIS__URL=$REDIS_URL RC_LOG__FORMAT=${RC_LOG__FORMAT:-pretty}
+# Local webhooks, data planes and fetch-data endpoints usually live on localhost: let outbound
+# calls reach private addresses here (the SSRF guard stays on by default everywhere else).
+export RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS=${RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS:-true}
 
 
 for _ in $(seq 1 100); do

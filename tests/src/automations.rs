@@ -15,6 +15,8 @@ impl Stack {
         };
         s.automations.poll_interval_ms = 100;
         s.automations.lease_ms = 3_000;
+        // fetch-data steps call local fakes on 127.0.0.1.
+        s.outbound.allow_private_networks = true;
         s
     }
 

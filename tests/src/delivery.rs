@@ -39,6 +39,8 @@ impl Stack {
         s.delivery.ack_wait_ms = 10_000;
         s.delivery.lease_ms = 10_000;
         s.delivery.provider_timeout_ms = 2_000;
+        // The webhook receiver listens on 127.0.0.1.
+        s.outbound.allow_private_networks = true;
         s
     }
 

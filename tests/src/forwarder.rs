@@ -29,6 +29,11 @@ impl Stack {
                 reconcile_interval_ms: 300,
                 ..forwarder::ForwarderSettings::default()
             },
+            // The fake data planes listen on 127.0.0.1.
+            outbound: rc_common::outbound::OutboundSettings {
+                allow_private_networks: true,
+                ..Default::default()
+            },
             ..forwarder::Settings::default()
         }
     }
@@ -92,6 +97,24 @@ pub async fn publish_message_event(
         .expect("publish")
         .await
         .expect("ack");
+}
+
+/// Publishes a protobuf payload on `courier.<ws>.<kind>` (e.g. `profile.updated`), as the
+/// profiles and accounts services do.
+pub async fn publish_courier(
+    js: &async_nats::jetstream::Context,
+    ws: &str,
+    kind: &str,
+    payload: Vec<u8>,
+) {
+    js.publish(
+        rc_common::subjects::courier_subject(ws, kind),
+        payload.into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
 }
 
 /// `PUT /integrations/rudderstack`.

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod delivery;
 pub mod forwarder;
 pub mod profiles;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -71,6 +72,8 @@ impl NatsServer {
     }
 
     fn start_with(durable: bool) -> Self {
+        // Test clients (`reqwest::Client::new()`) use rustls' process-default provider.
+        rc_common::outbound::install_default_crypto_provider();
         let mut server = NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),

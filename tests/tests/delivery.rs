@@ -636,9 +636,24 @@ async fn measure_webhook_throughput() {
     let js = stack.jetstream().await;
     let mut settings = stack.delivery_settings();
     settings.delivery.concurrency = 256;
+    // DELIVERY_MEASURE_TLS=1: the same receiver behind a local HTTPS front (private CA).
+    let tls = std::env::var("DELIVERY_MEASURE_TLS").is_ok_and(|v| v == "1");
+    let ca = rc_tests::tls::TestCa::new("measure");
+    if tls {
+        settings.outbound.extra_ca_file = Some(ca.pem_file().display().to_string());
+    }
     let svc = stack.delivery_with(settings).await;
     let hook = WebhookReceiver::start(SECRET).await;
-    webhook_provider(&svc, &key, &hook).await;
+    let front = rc_tests::tls::TlsFront::start(&ca, hook.addr).await;
+    let url = if tls { front.url("/hook") } else { hook.url() };
+    put_provider(
+        &svc,
+        &key,
+        "hook",
+        json!({"type": "webhook", "channels": ["webhook", "chat"],
+               "config": {"url": url, "secret": SECRET}}),
+    )
+    .await;
     let started = std::time::Instant::now();
     let mut acks = Vec::with_capacity(n);
     for i in 0..n {
@@ -680,7 +695,8 @@ async fn measure_webhook_throughput() {
     )
     .await;
     println!(
-        "delivered {received}/{n} webhook messages in {:.2}s ({:.0} msg/s); publishing took {:.2}s",
+        "delivered {received}/{n} webhook messages over {} in {:.2}s ({:.0} msg/s); publishing took {:.2}s",
+        if tls { "https" } else { "http" },
         elapsed.as_secs_f64(),
         received as f64 / elapsed.as_secs_f64(),
         published.as_secs_f64()

@@ -593,3 +593,279 @@ async fn measure_throughput_and_isolation_latency() {
         latencies[latencies.len() - 1]
     );
 }
+
+/// The breaker as the status API shows it: closed → open after `circuit_failures` consecutive
+/// failures (no request during the cool-down) → half-open probe; a failed probe re-opens it, a
+/// successful one closes it and the held event arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_opens_probes_and_closes() {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let key = stack.workspace("acme").await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let mut settings = stack.forwarder_settings(&new_encryption_key());
+    settings.forwarder.circuit_failures = 3;
+    settings.forwarder.circuit_cooldown_ms = 1_500;
+    let fwd = stack.forwarder_with(settings).await;
+    assert_eq!(
+        put_integration(&fwd, &key, config(&dp, WRITE_KEY))
+            .await
+            .status(),
+        200
+    );
+    let circuit = async || {
+        let (_, st) = get_json(&fwd, &key, "/integrations/rudderstack/status").await;
+        st["circuit"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(circuit().await, "closed");
+
+    dp.set_mode(Mode::Fail(503));
+    publish_message_event(&js, &message_event("acme", "m-1", "DELIVERED", "u_1")).await;
+    eventually("open", Duration::from_secs(10), async || {
+        circuit().await == "open"
+    })
+    .await;
+    assert_eq!(dp.answers(), [503, 503, 503], "opens after 3 failures");
+    let (_, st) = get_json(&fwd, &key, "/integrations/rudderstack/status").await;
+    assert!(st["lastError"].as_str().unwrap().contains("503"), "{st}");
+    assert_eq!(st["state"], "active", "an open circuit is not a pause");
+    // Cool-down: the data plane is left alone.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(dp.answers().len(), 3, "no request while open");
+
+    // The probe hangs (timeout 1 s): half-open while it runs, open again when it fails.
+    dp.set_mode(Mode::Hang);
+    eventually("half-open probe", Duration::from_secs(5), async || {
+        circuit().await == "half_open"
+    })
+    .await;
+    eventually(
+        "re-opened after a failed probe",
+        Duration::from_secs(5),
+        async || circuit().await == "open",
+    )
+    .await;
+
+    // A successful probe (slow enough to be seen) closes it.
+    dp.set_latency(Duration::from_millis(600));
+    dp.set_mode(Mode::Normal);
+    eventually(
+        "second half-open probe",
+        Duration::from_secs(5),
+        async || circuit().await == "half_open",
+    )
+    .await;
+    eventually("closed", Duration::from_secs(5), async || {
+        circuit().await == "closed"
+    })
+    .await;
+    assert_eq!(dp.events().len(), 1, "the held event arrives once");
+    assert_eq!(dp.events()[0]["messageId"], "m-1-DELIVERED");
+    let metrics = reqwest::get(fwd.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("forwarder_circuit_state{workspace=\"acme\"} 0")),
+        "gauge back to closed (0)"
+    );
+}
+
+fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+/// Opt-in kinds: `ProfileUpdated` → `identify`, `TenantUpdated` → `group` (the README's
+/// shapes); deletions are not sent; a workspace that did not opt in gets no such calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_and_tenant_updates_are_forwarded_when_enabled() {
+    use prost::Message as _;
+    use rc_common::subjects::kinds::{PROFILE_UPDATED, TENANT_UPDATED};
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let key = stack.workspace("acme").await;
+    let key_b = stack.workspace("beta").await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let dp_b = DataPlane::start(WRITE_KEY).await;
+    let fwd = stack
+        .forwarder_with(stack.forwarder_settings(&new_encryption_key()))
+        .await;
+    let r = put_integration(
+        &fwd,
+        &key,
+        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(),
+               "events": {"statuses": ["DELIVERED"], "profileUpdates": true, "tenantUpdates": true}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let (_, cfg) = get_json(&fwd, &key, "/integrations/rudderstack").await;
+    assert_eq!(cfg["events"]["profileUpdates"], true, "{cfg}");
+    // beta: statuses only (the default kinds).
+    assert_eq!(
+        put_integration(&fwd, &key_b, config(&dp_b, WRITE_KEY))
+            .await
+            .status(),
+        200
+    );
+
+    let profile = |ws: &str, user: &str, deleted: bool, cause: &str| rc_proto::ProfileUpdated {
+        schema_version: 1,
+        workspace_id: ws.into(),
+        user_id: user.into(),
+        profile: if deleted {
+            Vec::new().into()
+        } else {
+            br#"{"name":"Ada","email":"ada@example.com","plan":"pro"}"#
+                .to_vec()
+                .into()
+        },
+        deleted,
+        source: "event".into(),
+        cause_id: cause.into(),
+        updated_at: ts(1_772_442_011),
+    };
+    let tenant = |member: &str, cause: &str| rc_proto::TenantUpdated {
+        schema_version: 1,
+        workspace_id: "acme".into(),
+        tenant_id: "acct_1".into(),
+        tenant: br#"{"name":"Acme Inc","properties":{"tier":"gold"}}"#
+            .to_vec()
+            .into(),
+        member_user_id: member.into(),
+        source: "api".into(),
+        cause_id: cause.into(),
+        updated_at: ts(1_772_442_012),
+        ..Default::default()
+    };
+    for (kind, payload) in [
+        (
+            PROFILE_UPDATED,
+            profile("acme", "u_1", false, "evt-1").encode_to_vec(),
+        ),
+        (
+            PROFILE_UPDATED,
+            profile("acme", "u_gone", true, "evt-2").encode_to_vec(),
+        ),
+        (TENANT_UPDATED, tenant("", "req-1").encode_to_vec()),
+        (TENANT_UPDATED, tenant("u_1", "req-2").encode_to_vec()),
+    ] {
+        rc_tests::forwarder::publish_courier(&js, "acme", kind, payload).await;
+    }
+    publish_message_event(&js, &message_event("acme", "m-1", "DELIVERED", "u_1")).await;
+    rc_tests::forwarder::publish_courier(
+        &js,
+        "beta",
+        PROFILE_UPDATED,
+        profile("beta", "u_9", false, "evt-9").encode_to_vec(),
+    )
+    .await;
+    publish_message_event(&js, &message_event("beta", "m-9", "DELIVERED", "u_9")).await;
+
+    eventually(
+        "4 events at acme's data plane",
+        Duration::from_secs(10),
+        async || dp.events().len() >= 4,
+    )
+    .await;
+    eventually(
+        "beta's message event",
+        Duration::from_secs(10),
+        async || !dp_b.events().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = dp.events();
+    assert_eq!(events.len(), 4, "the deletion is not sent: {events:#?}");
+    let by_id = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["messageId"] == id)
+            .unwrap_or_else(|| panic!("{id} in {events:#?}"))
+    };
+    let identify = by_id("profile-u_1-evt-1");
+    assert_eq!(identify["type"], "identify");
+    assert_eq!(identify["userId"], "u_1");
+    assert_eq!(identify["traits"]["email"], "ada@example.com");
+    assert_eq!(identify["traits"]["plan"], "pro");
+    assert_eq!(identify["originalTimestamp"], "2026-03-02T09:00:11.000Z");
+    assert_eq!(identify["context"]["library"]["name"], "rudder-courier");
+
+    let group = by_id("tenant-acct_1-req-1");
+    assert_eq!(group["type"], "group");
+    assert_eq!(group["groupId"], "acct_1");
+    assert_eq!(
+        group["anonymousId"], "courier-tenant-acct_1",
+        "no member: anonymous"
+    );
+    assert_eq!(group["traits"]["name"], "Acme Inc");
+    let membership = by_id("tenant-acct_1-u_1-req-2");
+    assert_eq!(membership["type"], "group");
+    assert_eq!(membership["userId"], "u_1");
+    assert_eq!(membership["groupId"], "acct_1");
+    assert_eq!(by_id("m-1-DELIVERED")["type"], "track");
+
+    let beta = dp_b.events();
+    assert_eq!(
+        beta.len(),
+        1,
+        "beta did not opt in to profile updates: {beta:#?}"
+    );
+    assert_eq!(beta[0]["type"], "track");
+}
+
+/// `enabled: false` sends nothing and keeps the events (the consumer stays); re-enabling sends
+/// them all, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_integration_sends_nothing_and_keeps_events() {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let key = stack.workspace("acme").await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let fwd = stack
+        .forwarder_with(stack.forwarder_settings(&new_encryption_key()))
+        .await;
+    let r = put_integration(
+        &fwd,
+        &key,
+        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": false}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    for i in 0..3 {
+        publish_message_event(
+            &js,
+            &message_event("acme", &format!("m-{i}"), "SENT", "u_1"),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        dp.answers().is_empty(),
+        "a disabled integration sends nothing"
+    );
+    let (_, st) = get_json(&fwd, &key, "/integrations/rudderstack/status").await;
+    assert_eq!(st["state"], "disabled", "{st}");
+    assert_eq!(st["pending"], 3, "the events are kept: {st}");
+
+    // Re-enabled without resending the write key (the stored one is kept).
+    let r = put_integration(
+        &fwd,
+        &key,
+        json!({"dataPlaneUrl": dp.url(), "enabled": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    eventually("the kept events", Duration::from_secs(10), async || {
+        dp.message_ids().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dp.events().len(), 3, "each once");
+    let (_, st) = get_json(&fwd, &key, "/integrations/rudderstack/status").await;
+    assert_eq!(st["state"], "active");
+    assert_eq!(st["delivered"], 3, "{st}");
+}

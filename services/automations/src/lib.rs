@@ -72,6 +72,8 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub auth: AuthSettings,
     pub automations: AutomationsSettings,
+    /// Outbound HTTP (fetch-data steps): TLS extra CA, connect timeout, SSRF guard.
+    pub outbound: rc_common::outbound::OutboundSettings,
 }
 
 rc_common::service_settings!(Settings);
@@ -86,6 +88,7 @@ impl Default for Settings {
             shutdown: ShutdownSettings::default(),
             auth: AuthSettings::default(),
             automations: AutomationsSettings::default(),
+            outbound: rc_common::outbound::OutboundSettings::default(),
         }
     }
 }
@@ -115,7 +118,15 @@ pub async fn run(
     let engine = Engine {
         redis: rt.redis.clone(),
         js: rt.js.clone(),
-        http: reqwest::Client::new(),
+        http: rc_common::outbound::client(
+            &settings.outbound,
+            &rc_common::outbound::ClientSpec {
+                user_agent: concat!("rudder-courier-automations/", env!("CARGO_PKG_VERSION")),
+                // fetch-data sets its own per-request bound.
+                timeout: std::time::Duration::from_secs(10),
+                follow_redirects: true,
+            },
+        )?,
         lease_ms: cfg.lease_ms as i64,
     };
 

@@ -1,6 +1,7 @@
 //! Plumbing shared by every rudder-courier service. No business logic lives here: only
 //! configuration, telemetry, connections, the ops endpoints, shutdown and API-key auth
-//! (every service authenticates the same workspace keys).
+//! (every service authenticates the same workspace keys), and the one outbound HTTP client
+//! builder (`outbound`: TLS and the SSRF guard for webhooks, data planes and fetch-data).
 
 pub mod auth;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod consumer;
 pub mod http;
 pub mod nats;
 pub mod ops;
+pub mod outbound;
 pub mod redis;
 pub mod secrets;
 pub mod service;

@@ -26,6 +26,7 @@ use rc_common::config::{
 };
 use rc_common::consumer::ConsumerSpec;
 use rc_common::ops::Readiness;
+use rc_common::outbound::{ClientSpec, OutboundSettings};
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
@@ -90,6 +91,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub secrets: SecretsSettings,
     pub delivery: DeliverySettings,
+    /// Outbound HTTP (webhook providers): TLS extra CA, connect timeout, SSRF guard.
+    pub outbound: OutboundSettings,
 }
 
 rc_common::service_settings!(Settings);
@@ -105,6 +108,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             secrets: SecretsSettings::default(),
             delivery: DeliverySettings::default(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -151,13 +155,21 @@ pub async fn run(
     let cipher = Cipher::from_settings(&settings.secrets)?;
     let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
     let store = store::Store::new(rt.redis.clone());
-    let registry = providers::Registry::new(rt.redis.clone(), cipher);
+    let registry = providers::Registry::new(
+        rt.redis.clone(),
+        cipher,
+        settings.outbound.allow_private_networks,
+    );
     let publisher = worker::Publisher { js: rt.js.clone() };
-    let http = reqwest::Client::builder()
-        .user_agent("rudder-courier-delivery")
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
     let d = &settings.delivery;
+    let http = rc_common::outbound::client(
+        &settings.outbound,
+        &ClientSpec {
+            user_agent: concat!("rudder-courier-delivery/", env!("CARGO_PKG_VERSION")),
+            timeout: Duration::from_millis(d.provider_timeout_ms),
+            follow_redirects: false,
+        },
+    )?;
     let worker = Arc::new(worker::Worker {
         store: store.clone(),
         registry: registry.clone(),

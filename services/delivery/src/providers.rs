@@ -113,7 +113,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn validate(input: &ProviderInput) -> Result<(), String> {
+fn validate(input: &ProviderInput, allow_private_networks: bool) -> Result<(), String> {
     if let Some(ch) = &input.channels {
         if ch.is_empty() {
             return Err("channels must not be empty".into());
@@ -137,10 +137,8 @@ fn validate(input: &ProviderInput) -> Result<(), String> {
     };
     match input.kind {
         Kind::Webhook => {
-            let url = s("url");
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                return Err("config.url must be an http:// or https:// URL".into());
-            }
+            rc_common::outbound::check_url_str(s("url"), allow_private_networks)
+                .map_err(|e| format!("config.url {e}"))?;
             opt_str("secret")?;
             if let Some(h) = cfg.get("headers") {
                 let ok = h
@@ -191,11 +189,17 @@ pub enum RegistryError {
 pub struct Registry {
     redis: RedisConn,
     cipher: Cipher,
+    /// `outbound.allow_private_networks`: webhook URLs may then name private addresses.
+    allow_private_networks: bool,
 }
 
 impl Registry {
-    pub fn new(redis: RedisConn, cipher: Cipher) -> Self {
-        Self { redis, cipher }
+    pub fn new(redis: RedisConn, cipher: Cipher, allow_private_networks: bool) -> Self {
+        Self {
+            redis,
+            cipher,
+            allow_private_networks,
+        }
     }
 
     pub async fn put(
@@ -205,7 +209,7 @@ impl Registry {
         input: ProviderInput,
     ) -> Result<Value, RegistryError> {
         validate_name(name).map_err(RegistryError::Invalid)?;
-        validate(&input).map_err(RegistryError::Invalid)?;
+        validate(&input, self.allow_private_networks).map_err(RegistryError::Invalid)?;
         let mut config = input.config;
         let mut sealed = BTreeMap::new();
         for field in input.kind.secret_fields() {

@@ -125,6 +125,12 @@ impl Senders {
         let response = match request.body(body).send().await {
             Ok(r) => r,
             Err(err) => {
+                // A refused destination stays refused until the provider is reconfigured.
+                if let Some(blocked) = rc_common::outbound::is_blocked(&err) {
+                    return SendResult::Failed {
+                        error: format!("webhook destination refused: {blocked}"),
+                    };
+                }
                 let what = if err.is_timeout() {
                     "timed out"
                 } else if err.is_connect() {
@@ -133,7 +139,7 @@ impl Senders {
                     "request failed"
                 };
                 return SendResult::Retry {
-                    error: format!("webhook {what}"),
+                    error: format!("webhook {what}: {}", rc_common::outbound::root_cause(&err)),
                     retry_after: None,
                 };
             }

@@ -73,8 +73,13 @@ fn bad(m: impl Into<String>) -> ForwarderError {
     ForwarderError::Invalid(m.into())
 }
 
-/// http(s), a host, no credentials, no query or fragment.
-pub fn validate_url(raw: &str, allow_http: bool) -> Result<String, ForwarderError> {
+/// http(s), a host, no credentials, no query or fragment, and (unless private networks are
+/// allowed) no loopback / private / link-local literal address (`rc_common::outbound`).
+pub fn validate_url(
+    raw: &str,
+    allow_http: bool,
+    allow_private_networks: bool,
+) -> Result<String, ForwarderError> {
     let url = url::Url::parse(raw.trim())
         .map_err(|e| bad(format!("dataPlaneUrl is not a valid URL: {e}")))?;
     match url.scheme() {
@@ -98,6 +103,8 @@ pub fn validate_url(raw: &str, allow_http: bool) -> Result<String, ForwarderErro
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("dataPlaneUrl must not have a query or fragment"));
     }
+    rc_common::outbound::check_url(&url, allow_private_networks)
+        .map_err(|e| bad(format!("dataPlaneUrl {e}")))?;
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
@@ -141,7 +148,11 @@ async fn put_integration(
 ) -> Result<Json<Value>, ForwarderError> {
     let body: PutBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid body: {e}")))?;
-    let url = validate_url(&body.data_plane_url, state.ctx.settings.allow_http)?;
+    let url = validate_url(
+        &body.data_plane_url,
+        state.ctx.settings.allow_http,
+        state.ctx.outbound.allow_private_networks,
+    )?;
     let cipher =
         state.ctx.cipher.as_ref().ok_or_else(|| {
             ForwarderError::Unavailable("secrets.encryption_key is not set".into())
@@ -249,7 +260,7 @@ async fn test_integration(
                 "body": text.chars().take(1024).collect::<String>(),
                 "messageId": event["messageId"],
             }),
-            Err(err) => json!({"ok": false, "status": null, "error": err}),
+            Err(err) => json!({"ok": false, "status": null, "error": err.to_string()}),
         },
     ))
 }
@@ -503,10 +514,21 @@ mod tests {
     #[test]
     fn data_plane_urls_are_validated() {
         assert_eq!(
-            validate_url("https://acme.dataplane.rudderstack.com/", false).unwrap(),
+            validate_url("https://acme.dataplane.rudderstack.com/", false, false).unwrap(),
             "https://acme.dataplane.rudderstack.com"
         );
-        assert!(validate_url("http://127.0.0.1:8080", true).is_ok());
+        assert!(validate_url("http://127.0.0.1:8080", true, true).is_ok());
+        // The SSRF guard: literal private addresses need outbound.allow_private_networks.
+        for private in [
+            "https://127.0.0.1:8080",
+            "https://10.0.0.5",
+            "https://169.254.169.254",
+            "https://[::1]",
+            "https://localhost:8080",
+        ] {
+            let err = validate_url(private, true, false).unwrap_err().to_string();
+            assert!(err.contains("may not reach"), "{private}: {err}");
+        }
         for bad in [
             "http://127.0.0.1:8080",
             "ftp://x.example",
@@ -515,7 +537,7 @@ mod tests {
             "https://x.example/?writeKey=1",
             "nonsense",
         ] {
-            assert!(validate_url(bad, false).is_err(), "{bad}");
+            assert!(validate_url(bad, false, true).is_err(), "{bad}");
         }
     }
 }

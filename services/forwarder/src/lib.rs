@@ -20,6 +20,7 @@ use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
 use rc_common::ops::Readiness;
+use rc_common::outbound::OutboundSettings;
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::service::{Runtime, ServiceSettings};
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub secrets: SecretsSettings,
     pub forwarder: ForwarderSettings,
+    /// Outbound HTTP (data planes): TLS extra CA, connect timeout, SSRF guard.
+    pub outbound: OutboundSettings,
 }
 
 rc_common::service_settings!(Settings);
@@ -104,6 +107,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             secrets: SecretsSettings::default(),
             forwarder: ForwarderSettings::default(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -134,8 +138,9 @@ pub async fn run(
         store::Store::new(rt.redis.clone()),
         Some(cipher),
         settings.forwarder.clone(),
+        settings.outbound.clone(),
         rt.shutdown.clone(),
-    );
+    )?;
     // On shutdown, workers stop pulling and give back what they hold (nak), bounded.
     let supervisor = ctx.clone();
     rt.spawn_when_streams_ready(|_, _| async move { supervisor.supervise().await });

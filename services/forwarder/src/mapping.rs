@@ -8,7 +8,6 @@
 use rc_proto::{MessageEvent, ProfileUpdated, TenantUpdated};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 pub const LIBRARY_NAME: &str = "rudder-courier";
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -30,11 +29,20 @@ pub fn event_name(status: &str) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// Always three fractional digits and `Z` (`2026-03-02T09:00:11.000Z`), as RudderStack SDKs
+/// send; the well-known `Rfc3339` format would drop trailing zeros (`…:11Z`, `…:11.5Z`).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    // Millisecond precision, `Z`, as RudderStack SDKs send.
     let t = t.to_offset(time::UtcOffset::UTC);
-    let ms = t.replace_nanosecond((t.nanosecond() / 1_000_000) * 1_000_000);
-    ms.unwrap_or(t).format(&Rfc3339).unwrap_or_default()
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 fn ts(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
@@ -247,6 +255,17 @@ mod tests {
         assert_eq!(v["properties"]["delivered"], 1_772_442_011_006i64);
         assert!(v["properties"].get("opened").is_none());
         assert!(has_identity(&v));
+    }
+
+    #[test]
+    fn timestamps_always_have_milliseconds() {
+        let at = |nanos: i128| OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+        let s = 1_772_442_011i128 * 1_000_000_000;
+        assert_eq!(rfc3339(at(s)), "2026-03-02T09:00:11.000Z");
+        assert_eq!(rfc3339(at(s + 500_000_000)), "2026-03-02T09:00:11.500Z");
+        assert_eq!(rfc3339(at(s + 6_999_999)), "2026-03-02T09:00:11.006Z");
+        let offset = at(s).to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(rfc3339(offset), "2026-03-02T09:00:11.000Z");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use prost::Message as _;
 use rand::Rng;
 use rc_common::Shutdown;
 use rc_common::consumer::ConsumerSpec;
+use rc_common::outbound::{ClientSpec, OutboundError, OutboundSettings};
 use rc_common::secrets::Cipher;
 use rc_common::subjects::{self, COURIER_STREAM, kinds};
 use serde_json::Value;
@@ -78,6 +79,7 @@ pub struct Ctx {
     pub store: Store,
     pub cipher: Option<Cipher>,
     pub settings: ForwarderSettings,
+    pub outbound: OutboundSettings,
     pub http: reqwest::Client,
     pub shutdown: Shutdown,
     pub runtimes: std::sync::Mutex<HashMap<String, Arc<Runtime>>>,
@@ -90,29 +92,28 @@ impl Ctx {
         store: Store,
         cipher: Option<Cipher>,
         settings: ForwarderSettings,
+        outbound: OutboundSettings,
         shutdown: Shutdown,
-    ) -> Arc<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.request_timeout_ms))
-            .connect_timeout(Duration::from_millis(
-                settings.request_timeout_ms.min(5_000),
-            ))
-            .user_agent(concat!(
-                "rudder-courier-forwarder/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .expect("http client");
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, OutboundError> {
+        let http = rc_common::outbound::client(
+            &outbound,
+            &ClientSpec {
+                user_agent: concat!("rudder-courier-forwarder/", env!("CARGO_PKG_VERSION")),
+                timeout: Duration::from_millis(settings.request_timeout_ms),
+                follow_redirects: false,
+            },
+        )?;
+        Ok(Arc::new(Self {
             js,
             store,
             cipher,
             settings,
+            outbound,
             http,
             shutdown,
             runtimes: Default::default(),
             workers: Default::default(),
-        })
+        }))
     }
 
     pub fn runtime(&self, ws: &str) -> Arc<Runtime> {
@@ -720,12 +721,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 async fn post_batch(http: &reqwest::Client, url: &str, write_key: &str, body: &[u8]) -> Answer {
     let (status, text, after) = match raw_post(http, url, write_key, body).await {
         Ok(r) => r,
-        Err(err) => {
-            return Answer::Retry {
-                error: err,
-                after: None,
-            };
-        }
+        // The SSRF guard's refusal lasts until the URL (or the setting) changes: pause.
+        Err(blocked @ PostError::Blocked(_)) => return Answer::Refused(blocked.to_string()),
+        Err(PostError::Transport(error)) => return Answer::Retry { error, after: None },
     };
     let short: String = text.chars().take(512).collect();
     let what = format!("data plane answered {status}: {}", short.trim());
@@ -738,13 +736,23 @@ async fn post_batch(http: &reqwest::Client, url: &str, write_key: &str, body: &[
     }
 }
 
-/// One request; `(status, body, Retry-After)` or a transport error description.
+/// Why a data-plane request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The outbound guard refused the address (see `rc_common::outbound`).
+    #[error("data plane address refused: {0}")]
+    Blocked(String),
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// One request; `(status, body, Retry-After)` or why there was no answer.
 pub async fn raw_post(
     http: &reqwest::Client,
     url: &str,
     write_key: &str,
     body: &[u8],
-) -> Result<(u16, String, Option<Duration>), String> {
+) -> Result<(u16, String, Option<Duration>), PostError> {
     let response = http
         .post(url)
         .basic_auth(write_key, Some(""))
@@ -754,13 +762,17 @@ pub async fn raw_post(
         .send()
         .await
         .map_err(|e| {
-            if e.is_timeout() {
+            if let Some(blocked) = rc_common::outbound::is_blocked(&e) {
+                return PostError::Blocked(blocked.to_string());
+            }
+            let cause = rc_common::outbound::root_cause(&e);
+            PostError::Transport(if e.is_timeout() {
                 "data plane request timed out".to_string()
             } else if e.is_connect() {
-                "data plane connection failed".to_string()
+                format!("data plane connection failed: {cause}")
             } else {
-                format!("data plane request failed: {}", e.without_url())
-            }
+                format!("data plane request failed: {cause}")
+            })
         })?;
     let status = response.status().as_u16();
     let after = retry_after(response.headers());
