@@ -9,7 +9,7 @@ use rc_tests::forwarder::{
     eventually, get_json, message_event, new_encryption_key, post_json, publish_message_event,
     put_integration,
 };
-use rc_tests::{Stack, stored_messages};
+use rc_tests::{ServiceProcess, Stack, stored_messages};
 use serde_json::json;
 
 const WRITE_KEY: &str = "2AbcWriteKeyFromRudderStack9f2a";
@@ -371,15 +371,25 @@ async fn a_killed_forwarder_loses_nothing() {
     let key = stack.workspace("acme").await;
     let dp = DataPlane::start(WRITE_KEY).await;
     let encryption_key = new_encryption_key();
-    let fwd = stack
-        .forwarder_with(stack.forwarder_settings(&encryption_key))
-        .await;
-    assert_eq!(
-        put_integration(&fwd, &key, config(&dp, WRITE_KEY))
-            .await
-            .status(),
-        200
-    );
+    // The real rc-forwarder binary, configured like the in-process one (fast timings).
+    let mut env = stack.service_env();
+    env.extend([
+        ("RC_SECRETS__ENCRYPTION_KEY", encryption_key.clone()),
+        ("RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS", "true".into()),
+        ("RC_FORWARDER__LINGER_MS", "50".into()),
+        ("RC_FORWARDER__REQUEST_TIMEOUT_MS", "1000".into()),
+        ("RC_FORWARDER__ACK_WAIT_MS", "3000".into()),
+        ("RC_FORWARDER__RECONCILE_INTERVAL_MS", "300".into()),
+    ]);
+    let mut process = ServiceProcess::start("rc-forwarder", &env).await;
+    let r = reqwest::Client::new()
+        .put(process.url("/integrations/rudderstack"))
+        .bearer_auth(&key)
+        .json(&config(&dp, WRITE_KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     dp.set_mode(Mode::Hang);
     for i in 0..40 {
         publish_message_event(
@@ -388,13 +398,25 @@ async fn a_killed_forwarder_loses_nothing() {
         )
         .await;
     }
-    // A batch is in flight (the request hangs), then the process dies.
+    // A batch is in flight (the request hangs), then the process is SIGKILLed.
     eventually("a request in flight", Duration::from_secs(5), async || {
-        let (_, st) = get_json(&fwd, &key, "/integrations/rudderstack/status").await;
+        let st: serde_json::Value = reqwest::Client::new()
+            .get(process.url("/integrations/rudderstack/status"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         st["pendingUnacked"].as_u64().unwrap_or(0) > 0
     })
     .await;
-    fwd.kill();
+    process.kill();
+    assert!(
+        dp.message_ids().is_empty(),
+        "nothing was accepted before the kill"
+    );
     dp.set_mode(Mode::Normal);
     let fwd = stack
         .forwarder_with(stack.forwarder_settings(&encryption_key))
