@@ -1350,7 +1350,7 @@ async fn measure_event_to_run_started() {
 }
 
 async fn count_stored(js: &async_nats::jetstream::Context, stream: &str, subject: &str) -> usize {
-    let mut stream = js.get_stream(stream).await.expect("stream");
+    let stream = js.get_stream(stream).await.expect("stream");
     let info = stream
         .info_with_subjects(subject)
         .await
