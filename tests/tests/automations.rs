@@ -1017,6 +1017,53 @@ async fn invalid_inline_automations_are_dead_lettered_and_shown_in_the_catalog()
             .len(),
         cases.len()
     );
+
+    // Fixed by creating the template, the dead-lettered event is replayed: its run starts, the
+    // entry is ok again and the event is not counted twice.
+    let (s, _) = a
+        .post(
+            "/automations/templates",
+            json!({"id": "nope", "steps": [{"action": "send", "template": "NOPE_SENT"}]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let dead_one = dead
+        .iter()
+        .find(|m| {
+            m.headers
+                .as_ref()
+                .unwrap()
+                .get(dlq_headers::REASON)
+                .unwrap()
+                .as_str()
+                == cases[6].2
+        })
+        .unwrap();
+    js.send_publish(
+        "events.acme.track",
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(dead_one.payload.clone())
+            .message_id("replay-bad-6"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(decode(&msgs[1]).template, "NOPE_SENT");
+    let (_, entry) = a.get("/automations/events/Missing%20Template").await;
+    assert_eq!(entry["status"], "ok", "{entry}");
+    assert_eq!(entry["count"], 1);
+    assert_eq!(entry["failed_count"], 1);
+    assert_eq!(entry["last_error"]["message_id"], "bad-6");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

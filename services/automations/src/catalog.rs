@@ -25,9 +25,26 @@ pub fn entry_key(kind: &str, event: &str) -> String {
 /// KEYS: seen marker, entries, counts, index, failure counts. ARGV: entry, at ms, payload,
 /// failure reason ("" when the event was fine), message id.
 const RECORD: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
-local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+local prev = redis.call('GET', KEYS[1])
+local mark = '1'
+if ARGV[4] ~= '' then mark = 'f' end
+-- Seen before: a no-op, except a refused event now accepted (replayed from the dead-letter
+-- subject after a fix), which clears the failed status without counting the event again.
+if prev and not (prev == 'f' and mark == '1') then return 0 end
+redis.call('SET', KEYS[1], mark, 'EX', 86400)
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if prev then
+  if raw then
+    local old = cjson.decode(raw)
+    local err = old['last_error']
+    if type(err) == 'table' and err['message_id'] == ARGV[5] then
+      old['last_status'] = 'ok'
+      redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(old))
+    end
+  end
+  return 0
+end
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 local first = ARGV[2]
 local last_error = nil
 if raw then
