@@ -21,6 +21,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/automations/invoke", post(invoke_adhoc))
         .route("/automations/{template_id}/invoke", post(invoke_template))
+        .route("/automations/runs", get(list_runs))
         .route("/automations/runs/{run_id}", get(get_run))
         .route(
             "/automations/templates",
@@ -184,6 +185,148 @@ async fn get_run(
         .exists(store::canceled_key(&ws, &id))
         .await?;
     Ok(Json(run.view(canceled)))
+}
+
+const RUN_STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "canceled",
+];
+/// Index entries looked at per page at most (a `status` filter may leave a page short).
+const MAX_SCAN: usize = 1000;
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    status: Option<String>,
+}
+
+/// Cursor = `<created ms>_<run id>` of the last index entry looked at; the index is a zset by
+/// created time, read newest first (ties: run id descending, as Redis orders them).
+fn parse_run_cursor(c: &str) -> Result<(i64, String), E> {
+    c.split_once('_')
+        .and_then(|(s, id)| Some((s.parse().ok()?, id.to_string())))
+        .filter(|(_, id)| !id.is_empty())
+        .ok_or_else(|| E::Invalid("cursor: not a cursor from this API".into()))
+}
+
+/// Up to `n` index entries older than `(score, id)` (or the newest ones), newest first.
+async fn index_page(
+    conn: &mut rc_common::redis::RedisConn,
+    key: &str,
+    after: Option<&(i64, String)>,
+    n: usize,
+) -> redis::RedisResult<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    let max = match after {
+        None => "+inf".to_string(),
+        Some((score, id)) => {
+            // Same-millisecond entries not yet seen, then strictly older ones.
+            let ties: Vec<String> = conn.zrangebyscore(key, score, score).await?;
+            let mut ties: Vec<String> = ties.into_iter().filter(|t| t < id).collect();
+            ties.sort_unstable_by(|a, b| b.cmp(a));
+            out.extend(ties.into_iter().take(n).map(|t| (t, *score)));
+            format!("({score}")
+        }
+    };
+    if out.len() < n {
+        let more: Vec<(String, f64)> = conn
+            .zrevrangebyscore_limit_withscores(key, max, "-inf", 0, (n - out.len()) as isize)
+            .await?;
+        out.extend(more.into_iter().map(|(id, score)| (id, score as i64)));
+    }
+    Ok(out)
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, E> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    if let Some(st) = &q.status
+        && !RUN_STATES.contains(&st.as_str())
+    {
+        return Err(E::Invalid(format!(
+            "status: one of {}",
+            RUN_STATES.join(", ")
+        )));
+    }
+    let mut after = q.cursor.as_deref().map(parse_run_cursor).transpose()?;
+    let key = store::runs_key(&ws);
+    let mut conn = state.engine.redis.clone();
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    let mut exhausted = false;
+    'scan: while items.len() < limit && scanned < MAX_SCAN {
+        let want = if q.status.is_some() {
+            100
+        } else {
+            limit - items.len()
+        };
+        let page = index_page(
+            &mut conn,
+            &key,
+            after.as_ref(),
+            want.min(MAX_SCAN - scanned),
+        )
+        .await?;
+        if page.is_empty() {
+            exhausted = true;
+            break;
+        }
+        let ids: Vec<String> = page.iter().map(|(id, _)| store::run_key(&ws, id)).collect();
+        let raws: Vec<Option<String>> = conn.mget(&ids).await?;
+        for ((id, score), raw) in page.into_iter().zip(raws) {
+            scanned += 1;
+            after = Some((score, id.clone()));
+            let Some(run) = raw.and_then(|r| serde_json::from_str::<store::Run>(&r).ok()) else {
+                // Expired: forget it here too.
+                conn.zrem::<_, _, ()>(&key, &id).await?;
+                continue;
+            };
+            if q.status.as_deref().is_none_or(|s| s == run.state) {
+                items.push(run.summary());
+                if items.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    // More when the index has an entry past the cursor.
+    let has_more = !exhausted
+        && match &after {
+            None => false,
+            Some(a) => !index_page(&mut conn, &key, Some(a), 1).await?.is_empty(),
+        };
+    let cursor = has_more
+        .then(|| after.as_ref().map(|(s, id)| format!("{s}_{id}")))
+        .flatten();
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| format!("&status={s}"))
+        .unwrap_or_default();
+    let path = "/automations/runs";
+    let url = match &q.cursor {
+        Some(c) => format!("{path}?cursor={c}&limit={limit}{status}"),
+        None => format!("{path}?limit={limit}{status}"),
+    };
+    let next_url = cursor
+        .as_ref()
+        .map(|c| format!("{path}?cursor={c}&limit={limit}{status}"));
+    Ok(Json(json!({
+        "items": items,
+        "has_more": has_more,
+        "cursor": cursor,
+        "url": url,
+        "next_url": next_url,
+        "type": "list",
+    })))
 }
 
 // ---- automation templates -------------------------------------------------------------------

@@ -3,8 +3,9 @@
 //! per message id (a marker with expiry makes redelivery a no-op).
 //!
 //! Keys: `ws:{<ws>}:auto:catalog` (entry key → JSON {first, last, payload}),
-//! `ws:{<ws>}:auto:catalog:count` (entry key → count), `ws:{<ws>}:auto:catalog:index`
-//! (zset by last time), `ws:{<ws>}:auto:seen:<message id>` (marker, 24 h).
+//! `ws:{<ws>}:auto:catalog:count` (entry key → count), `ws:{<ws>}:auto:catalog:failed` (entry
+//! key → refused events), `ws:{<ws>}:auto:catalog:index` (zset by last time),
+//! `ws:{<ws>}:auto:seen:<message id>` (marker, 24 h).
 
 use rc_common::redis::RedisConn;
 use redis::AsyncCommands;
@@ -21,21 +22,49 @@ pub fn entry_key(kind: &str, event: &str) -> String {
     }
 }
 
+/// KEYS: seen marker, entries, counts, index, failure counts. ARGV: entry, at ms, payload,
+/// failure reason ("" when the event was fine), message id.
 const RECORD: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
-local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+local prev = redis.call('GET', KEYS[1])
+local mark = '1'
+if ARGV[4] ~= '' then mark = 'f' end
+-- Seen before: a no-op, except a refused event now accepted (replayed from the dead-letter
+-- subject after a fix), which clears the failed status without counting the event again.
+if prev and not (prev == 'f' and mark == '1') then return 0 end
+redis.call('SET', KEYS[1], mark, 'EX', 86400)
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if prev then
+  if raw then
+    local old = cjson.decode(raw)
+    local err = old['last_error']
+    if type(err) == 'table' and err['message_id'] == ARGV[5] then
+      old['last_status'] = 'ok'
+      redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(old))
+    end
+  end
+  return 0
+end
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 local first = ARGV[2]
+local last_error = nil
 if raw then
   local old = cjson.decode(raw)
   if old['first_ms'] and tonumber(old['first_ms']) < tonumber(first) then first = old['first_ms'] end
+  last_error = old['last_error']
 end
-local last = ARGV[2]
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({first_ms = tonumber(first), last_ms = tonumber(last), payload = ARGV[3]}))
-redis.call('ZADD', KEYS[4], tonumber(last), ARGV[1])
+local status = 'ok'
+if ARGV[4] ~= '' then
+  status = 'failed'
+  last_error = {reason = ARGV[4], message_id = ARGV[5], at_ms = tonumber(ARGV[2])}
+  redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
+end
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({first_ms = tonumber(first), last_ms = tonumber(ARGV[2]), payload = ARGV[3], last_status = status, last_error = last_error}))
+redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
 return n
 ";
 
+/// Counts the event once per message id; `failure` marks it as refused (the reason is shown
+/// as the entry's `last_error`, and the entry's `status` is `failed` until a good one arrives).
 pub async fn record(
     redis: &RedisConn,
     ws: &str,
@@ -43,6 +72,7 @@ pub async fn record(
     entry: &str,
     at_ms: i64,
     payload: &str,
+    failure: Option<&str>,
 ) -> redis::RedisResult<()> {
     let mut conn = redis.clone();
     redis::Script::new(RECORD)
@@ -50,9 +80,12 @@ pub async fn record(
         .key(key(ws, "catalog"))
         .key(key(ws, "catalog:count"))
         .key(key(ws, "catalog:index"))
+        .key(key(ws, "catalog:failed"))
         .arg(entry)
         .arg(at_ms)
         .arg(payload)
+        .arg(failure.unwrap_or(""))
+        .arg(message_id)
         .invoke_async::<i64>(&mut conn)
         .await
         .map(|_| ())
@@ -60,6 +93,7 @@ pub async fn record(
 
 async fn view(redis: &RedisConn, ws: &str, entry: &str, raw: Value) -> redis::RedisResult<Value> {
     let count: Option<i64> = redis.clone().hget(key(ws, "catalog:count"), entry).await?;
+    let failed: Option<i64> = redis.clone().hget(key(ws, "catalog:failed"), entry).await?;
     let linked: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), entry)
         .await?
         .and_then(|v| serde_json::from_value(v).ok())
@@ -90,6 +124,14 @@ async fn view(redis: &RedisConn, ws: &str, entry: &str, raw: Value) -> redis::Re
         "last_received_at": raw.get("last_ms").and_then(Value::as_i64).map(store::iso),
         "last_payload": payload,
         "mapped": !linked.is_empty(),
+        // `failed` when the last event of this entry was refused (dead-lettered).
+        "status": raw.get("last_status").and_then(Value::as_str).unwrap_or("ok"),
+        "failed_count": failed.unwrap_or(0),
+        "last_error": raw.get("last_error").filter(|e| e.is_object()).map(|e| json!({
+            "reason": e.get("reason"),
+            "message_id": e.get("message_id"),
+            "received_at": e.get("at_ms").and_then(Value::as_i64).map(store::iso),
+        })),
         "automations": automations,
     }))
 }

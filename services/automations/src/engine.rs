@@ -27,6 +27,8 @@ pub struct Engine {
     pub http: reqwest::Client,
     /// How long a claim on a run lasts before another replica may take it over.
     pub lease_ms: i64,
+    /// How long a finished (completed, failed, canceled) run stays readable.
+    pub retention_ms: i64,
 }
 
 /// Transient trouble: leave the lease to expire and retry.
@@ -45,6 +47,22 @@ fn ts(ms: i64) -> prost_types::Timestamp {
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
+
+/// KEYS: run, canceled marker, run index, run expiry index, token set (all one workspace slot).
+/// ARGV: run JSON, retention ms, run id, now ms, "1" when the run has a token.
+/// Prunes at most 100 expired entries per call, so the cost stays bounded.
+const RETIRE: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if ARGV[5] == '1' then redis.call('SREM', KEYS[5], ARGV[3]) end
+redis.call('ZADD', KEYS[4], tonumber(ARGV[4]) + tonumber(ARGV[2]), ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[4], 'LIMIT', 0, 100)
+for _, id in ipairs(old) do
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+end
+return #old
+";
 
 /// What a new run starts with.
 pub struct NewRun {
@@ -118,12 +136,26 @@ impl Engine {
                 conn.sadd::<_, _, ()>(store::token_key(ws, token), &run.id)
                     .await?;
             }
+            conn.zadd::<_, _, _, ()>(store::runs_key(ws), &run.id, now)
+                .await?;
             conn.zadd::<_, _, _, ()>(DUE_KEY, &member, now + self.lease_ms)
                 .await?;
             metrics::counter!("automations_runs_created_total").increment(1);
         } else if let Some(existing) = store::load_run(&self.redis, ws, &run.id).await?
             && !existing.is_terminal()
         {
+            // A crash between the writes above: complete them.
+            redis::cmd("ZADD")
+                .arg(store::runs_key(ws))
+                .arg("NX")
+                .arg(existing.created_at_ms)
+                .arg(&run.id)
+                .query_async::<()>(&mut conn)
+                .await?;
+            if let Some(token) = &existing.cancelation_token {
+                conn.sadd::<_, _, ()>(store::token_key(ws, token), &run.id)
+                    .await?;
+            }
             redis::cmd("ZADD")
                 .arg(DUE_KEY)
                 .arg("NX")
@@ -147,8 +179,13 @@ impl Engine {
         let ids: Vec<String> = conn.smembers(store::token_key(ws, token)).await?;
         let mut n = 0;
         for id in ids.iter().filter(|id| id.as_str() != except) {
-            conn.set::<_, _, ()>(store::canceled_key(ws, id), now_ms())
-                .await?;
+            // Expires like a finished run, so a flag set on a run that just finished is not kept.
+            conn.pset_ex::<_, _, ()>(
+                store::canceled_key(ws, id),
+                now_ms(),
+                self.retention_ms.max(1) as u64,
+            )
+            .await?;
             // Only bring it forward; a run already finished is dropped by its executor.
             redis::cmd("ZADD")
                 .arg(DUE_KEY)
@@ -159,6 +196,32 @@ impl Engine {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Saves a finished run with its retention TTL, drops it from its token set and the due
+    /// index, and lets the workspace's run index forget runs whose retention has passed.
+    async fn retire(&self, run: &Run) -> Result<(), Transient> {
+        let ws = run.workspace.as_str();
+        let raw = serde_json::to_string(run).expect("run serializes");
+        let token = run.cancelation_token.as_deref().unwrap_or("");
+        redis::Script::new(RETIRE)
+            .key(store::run_key(ws, &run.id))
+            .key(store::canceled_key(ws, &run.id))
+            .key(store::runs_key(ws))
+            .key(store::runs_expiry_key(ws))
+            .key(store::token_key(ws, token))
+            .arg(raw)
+            .arg(self.retention_ms.max(1))
+            .arg(&run.id)
+            .arg(now_ms())
+            .arg(if token.is_empty() { "0" } else { "1" })
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await?;
+        self.redis
+            .clone()
+            .zrem::<_, _, ()>(DUE_KEY, due_member(ws, &run.id))
+            .await?;
+        Ok(())
     }
 
     async fn run_event(
@@ -209,7 +272,7 @@ impl Engine {
             metrics::counter!("automations_runs_started_total").increment(1);
             metrics::histogram!("automations_run_start_latency_seconds")
                 .record((now_ms() - run.created_at_ms).max(0) as f64 / 1000.0);
-            store::save_run(&self.redis, &run).await?;
+            store::save_run(&self.redis, &run, self.retention_ms).await?;
         }
         loop {
             let canceled: bool = conn.exists(store::canceled_key(ws, id)).await?;
@@ -230,9 +293,10 @@ impl Engine {
             let Some(step) = run.steps.get(index).cloned() else {
                 run.state = "completed".into();
                 run.updated_at_ms = now_ms();
-                store::save_run(&self.redis, &run).await?;
+                // Event first: a crash before `retire` re-executes and republishes the same
+                // (deduplicated) event rather than leaving a finished run without one.
                 self.run_event(&run, "completed", 0, "").await?;
-                conn.zrem::<_, _, ()>(DUE_KEY, &member).await?;
+                self.retire(&run).await?;
                 metrics::counter!("automations_runs_finished_total", "state" => "completed")
                     .increment(1);
                 return Ok(());
@@ -263,7 +327,7 @@ impl Engine {
                         Some(format!("if {cond:?} is false")),
                     );
                     run.step += 1;
-                    store::save_run(&self.redis, &run).await?;
+                    store::save_run(&self.redis, &run, self.retention_ms).await?;
                     continue;
                 }
             }
@@ -278,7 +342,7 @@ impl Engine {
                     self.record(&mut run, index, action, "done", detail);
                     run.step += 1;
                     run.state = "running".into();
-                    store::save_run(&self.redis, &run).await?;
+                    store::save_run(&self.redis, &run, self.retention_ms).await?;
                 }
                 Ok(StepDone::Wait(until)) => {
                     if run.state != "waiting" {
@@ -292,7 +356,7 @@ impl Engine {
                     }
                     run.state = "waiting".into();
                     run.wake_at_ms = Some(until);
-                    store::save_run(&self.redis, &run).await?;
+                    store::save_run(&self.redis, &run, self.retention_ms).await?;
                     conn.zadd::<_, _, _, ()>(DUE_KEY, &member, until).await?;
                     return Ok(());
                 }
@@ -341,13 +405,9 @@ impl Engine {
         run.state = state.into();
         run.error = reason.clone();
         run.wake_at_ms = None;
-        store::save_run(&self.redis, run).await?;
         self.run_event(run, state, index as i32, reason.as_deref().unwrap_or(""))
             .await?;
-        self.redis
-            .clone()
-            .zrem::<_, _, ()>(DUE_KEY, due_member(&run.workspace, &run.id))
-            .await?;
+        self.retire(run).await?;
         metrics::counter!("automations_runs_finished_total", "state" => state.to_string())
             .increment(1);
         Ok(())

@@ -1,7 +1,9 @@
 //! The EVENTS consumer: updates the catalog, then starts the runs an event calls for (mapped
 //! templates; inline `properties.courier.automation`). Run ids are derived from workspace +
 //! message id + template (or "inline"), and creation is SET NX, so a redelivered or duplicated
-//! event starts each run once.
+//! event starts each run once. An event whose inline automation is invalid (or names a missing
+//! template) starts nothing: it is counted in the catalog as failed with the reason and
+//! dead-lettered (Outcome::Poison) with the same reason.
 
 use async_nats::jetstream::Message;
 use prost::Message as _;
@@ -32,20 +34,63 @@ impl Handler for EventHandler {
             Err(e) => return Outcome::Poison(format!("not an Envelope: {e}")),
         };
         match self.process(&env).await {
-            Ok(()) => Outcome::Done,
+            Ok(None) => Outcome::Done,
+            Ok(Some(reason)) => Outcome::Poison(reason),
             Err(Transient(e)) => Outcome::Retry(e),
         }
     }
 }
 
+/// Checks `properties.courier.automation` (the ad-hoc invoke shape); the error names the path.
+pub fn validate_inline(a: &Value) -> Result<(), String> {
+    const P: &str = "properties.courier.automation";
+    let o = a
+        .as_object()
+        .ok_or_else(|| format!("{P}: must be an object"))?;
+    let present = |k: &str| o.get(k).filter(|v| !v.is_null());
+    if let Some(steps) = present("steps") {
+        crate::steps::validate_steps(steps, &format!("{P}.steps"))?;
+    } else if let Some(inner) = present("automation") {
+        let steps = inner
+            .as_object()
+            .and_then(|i| i.get("steps"))
+            .ok_or_else(|| format!("{P}.automation.steps: required"))?;
+        crate::steps::validate_steps(steps, &format!("{P}.automation.steps"))?;
+    }
+    for k in ["template", "recipient", "brand"] {
+        if let Some(v) = present(k)
+            && v.as_str().is_none_or(str::is_empty)
+        {
+            return Err(format!("{P}.{k}: must be a non-empty string"));
+        }
+    }
+    for k in ["data", "profile"] {
+        if let Some(v) = present(k)
+            && !v.is_object()
+        {
+            return Err(format!("{P}.{k}: must be an object"));
+        }
+    }
+    for k in ["cancelation_token", "cancellation_token"] {
+        if let Some(v) = present(k)
+            && v.as_str().is_none_or(str::is_empty)
+        {
+            return Err(format!("{P}.{k}: must be a non-empty string"));
+        }
+    }
+    Ok(())
+}
+
 impl EventHandler {
-    async fn process(&self, env: &Envelope) -> Result<(), Transient> {
+    /// `Ok(Some(reason))`: the event can never start what it asks for (dead-letter it); it is
+    /// counted in the catalog with that reason and starts nothing.
+    async fn process(&self, env: &Envelope) -> Result<Option<String>, Transient> {
         let ws = env.workspace_id.as_str();
         let kind = match env.r#type() {
             EventType::Track => "track",
             EventType::Identify => "identify",
             EventType::Group => "group",
-            EventType::Unspecified => return Ok(()),
+            EventType::Unspecified => return Ok(None),
         };
         let entry = catalog::entry_key(kind, &env.event);
         let at = env
@@ -53,28 +98,79 @@ impl EventHandler {
             .as_ref()
             .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
             .unwrap_or_else(now_ms);
-        let payload = String::from_utf8_lossy(&env.raw).to_string();
+        let payload = String::from_utf8_lossy(&env.raw);
         let redis = &self.engine.redis;
-        catalog::record(redis, ws, &env.message_id, &entry, at, &payload).await?;
 
         let props = json_of(if kind == "track" {
             &env.properties
         } else {
             &env.traits
         });
-        let inline = props
-            .get("courier")
-            .and_then(|c| c.get("automation"))
-            .filter(|a| a.is_object())
-            .cloned();
-        // data = properties + userId, anonymousId, event, properties repeated under data.properties.
+        // Inline automations come with track events only.
+        let inline = if kind == "track" {
+            props
+                .get("courier")
+                .and_then(|c| c.get("automation"))
+                .filter(|a| !a.is_null())
+                .cloned()
+        } else {
+            None
+        };
+        let mut failure = inline.as_ref().and_then(|a| validate_inline(a).err());
+        // An inline template must exist (the event names it; unlike a mapping, nobody else
+        // will see that it is missing).
+        let inline_template = match (&failure, &inline) {
+            (None, Some(a))
+                if a.get("steps").is_none_or(Value::is_null)
+                    && a.get("automation").is_none_or(Value::is_null) =>
+            {
+                match a.get("template").and_then(Value::as_str) {
+                    Some(tid) => {
+                        let t = store::hget_json(redis, &store::templates_key(ws), tid).await?;
+                        if t.is_none() {
+                            metrics::counter!("automations_missing_template_total").increment(1);
+                            failure = Some(format!(
+                                "properties.courier.automation.template: automation template {tid:?} not found"
+                            ));
+                        }
+                        t.map(|t| (tid.to_string(), t))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        catalog::record(
+            redis,
+            ws,
+            &env.message_id,
+            &entry,
+            at,
+            &payload,
+            failure.as_deref(),
+        )
+        .await?;
+        if let Some(reason) = failure {
+            tracing::warn!(workspace = ws, message_id = %env.message_id, reason = %reason, "Invalid inline automation; dead-lettered");
+            metrics::counter!("automations_inline_invalid_total").increment(1);
+            return Ok(Some(reason));
+        }
+
+        // data = properties (traits) + userId, anonymousId, event (track) or groupId (group), the
+        // properties repeated under data.properties.
         let mut base = props.as_object().cloned().unwrap_or_default();
         base.remove("courier");
         let mut data = base.clone();
         data.insert("userId".into(), json!(env.user_id));
         data.insert("anonymousId".into(), json!(env.anonymous_id));
-        if kind == "track" {
-            data.insert("event".into(), json!(env.event));
+        match kind {
+            "track" => {
+                data.insert("event".into(), json!(env.event));
+            }
+            "group" => {
+                data.insert("groupId".into(), json!(env.group_id));
+            }
+            _ => {}
         }
         data.insert("properties".into(), Value::Object(base));
         let default_recipient = if env.user_id.is_empty() {
@@ -95,40 +191,32 @@ impl EventHandler {
         };
         let mut created = Vec::new();
 
-        // Inline automation (track only).
-        if kind == "track"
-            && let Some(a) = &inline
-        {
+        if let Some(a) = &inline {
             let token = cancelation_token(a).map(str::to_string);
             let steps = a
                 .get("steps")
+                .filter(|v| !v.is_null())
                 .or_else(|| a.get("automation").and_then(|x| x.get("steps")));
             if let Some(steps) = steps {
-                if let Err(e) =
-                    crate::steps::validate_steps(steps, "properties.courier.automation.steps")
-                {
-                    tracing::warn!(workspace = ws, message_id = %env.message_id, error = %e, "Invalid inline automation; ignored");
-                    metrics::counter!("automations_inline_invalid_total").increment(1);
-                } else {
-                    let id = store::derive_id(&[ws, &env.message_id, "inline"]);
-                    let new = NewRun {
-                        id: id.clone(),
-                        template: String::new(),
-                        steps: steps.as_array().cloned().unwrap_or_default(),
-                        cancelation_token: token,
-                        context: context(a),
-                        event: env.event.clone(),
-                        source_message_id: env.message_id.clone(),
-                    };
-                    if self.engine.create(ws, new).await? {
-                        created.push(id);
-                    }
+                let id = store::derive_id(&[ws, &env.message_id, "inline"]);
+                let new = NewRun {
+                    id: id.clone(),
+                    template: String::new(),
+                    steps: steps.as_array().cloned().unwrap_or_default(),
+                    cancelation_token: token,
+                    context: context(a),
+                    event: env.event.clone(),
+                    source_message_id: env.message_id.clone(),
+                };
+                if self.engine.create(ws, new).await? {
+                    created.push(id);
                 }
-            } else if let Some(tid) = a.get("template").and_then(Value::as_str) {
-                self.start_template(
+            } else if let Some((tid, t)) = &inline_template {
+                self.start_run(
                     ws,
                     env,
                     tid,
+                    t,
                     token,
                     context(a),
                     "inline-template",
@@ -150,37 +238,38 @@ impl EventHandler {
             &json!({"data": a.get("data"), "recipient": a.get("recipient"), "profile": a.get("profile"), "brand": a.get("brand")}),
         );
         for tid in mapped {
-            self.start_template(ws, env, &tid, None, ctx.clone(), &tid, &mut created)
+            let Some(t) = store::hget_json(redis, &store::templates_key(ws), &tid).await? else {
+                // Shown in the catalog entry (`automations[].status: missing`).
+                tracing::warn!(
+                    workspace = ws,
+                    template = tid,
+                    "Event mapped to a missing automation template"
+                );
+                metrics::counter!("automations_missing_template_total").increment(1);
+                continue;
+            };
+            self.start_run(ws, env, &tid, &t, None, ctx.clone(), &tid, &mut created)
                 .await?;
         }
         for id in created {
             let (engine, ws) = (self.engine.clone(), ws.to_string());
             tokio::spawn(async move { engine.execute_logged(&ws, &id).await });
         }
-        Ok(())
+        Ok(None)
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn start_template(
+    async fn start_run(
         &self,
         ws: &str,
         env: &Envelope,
         tid: &str,
+        t: &Value,
         token: Option<String>,
         context: Value,
         salt: &str,
         created: &mut Vec<String>,
     ) -> Result<(), Transient> {
-        let Some(t) = store::hget_json(&self.engine.redis, &store::templates_key(ws), tid).await?
-        else {
-            tracing::warn!(
-                workspace = ws,
-                template = tid,
-                "Event mapped to a missing automation template"
-            );
-            metrics::counter!("automations_missing_template_total").increment(1);
-            return Ok(());
-        };
         let id = store::derive_id(&[ws, &env.message_id, salt]);
         let new = NewRun {
             id: id.clone(),
@@ -190,7 +279,7 @@ impl EventHandler {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
-            cancelation_token: token.or_else(|| cancelation_token(&t).map(str::to_string)),
+            cancelation_token: token.or_else(|| cancelation_token(t).map(str::to_string)),
             context,
             event: env.event.clone(),
             source_message_id: env.message_id.clone(),

@@ -48,6 +48,8 @@ pub struct AutomationsSettings {
     pub consumer_concurrency: usize,
     /// Durable consumer name on EVENTS (shared by replicas).
     pub consumer_name: String,
+    /// Finished runs (completed, failed, canceled) stay readable this long, then expire.
+    pub run_retention_secs: u64,
 }
 
 impl Default for AutomationsSettings {
@@ -58,6 +60,7 @@ impl Default for AutomationsSettings {
             scheduler_concurrency: 256,
             consumer_concurrency: 64,
             consumer_name: SERVICE.to_string(),
+            run_retention_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -128,6 +131,10 @@ pub async fn run(
             },
         )?,
         lease_ms: cfg.lease_ms as i64,
+        retention_ms: cfg
+            .run_retention_secs
+            .saturating_mul(1000)
+            .min(i64::MAX as u64) as i64,
     };
 
     let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.track");

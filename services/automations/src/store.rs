@@ -26,6 +26,15 @@ pub fn run_key(ws: &str, id: &str) -> String {
 pub fn canceled_key(ws: &str, id: &str) -> String {
     key(ws, &format!("run:{id}:canceled"))
 }
+/// Run index of a workspace: zset, score = created epoch ms (listing, newest first).
+pub fn runs_key(ws: &str) -> String {
+    key(ws, "runs")
+}
+/// Finished runs of a workspace: zset, score = epoch ms when the run document expires
+/// (lets the index drop them; the documents themselves carry a TTL).
+pub fn runs_expiry_key(ws: &str) -> String {
+    key(ws, "runs:expiry")
+}
 pub fn token_key(ws: &str, token: &str) -> String {
     key(ws, &format!("token:{token}"))
 }
@@ -113,6 +122,23 @@ impl Run {
             .unwrap_or_default()
             .to_string()
     }
+    /// The list view (`GET /automations/runs`): no context or timeline.
+    pub fn summary(&self) -> Value {
+        serde_json::json!({
+            "runId": self.id,
+            "state": self.state,
+            "template": self.template,
+            "recipient": self.recipient(),
+            "event": self.event,
+            "source_message_id": self.source_message_id,
+            "step": self.step,
+            "steps": self.steps.len(),
+            "wake_at": self.wake_at_ms.map(iso),
+            "created_at": iso(self.created_at_ms),
+            "updated_at": iso(self.updated_at_ms),
+            "error": self.error,
+        })
+    }
     /// The public view (`GET /automations/runs/{id}`).
     pub fn view(&self, canceled_flag: bool) -> Value {
         let state = &self.state;
@@ -144,12 +170,15 @@ pub async fn load_run(redis: &RedisConn, ws: &str, id: &str) -> redis::RedisResu
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
-pub async fn save_run(redis: &RedisConn, run: &Run) -> redis::RedisResult<()> {
+/// Saves the run; a finished run's document expires after `retention_ms` (bounded storage).
+pub async fn save_run(redis: &RedisConn, run: &Run, retention_ms: i64) -> redis::RedisResult<()> {
     let raw = serde_json::to_string(run).expect("run serializes");
-    redis
-        .clone()
-        .set::<_, _, ()>(run_key(&run.workspace, &run.id), raw)
-        .await
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(run_key(&run.workspace, &run.id)).arg(raw);
+    if run.is_terminal() {
+        cmd.arg("PX").arg(retention_ms.max(1));
+    }
+    cmd.query_async::<()>(&mut redis.clone()).await
 }
 
 pub async fn hget_json(
