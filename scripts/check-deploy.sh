@@ -198,6 +198,48 @@ for name in names:
                     problems.append(f"{where}: liveness is not GET /healthz on port http")
                 if (probes["readinessProbe"].get("path"), probes["readinessProbe"].get("port")) != ("/readyz", "http"):
                     problems.append(f"{where}: readiness is not GET /readyz on port http")
+    # Ingress backends reach a rendered Service on a port it has.
+    services = by_kind.get("Service", {})
+    for ing in by_kind.get("Ingress", {}).values():
+        for rule in ing["spec"].get("rules", []):
+            for p in (rule.get("http") or {}).get("paths", []):
+                b = p["backend"]["service"]
+                svc = services.get(b["name"])
+                ports = {(q.get("name"), q["port"]) for q in (svc or {}).get("spec", {}).get("ports", [])}
+                want = b["port"].get("name"), b["port"].get("number")
+                if svc is None or not any(want[0] == n or want[1] == n2 for n, n2 in ports):
+                    problems.append(f"{name}: Ingress/{ing['metadata']['name']} routes {p['path']} to {b['name']}:{want}, which no Service serves")
+    # Every service pod is covered by a NetworkPolicy that restricts both directions.
+    policies = by_kind.get("NetworkPolicy", {}).values()
+    for dep in by_kind.get("Deployment", {}).values():
+        if (dep["metadata"].get("labels") or {}).get("app.kubernetes.io/part-of") != "rudder-courier":
+            continue
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        types = set()
+        for np_ in policies:
+            sel = np_["spec"]["podSelector"].get("matchLabels") or {}
+            if sel and all(pod_labels.get(k) == v for k, v in sel.items()):
+                types.update(np_["spec"].get("policyTypes", []))
+        if types != {"Ingress", "Egress"}:
+            problems.append(f"{name}: Deployment/{dep['metadata']['name']} has no NetworkPolicy of its own for both Ingress and Egress (has {sorted(types)})")
+    # KEDA: a ScaledObject owns its target's replica count, so the target has no `replicas`
+    # and no other HPA; a JetStream trigger names its stream and durable consumer.
+    hpa_targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", {}).values()}
+    for so in by_kind.get("ScaledObject", {}).values():
+        target = so["spec"]["scaleTargetRef"]["name"]
+        dep = by_kind.get("Deployment", {}).get(target)
+        where = f"{name}: ScaledObject/{so['metadata']['name']}"
+        if dep is None:
+            problems.append(f"{where}: targets Deployment {target}, which is not in the output")
+        elif "replicas" in dep["spec"]:
+            problems.append(f"{where}: Deployment {target} still sets replicas (re-applies would fight KEDA)")
+        if target in hpa_targets:
+            problems.append(f"{where}: Deployment {target} also has an HPA")
+        for t in so["spec"]["triggers"]:
+            if t["type"] == "nats-jetstream":
+                missing = [k for k in ("natsServerMonitoringEndpoint", "stream", "consumer", "lagThreshold") if not t["metadata"].get(k)]
+                if missing:
+                    problems.append(f"{where}: nats-jetstream trigger lacks {missing}")
     for cm in configmaps.values():
         for key in (cm.get("data") or {}):
             if key.startswith("RC_") and any(s in key for s in SECRETISH):

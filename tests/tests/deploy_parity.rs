@@ -14,7 +14,8 @@
 //! to that service; one named `common` / `common-…` is shared. Anything else may only name
 //! variables that some service has.
 //!
-//! **When a service lands**, add its row to [`services`] (and its crate to `tests/Cargo.toml`).
+//! **When a service lands**, add its row to [`services`] (and its crate to `tests/Cargo.toml`);
+//! the test then also requires its `deploy/base/<service>/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -30,10 +31,11 @@ use yaml_rust2::{Yaml, YamlLoader};
 fn services() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec::daemon("ingress", to_value(ingress::Settings::default())),
-        // ServiceSpec::daemon("profiles", to_value(profiles::Settings::default())),
-        // ServiceSpec::daemon("accounts", to_value(accounts::Settings::default())),
-        // ServiceSpec::daemon("automations", to_value(automations::Settings::default())),
-        // ServiceSpec::daemon("forwarder", to_value(forwarder::Settings::default())),
+        ServiceSpec::daemon("profiles", to_value(profiles::Settings::default())),
+        ServiceSpec::daemon("accounts", to_value(accounts::Settings::default())),
+        ServiceSpec::daemon("automations", to_value(automations::Settings::default())),
+        ServiceSpec::daemon("forwarder", to_value(forwarder::Settings::default())),
+        ServiceSpec::daemon("delivery", to_value(delivery::Settings::default())),
         ServiceSpec::cli("admin", include_str!("../../services/admin/src/main.rs")),
     ]
 }
@@ -669,6 +671,15 @@ async fn manifests_name_only_settings_ports_and_paths_the_code_has() {
         "deploy/ disagrees with the code:\n  {}",
         problems.join("\n  ")
     );
+    // Every long-running service of the table is deployed (a base of its own).
+    for spec in catalog.services.values().filter(|s| s.port.is_some()) {
+        let deployment = format!("base/{}/deployment.yaml", spec.name);
+        assert!(
+            texts.iter().any(|(rel, _)| *rel == deployment),
+            "deploy/{deployment} is missing: `{}` has a row in services() but no base",
+            spec.name
+        );
+    }
     // The check must have seen the ingress container and its settings.
     let ingress = &catalog.services["ingress"];
     assert!(ingress.vars.contains("RC_NATS__STREAM_REPLICAS"));
@@ -802,7 +813,7 @@ patches:
 
 #[tokio::test]
 async fn checker_requires_a_services_table_row_for_each_base() {
-    let problems = check("base/profiles/deployment.yaml", "kind: ConfigMap\n").await;
+    let problems = check("base/mailer/deployment.yaml", "kind: ConfigMap\n").await;
     assert!(
         problems
             .iter()

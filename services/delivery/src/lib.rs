@@ -29,7 +29,7 @@ use rc_common::consumer::ConsumerSpec;
 use rc_common::ops::Readiness;
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::{Shutdown, subjects};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
@@ -38,7 +38,7 @@ pub use error::DeliveryError;
 pub const SERVICE: &str = "delivery";
 pub const DURABLE: &str = "delivery";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DeliverySettings {
     /// Messages handled at once (consumer concurrency).
@@ -79,7 +79,7 @@ impl Default for DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,
