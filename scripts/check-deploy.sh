@@ -257,7 +257,33 @@ PY
 for f in deploy/helm-values/*.yaml; do
   "$PY" -c 'import sys, yaml; yaml.safe_load(open(sys.argv[1]))' "$f" || fail "$f is not valid YAML"
 done
-say "helm values parse (charts are not rendered here: no helm binary from the reachable registries)"
+# What the production overlay and deploy/README.md rely on from the charts (key paths as the
+# nats 1.x and Bitnami redis charts document them).
+"$PY" - "$OUT/production.yaml" <<'PY' || fail "deploy/helm-values/ disagree with the production overlay"
+import sys, yaml
+nats = yaml.safe_load(open("deploy/helm-values/nats.yaml"))
+redis = yaml.safe_load(open("deploy/helm-values/redis.yaml"))
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+common = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("common-config"))
+replicas = int(common["data"]["RC_NATS__STREAM_REPLICAS"])
+problems = []
+c, js = nats["config"]["cluster"], nats["config"]["jetstream"]
+if not c.get("enabled") or int(c.get("replicas", 0)) < replicas:
+    problems.append(f"nats: config.cluster must be enabled with >= {replicas} replicas (RC_NATS__STREAM_REPLICAS)")
+if not js.get("enabled") or not js["fileStore"].get("enabled") or not js["fileStore"]["pvc"].get("enabled"):
+    problems.append("nats: JetStream must use a file store on a PVC")
+if not nats["config"]["monitor"].get("enabled") or int(nats["config"]["monitor"]["port"]) != 8222:
+    problems.append("nats: the monitoring port 8222 (KEDA's nats-jetstream scaler) must be on")
+conf = redis.get("commonConfiguration", "")
+if "appendonly yes" not in conf or not redis["master"]["persistence"].get("enabled"):
+    problems.append("redis: AOF (appendonly yes) on a persistent volume is required (workspaces and keys live only there)")
+if not redis["auth"].get("enabled"):
+    problems.append("redis: auth must be enabled")
+for p in problems:
+    print("deploy-check: " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+say "helm values parse and match the production overlay (charts are not rendered here: no helm binary or chart repository is reachable from the registries this project uses)"
 
 # ---- Dockerfile ---------------------------------------------------------------------------
 "$HADOLINT" --failure-threshold warning Dockerfile || fail "hadolint found problems in the Dockerfile"
