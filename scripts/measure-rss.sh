@@ -34,7 +34,8 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 export RC_NATS__URL=nats://127.0.0.1:$NATS_PORT RC_REDIS__URL=redis://127.0.0.1:$REDIS_PORT
-export RC_SECRETS__ENCRYPTION_KEY=$(python3 -c 'import base64,os;print(base64.b64encode(os.urandom(32)).decode())')
+RC_SECRETS__ENCRYPTION_KEY=$(python3 -c 'import base64,os;print(base64.b64encode(os.urandom(32)).decode())')
+export RC_SECRETS__ENCRYPTION_KEY
 export RC_LOG__LEVEL=warn
 for _ in $(seq 1 100); do "$BIN/rc-admin" list-workspaces >/dev/null 2>&1 && break; sleep 0.1; done
 KEY=$("$BIN/rc-admin" --json ensure-workspace dev --name Dev | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
