@@ -198,6 +198,48 @@ for name in names:
                     problems.append(f"{where}: liveness is not GET /healthz on port http")
                 if (probes["readinessProbe"].get("path"), probes["readinessProbe"].get("port")) != ("/readyz", "http"):
                     problems.append(f"{where}: readiness is not GET /readyz on port http")
+    # Ingress backends reach a rendered Service on a port it has.
+    services = by_kind.get("Service", {})
+    for ing in by_kind.get("Ingress", {}).values():
+        for rule in ing["spec"].get("rules", []):
+            for p in (rule.get("http") or {}).get("paths", []):
+                b = p["backend"]["service"]
+                svc = services.get(b["name"])
+                ports = {(q.get("name"), q["port"]) for q in (svc or {}).get("spec", {}).get("ports", [])}
+                want = b["port"].get("name"), b["port"].get("number")
+                if svc is None or not any(want[0] == n or want[1] == n2 for n, n2 in ports):
+                    problems.append(f"{name}: Ingress/{ing['metadata']['name']} routes {p['path']} to {b['name']}:{want}, which no Service serves")
+    # Every service pod is covered by a NetworkPolicy that restricts both directions.
+    policies = by_kind.get("NetworkPolicy", {}).values()
+    for dep in by_kind.get("Deployment", {}).values():
+        if (dep["metadata"].get("labels") or {}).get("app.kubernetes.io/part-of") != "rudder-courier":
+            continue
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        types = set()
+        for np_ in policies:
+            sel = np_["spec"]["podSelector"].get("matchLabels") or {}
+            if sel and all(pod_labels.get(k) == v for k, v in sel.items()):
+                types.update(np_["spec"].get("policyTypes", []))
+        if types != {"Ingress", "Egress"}:
+            problems.append(f"{name}: Deployment/{dep['metadata']['name']} has no NetworkPolicy of its own for both Ingress and Egress (has {sorted(types)})")
+    # KEDA: a ScaledObject owns its target's replica count, so the target has no `replicas`
+    # and no other HPA; a JetStream trigger names its stream and durable consumer.
+    hpa_targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", {}).values()}
+    for so in by_kind.get("ScaledObject", {}).values():
+        target = so["spec"]["scaleTargetRef"]["name"]
+        dep = by_kind.get("Deployment", {}).get(target)
+        where = f"{name}: ScaledObject/{so['metadata']['name']}"
+        if dep is None:
+            problems.append(f"{where}: targets Deployment {target}, which is not in the output")
+        elif "replicas" in dep["spec"]:
+            problems.append(f"{where}: Deployment {target} still sets replicas (re-applies would fight KEDA)")
+        if target in hpa_targets:
+            problems.append(f"{where}: Deployment {target} also has an HPA")
+        for t in so["spec"]["triggers"]:
+            if t["type"] == "nats-jetstream":
+                missing = [k for k in ("natsServerMonitoringEndpoint", "stream", "consumer", "lagThreshold") if not t["metadata"].get(k)]
+                if missing:
+                    problems.append(f"{where}: nats-jetstream trigger lacks {missing}")
     for cm in configmaps.values():
         for key in (cm.get("data") or {}):
             if key.startswith("RC_") and any(s in key for s in SECRETISH):
@@ -215,7 +257,33 @@ PY
 for f in deploy/helm-values/*.yaml; do
   "$PY" -c 'import sys, yaml; yaml.safe_load(open(sys.argv[1]))' "$f" || fail "$f is not valid YAML"
 done
-say "helm values parse (charts are not rendered here: no helm binary from the reachable registries)"
+# What the production overlay and deploy/README.md rely on from the charts (key paths as the
+# nats 1.x and Bitnami redis charts document them).
+"$PY" - "$OUT/production.yaml" <<'PY' || fail "deploy/helm-values/ disagree with the production overlay"
+import sys, yaml
+nats = yaml.safe_load(open("deploy/helm-values/nats.yaml"))
+redis = yaml.safe_load(open("deploy/helm-values/redis.yaml"))
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+common = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("common-config"))
+replicas = int(common["data"]["RC_NATS__STREAM_REPLICAS"])
+problems = []
+c, js = nats["config"]["cluster"], nats["config"]["jetstream"]
+if not c.get("enabled") or int(c.get("replicas", 0)) < replicas:
+    problems.append(f"nats: config.cluster must be enabled with >= {replicas} replicas (RC_NATS__STREAM_REPLICAS)")
+if not js.get("enabled") or not js["fileStore"].get("enabled") or not js["fileStore"]["pvc"].get("enabled"):
+    problems.append("nats: JetStream must use a file store on a PVC")
+if not nats["config"]["monitor"].get("enabled") or int(nats["config"]["monitor"]["port"]) != 8222:
+    problems.append("nats: the monitoring port 8222 (KEDA's nats-jetstream scaler) must be on")
+conf = redis.get("commonConfiguration", "")
+if "appendonly yes" not in conf or not redis["master"]["persistence"].get("enabled"):
+    problems.append("redis: AOF (appendonly yes) on a persistent volume is required (workspaces and keys live only there)")
+if not redis["auth"].get("enabled"):
+    problems.append("redis: auth must be enabled")
+for p in problems:
+    print("deploy-check: " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+say "helm values parse and match the production overlay (charts are not rendered here: no helm binary or chart repository is reachable from the registries this project uses)"
 
 # ---- Dockerfile ---------------------------------------------------------------------------
 "$HADOLINT" --failure-threshold warning Dockerfile || fail "hadolint found problems in the Dockerfile"

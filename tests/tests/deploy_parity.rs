@@ -6,7 +6,9 @@
 //!   the same mapping `rc_common::config::load` uses), and for the `rc-admin` CLI from its clap
 //!   `env = "…"` attributes;
 //! - the port is the one in the service's default `http.listen`;
-//! - probe paths are valid when `rc_common::ops::router` answers them with something else than 404.
+//! - probe paths are valid when `rc_common::ops::router` answers them with something else than 404;
+//! - every `.route("…")` of a service's sources is routed to that service by the Ingress paths
+//!   under `deploy/base/`, and every Ingress path routes something.
 //!
 //! Manifests map to services by directory (`deploy/base/<service>/`; `deploy/base/common/` is
 //! shared, so only settings every service has are allowed there) and, elsewhere, by name: a
@@ -14,7 +16,8 @@
 //! to that service; one named `common` / `common-…` is shared. Anything else may only name
 //! variables that some service has.
 //!
-//! **When a service lands**, add its row to [`services`] (and its crate to `tests/Cargo.toml`).
+//! **When a service lands**, add its row to [`services`] (and its crate to `tests/Cargo.toml`);
+//! the test then also requires its `deploy/base/<service>/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -30,10 +33,11 @@ use yaml_rust2::{Yaml, YamlLoader};
 fn services() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec::daemon("ingress", to_value(ingress::Settings::default())),
-        // ServiceSpec::daemon("profiles", to_value(profiles::Settings::default())),
-        // ServiceSpec::daemon("accounts", to_value(accounts::Settings::default())),
-        // ServiceSpec::daemon("automations", to_value(automations::Settings::default())),
-        // ServiceSpec::daemon("forwarder", to_value(forwarder::Settings::default())),
+        ServiceSpec::daemon("profiles", to_value(profiles::Settings::default())),
+        ServiceSpec::daemon("accounts", to_value(accounts::Settings::default())),
+        ServiceSpec::daemon("automations", to_value(automations::Settings::default())),
+        ServiceSpec::daemon("forwarder", to_value(forwarder::Settings::default())),
+        ServiceSpec::daemon("delivery", to_value(delivery::Settings::default())),
         ServiceSpec::cli("admin", include_str!("../../services/admin/src/main.rs")),
     ]
 }
@@ -669,12 +673,219 @@ async fn manifests_name_only_settings_ports_and_paths_the_code_has() {
         "deploy/ disagrees with the code:\n  {}",
         problems.join("\n  ")
     );
+    // Every long-running service of the table is deployed (a base of its own).
+    for spec in catalog.services.values().filter(|s| s.port.is_some()) {
+        let deployment = format!("base/{}/deployment.yaml", spec.name);
+        assert!(
+            texts.iter().any(|(rel, _)| *rel == deployment),
+            "deploy/{deployment} is missing: `{}` has a row in services() but no base",
+            spec.name
+        );
+    }
     // The check must have seen the ingress container and its settings.
     let ingress = &catalog.services["ingress"];
     assert!(ingress.vars.contains("RC_NATS__STREAM_REPLICAS"));
     assert!(ingress.vars.contains("RC_INGRESS__MAX_INFLIGHT_PUBLISHES"));
     assert_eq!(ingress.port, Some(8080));
     assert!(catalog.services["admin"].vars.contains("RC_REDIS__URL"));
+}
+
+// ---- public routes: the Ingress objects against the routers --------------------------------------
+
+/// One path of an Ingress: `(path, pathType, service it routes to)`.
+type IngressPath = (String, String, String);
+
+/// The paths registered with `.route("<path>", …)` in a service's sources, outside `#[cfg(test)]`
+/// modules (tests there may build routers of their own, e.g. fake third-party servers).
+fn routes_in(source: &str) -> Vec<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+    code.split(".route(")
+        .skip(1)
+        .filter_map(|rest| {
+            let rest = rest.trim_start().strip_prefix('"')?;
+            rest.split('"').next().map(str::to_owned)
+        })
+        .collect()
+}
+
+fn service_routes(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files
+        .iter()
+        .flat_map(|f| routes_in(&std::fs::read_to_string(f).unwrap()))
+        .collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+    {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The paths of the Ingress objects in one manifest file.
+fn ingress_paths(text: &str) -> Vec<IngressPath> {
+    let mut out = Vec::new();
+    for doc in YamlLoader::load_from_str(text).expect("valid YAML") {
+        let doc = yaml_to_json(&doc).expect("plain YAML");
+        if doc["kind"] != "Ingress" {
+            continue;
+        }
+        for rule in doc["spec"]["rules"].as_array().into_iter().flatten() {
+            for p in rule["http"]["paths"].as_array().into_iter().flatten() {
+                out.push((
+                    p["path"].as_str().unwrap_or("/").to_owned(),
+                    p["pathType"].as_str().unwrap_or("Prefix").to_owned(),
+                    p["backend"]["service"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Whether an Ingress path takes a request for `route` (Kubernetes `Exact` / element-wise
+/// `Prefix`; `ImplementationSpecific` is treated as `Prefix`).
+fn ingress_takes(path: &str, kind: &str, route: &str) -> bool {
+    if kind == "Exact" {
+        return route == path;
+    }
+    let path = path.trim_end_matches('/');
+    route == path
+        || path.is_empty()
+        || route
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Every route of every service is taken, by longest match as the controllers do, by an
+/// Ingress path that routes to that service; every Ingress path takes some route of its service.
+fn route_problems(paths: &[IngressPath], routes: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (service, service_routes) in routes {
+        for route in service_routes {
+            let best = paths
+                .iter()
+                .filter(|(p, kind, _)| ingress_takes(p, kind, route))
+                .max_by_key(|(p, kind, _)| (p.len(), kind == "Exact"));
+            match best {
+                Some((_, _, owner)) if owner == service => {}
+                Some((p, _, owner)) => problems.push(format!(
+                    "{service}'s route {route} is routed to `{owner}` (Ingress path {p})"
+                )),
+                None => problems.push(format!(
+                    "{service}'s route {route} is not routed by any Ingress"
+                )),
+            }
+        }
+    }
+    for (p, kind, owner) in paths {
+        let theirs = routes.get(owner).map(Vec::as_slice).unwrap_or_default();
+        if !theirs.iter().any(|r| ingress_takes(p, kind, r)) {
+            problems.push(format!(
+                "Ingress path {p} ({kind}) routes to `{owner}`, which has no route under it"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn ingress_routes_every_public_path_to_its_service() {
+    let deploy = deploy_dir();
+    let services_dir = deploy.parent().unwrap().join("services");
+    let mut paths = Vec::new();
+    let mut routes = BTreeMap::new();
+    for spec in services().into_iter().filter(|s| s.port.is_some()) {
+        let file = deploy.join("base").join(&spec.name).join("ingress.yaml");
+        // A service without a public API has no ingress.yaml (and then no routes).
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for path in ingress_paths(&text) {
+                assert_eq!(
+                    path.2,
+                    spec.name,
+                    "{}: an Ingress of base/{}/ routes to another service",
+                    file.display(),
+                    spec.name
+                );
+                paths.push(path);
+            }
+        }
+        let found = service_routes(&services_dir.join(&spec.name).join("src"));
+        assert!(
+            !found.is_empty() || !file.exists(),
+            "no .route(…) found in services/{}/src",
+            spec.name
+        );
+        routes.insert(spec.name, found);
+    }
+    assert!(routes["accounts"].contains(&"/users/{user_id}/tenants".to_owned()));
+    let problems = route_problems(&paths, &routes);
+    assert!(
+        problems.is_empty(),
+        "deploy/base/*/ingress.yaml disagree with the routers:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn route_check_rejects_unrouted_misrouted_and_dead_paths() {
+    let source = r#"
+        Router::new()
+            .route("/tenants", get(list))
+            .route(
+                "/users/{user_id}/tenants",
+                get(user_tenants),
+            );
+        #[cfg(test)]
+        mod tests { fn fake() { Router::new().route("/v1/batch", post(ok)); } }
+    "#;
+    assert_eq!(routes_in(source), ["/tenants", "/users/{user_id}/tenants"]);
+    let routes = BTreeMap::from([
+        ("accounts".to_owned(), routes_in(source)),
+        (
+            "profiles".to_owned(),
+            vec!["/profiles/{user_id}".to_owned()],
+        ),
+    ]);
+    let path = |p: &str, kind: &str, owner: &str| (p.to_owned(), kind.to_owned(), owner.to_owned());
+    let good = [
+        path("/tenants", "Prefix", "accounts"),
+        path("/users", "Prefix", "accounts"),
+        path("/profiles", "Prefix", "profiles"),
+    ];
+    assert_eq!(route_problems(&good, &routes), Vec::<String>::new());
+    let bad = [
+        path("/tenant", "Prefix", "accounts"), // takes nothing: element-wise prefix
+        path("/users", "Prefix", "profiles"),  // accounts' route, misrouted
+        path("/profiles", "Exact", "profiles"), // does not take /profiles/{user_id}
+    ];
+    let problems = route_problems(&bad, &routes);
+    let joined = problems.join("\n");
+    assert!(joined.contains("/tenants is not routed"), "{joined}");
+    assert!(
+        joined.contains("/users/{user_id}/tenants is routed to `profiles`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("/profiles/{user_id} is not routed"),
+        "{joined}"
+    );
+    assert!(joined.contains("Ingress path /tenant (Prefix)"), "{joined}");
+    assert!(
+        joined.contains("Ingress path /profiles (Exact)"),
+        "{joined}"
+    );
+    assert_eq!(problems.len(), 6, "{joined}");
 }
 
 // ---- the checker itself, on snippets that must fail -------------------------------------------
@@ -802,7 +1013,7 @@ patches:
 
 #[tokio::test]
 async fn checker_requires_a_services_table_row_for_each_base() {
-    let problems = check("base/profiles/deployment.yaml", "kind: ConfigMap\n").await;
+    let problems = check("base/mailer/deployment.yaml", "kind: ConfigMap\n").await;
     assert!(
         problems
             .iter()

@@ -26,7 +26,7 @@ use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
@@ -36,7 +36,7 @@ pub const SERVICE: &str = "accounts";
 /// Durable consumer of `events.*.group`.
 pub const DURABLE_EVENTS: &str = "accounts";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AccountsSettings {
     /// Messages handled at once by the consumer in this process.
@@ -56,7 +56,7 @@ impl Default for AccountsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,

@@ -26,7 +26,7 @@ use rc_common::consumer::{self, ConsumerSpec};
 use rc_common::ops::Readiness;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
@@ -35,7 +35,7 @@ pub use error::AutomationError;
 
 pub const SERVICE: &str = "automations";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AutomationsSettings {
     /// How often every replica polls the due index for delayed runs.
@@ -65,7 +65,7 @@ impl Default for AutomationsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,

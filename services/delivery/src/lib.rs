@@ -30,7 +30,7 @@ use rc_common::outbound::{ClientSpec, OutboundSettings};
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
@@ -39,7 +39,7 @@ pub use error::DeliveryError;
 pub const SERVICE: &str = "delivery";
 pub const DURABLE: &str = "delivery";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DeliverySettings {
     /// Messages handled at once (consumer concurrency).
@@ -80,7 +80,7 @@ impl Default for DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,

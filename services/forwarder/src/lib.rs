@@ -79,7 +79,7 @@ impl Default for ForwarderSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,

@@ -29,7 +29,7 @@ use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
@@ -41,7 +41,7 @@ pub const DURABLE_EVENTS: &str = "profiles";
 /// Durable consumer of `courier.*.profile.update`.
 pub const DURABLE_UPDATES: &str = "profiles-updates";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ProfilesSettings {
     /// Messages handled at once per consumer in this process.
@@ -67,7 +67,7 @@ impl Default for ProfilesSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub http: HttpSettings,
