@@ -24,7 +24,10 @@ build:
 run: deps
 	@PROFILE=$(PROFILE) scripts/run-local.sh
 
+# The service binaries first: crash and drain tests run them as real processes
+# (`cargo test` builds other packages' binaries only in their unit-test form).
 test: deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 
 lint:
