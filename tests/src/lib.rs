@@ -401,12 +401,47 @@ pub fn service_binary(name: &str) -> PathBuf {
                 .to_path_buf()
         });
     let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built; run `cargo build --bins` first (make test does)",
-        path.display()
-    );
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is not built; run `cargo build --bins` first (make test does)",
+                path.display()
+            )
+        });
+    // A stale binary would test old code: refuse it rather than pass or fail for nothing.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let own = format!("services/{}", name.trim_start_matches("rc-"));
+    for dir in ["services/common", "proto", own.as_str()] {
+        if let Some(newer) = newer_source(&root.join(dir), built) {
+            panic!(
+                "{} is older than {}; run `cargo build --bins` (make test does)",
+                path.display(),
+                newer.display()
+            );
+        }
+    }
     path
+}
+
+/// A `.rs`/`.proto`/`Cargo.toml` under `dir` modified after `than`, if any.
+fn newer_source(dir: &std::path::Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let meta = entry.metadata().ok()?;
+        if meta.is_dir() {
+            if let Some(p) = newer_source(&path, than) {
+                return Some(p);
+            }
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
+            && meta.modified().is_ok_and(|m| m > than)
+        {
+            return Some(path);
+        }
+    }
+    None
 }
 
 impl ServiceProcess {
