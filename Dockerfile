@@ -24,14 +24,15 @@ WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 COPY --from=skeleton /skeleton/ ./
-RUN cargo build --release --locked --workspace --bins
+# The tests crate (harness, rc-bench) is not part of the image.
+RUN cargo build --release --locked --workspace --exclude rc-tests --bins
 COPY . .
 # Touch the real sources so cargo never takes a stub's build for theirs, build every binary,
 # and collect the service binaries (all named rc-*). The release profile keeps line tables
 # (for local profiling): 80 % of each binary. Strip them and keep the symbols, so panic
 # backtraces still name functions: 470 MiB of binaries become 87 MiB.
 RUN find . -path ./target -prune -o -name '*.rs' -print0 | xargs -0 touch \
-    && cargo build --release --locked --workspace --bins \
+    && cargo build --release --locked --workspace --exclude rc-tests --bins \
     && mkdir -p /out \
     && find target/release -maxdepth 1 -type f -perm -u+x -name 'rc-*' -exec cp {} /out/ \; \
     && strip --strip-debug /out/rc-* \
