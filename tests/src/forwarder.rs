@@ -5,7 +5,7 @@ use std::time::Duration;
 use prost::Message as _;
 use rc_common::secrets::{Cipher, SecretsSettings};
 
-use crate::{Service, Stack};
+use crate::{Endpoint, Service, Stack};
 
 impl Stack {
     /// Fast timings so retries, pauses and redeliveries happen within seconds.
@@ -119,7 +119,7 @@ pub async fn publish_courier(
 
 /// `PUT /integrations/rudderstack`.
 pub async fn put_integration(
-    service: &Service,
+    service: &impl Endpoint,
     api_key: &str,
     body: serde_json::Value,
 ) -> reqwest::Response {
@@ -132,26 +132,20 @@ pub async fn put_integration(
         .expect("request")
 }
 
-pub async fn get_json(service: &Service, api_key: &str, path: &str) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new()
-        .get(service.url(path))
-        .bearer_auth(api_key)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+pub async fn get_json(
+    service: &impl Endpoint,
+    api_key: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    crate::call(service, api_key, reqwest::Method::GET, path, None).await
 }
 
-pub async fn post_json(service: &Service, api_key: &str, path: &str) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new()
-        .post(service.url(path))
-        .bearer_auth(api_key)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+pub async fn post_json(
+    service: &impl Endpoint,
+    api_key: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    crate::call(service, api_key, reqwest::Method::POST, path, None).await
 }
 
 /// Polls `check` every 50 ms until it holds, failing after `timeout`.

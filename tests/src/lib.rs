@@ -304,6 +304,47 @@ impl Stack {
 
 type RunResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// Something serving HTTP on a local port: an in-process [`Service`] or a [`ServiceProcess`],
+/// so request helpers work with both.
+pub trait Endpoint {
+    fn url(&self, path: &str) -> String;
+}
+
+impl Endpoint for Service {
+    fn url(&self, path: &str) -> String {
+        Service::url(self, path)
+    }
+}
+
+impl Endpoint for ServiceProcess {
+    fn url(&self, path: &str) -> String {
+        ServiceProcess::url(self, path)
+    }
+}
+
+/// One request authenticated with a workspace API key, with an optional JSON body; answers the
+/// status and the JSON body (`Null` when there is none).
+pub async fn call(
+    to: &impl Endpoint,
+    api_key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, to.url(path))
+        .bearer_auth(api_key);
+    if let Some(b) = body {
+        request = request.json(&b);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// A service running in-process on a port of its own.
 pub struct Service {
     pub addr: SocketAddr,
@@ -428,7 +469,9 @@ pub fn service_binary(name: &str) -> PathBuf {
 fn newer_source(dir: &std::path::Path, than: std::time::SystemTime) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
-        let meta = entry.metadata().ok()?;
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
         if meta.is_dir() {
             if let Some(p) = newer_source(&path, than) {
                 return Some(p);

@@ -1351,8 +1351,8 @@ async fn measure_event_to_run_started() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = t0.elapsed();
-    let started = read_all(&js, COURIER, "courier.acme.run.started").await;
-    let events = read_all(&js, "EVENTS", "events.acme.track").await;
+    let started = stored_messages(&js, COURIER, "courier.acme.run.started").await;
+    let events = stored_messages(&js, "EVENTS", "events.acme.track").await;
     let received: std::collections::HashMap<String, i64> = events
         .iter()
         .map(|m| {
@@ -1406,44 +1406,4 @@ async fn count_stored(js: &async_nats::jetstream::Context, stream: &str, subject
     let subjects: std::collections::HashMap<String, usize> =
         info.try_collect().await.expect("subjects");
     subjects.get(subject).copied().unwrap_or(0)
-}
-
-/// Every message stored under `subject`, however many (no acks, so no 1000-pending cap).
-async fn read_all(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-    subject: &str,
-) -> Vec<async_nats::jetstream::Message> {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-    use futures::StreamExt;
-    let want = count_stored(js, stream, subject).await;
-    let consumer = js
-        .get_stream(stream)
-        .await
-        .expect("stream")
-        .create_consumer(pull::Config {
-            filter_subject: subject.to_string(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut out = Vec::with_capacity(want);
-    while out.len() < want {
-        let mut batch = consumer
-            .fetch()
-            .max_messages((want - out.len()).min(1000))
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .expect("fetch");
-        let before = out.len();
-        while let Some(Ok(m)) = batch.next().await {
-            out.push(m);
-        }
-        assert!(out.len() > before, "fetch returned nothing");
-    }
-    out
 }

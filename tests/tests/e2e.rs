@@ -7,29 +7,11 @@ use std::time::Duration;
 use rc_tests::dataplane::DataPlane;
 use rc_tests::delivery::WebhookReceiver;
 use rc_tests::forwarder::{eventually, new_encryption_key, put_integration};
-use rc_tests::{Service, Stack};
+use rc_tests::{Service, Stack, call};
 use serde_json::{Value, json};
 
 const WRITE_KEY: &str = "2AbcWriteKeyFromRudderStack9f2a";
 const SECRET: &str = "whsec_e2e_signing_secret_0123456789";
-
-async fn call(
-    svc: &Service,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, svc.url(path))
-        .bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 async fn ingest(ingress: &Service, key: &str, event: Value) {
     let (s, body) = call(
@@ -51,6 +33,33 @@ struct Pipeline {
     automations: Service,
     delivery: Service,
     forwarder: Service,
+}
+
+impl Pipeline {
+    /// Gives the workspace a delivery provider and connects it to `dp` (the forwarder's
+    /// RudderStack integration), over the APIs as a team would.
+    async fn connect(&self, dp: &DataPlane, provider: &str, config: Value) {
+        let path = format!("/providers/{provider}");
+        let (s, body) = call(
+            &self.delivery,
+            &self.key,
+            reqwest::Method::PUT,
+            &path,
+            Some(config),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let integration = json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true});
+        let r = put_integration(&self.forwarder, &self.key, integration).await;
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+}
+
+/// The data plane received "Message Delivered" for `user`.
+fn delivered_reported(dp: &DataPlane, user: &str) -> bool {
+    dp.events()
+        .iter()
+        .any(|e| e["event"] == "Message Delivered" && e["userId"] == user)
 }
 
 async fn pipeline() -> Pipeline {
@@ -82,16 +91,12 @@ async fn track_event_becomes_a_delivered_webhook_and_message_events_in_ruddersta
     let dp = DataPlane::start(WRITE_KEY).await;
 
     // Configuration, the way a team would do it over the APIs.
-    let (s, body) = call(&p.delivery, key, reqwest::Method::PUT, "/providers/hook",
-        Some(json!({"type": "webhook", "channels": ["webhook"], "config": {"url": hook.url(), "secret": SECRET}}))).await;
-    assert_eq!(s, 200, "{body}");
-    let r = put_integration(
-        &p.forwarder,
-        key,
-        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
+    p.connect(
+        &dp,
+        "hook",
+        json!({"type": "webhook", "channels": ["webhook"], "config": {"url": hook.url(), "secret": SECRET}}),
     )
     .await;
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let (s, body) = call(&p.automations, key, reqwest::Method::POST, "/notifications/templates",
         Some(json!({"id": "ORDER_SHIPPED", "name": "Order shipped", "published": true,
                     "channels": {"webhook": {"title": "Shipped {{order_id}}", "body": "Hi {{profile.name}}, {{order_id}} is on its way"}}}))).await;
@@ -110,13 +115,15 @@ async fn track_event_becomes_a_delivered_webhook_and_message_events_in_ruddersta
     )
     .await;
     eventually("profile stored", Duration::from_secs(10), async || {
-        redis::cmd("GET")
-            .arg("{ws:acme:user:u_42}:profile")
-            .query_async::<Option<String>>(&mut p.stack.redis_conn().await)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
+        call(
+            &p.profiles,
+            key,
+            reqwest::Method::GET,
+            "/profiles/u_42",
+            None,
+        )
+        .await
+        .0 == 200
     })
     .await;
     ingest(
@@ -240,22 +247,12 @@ async fn inline_automation_lands_in_the_inbox_and_is_reported_to_rudderstack() {
     let p = pipeline().await;
     let key = &p.key;
     let dp = DataPlane::start(WRITE_KEY).await;
-    let (s, body) = call(
-        &p.delivery,
-        key,
-        reqwest::Method::PUT,
-        "/providers/inbox",
-        Some(json!({"type": "inbox", "channels": ["inbox", "email", "push", "sms", "chat"]})),
+    p.connect(
+        &dp,
+        "inbox",
+        json!({"type": "inbox", "channels": ["inbox", "email", "push", "sms", "chat"]}),
     )
     .await;
-    assert_eq!(s, 200, "{body}");
-    let r = put_integration(
-        &p.forwarder,
-        key,
-        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
 
     // No mapping: the track event carries its automation (properties.courier.automation).
     ingest(
@@ -278,11 +275,7 @@ async fn inline_automation_lands_in_the_inbox_and_is_reported_to_rudderstack() {
     eventually(
         "Message Delivered at the data plane",
         Duration::from_secs(15),
-        async || {
-            dp.events()
-                .iter()
-                .any(|e| e["event"] == "Message Delivered" && e["userId"] == "u_7")
-        },
+        async || delivered_reported(&dp, "u_7"),
     )
     .await;
 }
@@ -295,22 +288,12 @@ async fn every_consumer_resumes_after_a_nats_crash() {
     let key = p.key.clone();
     let accounts = p.stack.accounts().await;
     let dp = DataPlane::start(WRITE_KEY).await;
-    let (s, _) = call(
-        &p.delivery,
-        &key,
-        reqwest::Method::PUT,
-        "/providers/inbox",
-        Some(json!({"type": "inbox", "channels": ["inbox"]})),
+    p.connect(
+        &dp,
+        "inbox",
+        json!({"type": "inbox", "channels": ["inbox"]}),
     )
     .await;
-    assert_eq!(s, 200);
-    let r = put_integration(
-        &p.forwarder,
-        &key,
-        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
     let inline = |id: &str, user: &str| {
         json!({"type": "track", "event": "Ping", "userId": user, "messageId": id,
         "properties": {"courier": {"automation": {"steps": [{"action": "send", "message": {"to": {"user_id": user},
@@ -322,11 +305,7 @@ async fn every_consumer_resumes_after_a_nats_crash() {
     eventually(
         "first message reported",
         Duration::from_secs(15),
-        async || {
-            dp.events()
-                .iter()
-                .any(|e| e["userId"] == "u_before" && e["event"] == "Message Delivered")
-        },
+        async || delivered_reported(&dp, "u_before"),
     )
     .await;
 
@@ -389,11 +368,7 @@ async fn every_consumer_resumes_after_a_nats_crash() {
     eventually(
         "message delivered and reported after the restart",
         Duration::from_secs(30),
-        async || {
-            dp.events()
-                .iter()
-                .any(|e| e["userId"] == "u_after" && e["event"] == "Message Delivered")
-        },
+        async || delivered_reported(&dp, "u_after"),
     )
     .await;
 }

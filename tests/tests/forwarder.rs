@@ -382,14 +382,12 @@ async fn a_killed_forwarder_loses_nothing() {
         ("RC_FORWARDER__RECONCILE_INTERVAL_MS", "300".into()),
     ]);
     let mut process = ServiceProcess::start("rc-forwarder", &env).await;
-    let r = reqwest::Client::new()
-        .put(process.url("/integrations/rudderstack"))
-        .bearer_auth(&key)
-        .json(&config(&dp, WRITE_KEY))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        put_integration(&process, &key, config(&dp, WRITE_KEY))
+            .await
+            .status(),
+        200
+    );
     dp.set_mode(Mode::Hang);
     for i in 0..40 {
         publish_message_event(
@@ -400,15 +398,7 @@ async fn a_killed_forwarder_loses_nothing() {
     }
     // A batch is in flight (the request hangs), then the process is SIGKILLed.
     eventually("a request in flight", Duration::from_secs(5), async || {
-        let st: serde_json::Value = reqwest::Client::new()
-            .get(process.url("/integrations/rudderstack/status"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, st) = get_json(&process, &key, "/integrations/rudderstack/status").await;
         st["pendingUnacked"].as_u64().unwrap_or(0) > 0
     })
     .await;

@@ -12,7 +12,7 @@ use rc_tests::forwarder::{
     put_integration,
 };
 use rc_tests::tls::{TestCa, TlsFront};
-use rc_tests::{Service, Stack};
+use rc_tests::{Service, Stack, call};
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_test_signing_secret_0123456789";
@@ -328,30 +328,23 @@ async fn fetch_data_cannot_reach_private_addresses_when_the_guard_is_on() {
         automations::run(settings, Some(listener), shutdown).await
     })
     .await;
-    let http = reqwest::Client::new();
-    let r = http
-        .post(svc.url("/automations/invoke"))
-        .bearer_auth(&key)
-        .json(&json!({"automation": {"steps": [
+    let (s, body) = call(
+        &svc,
+        &key,
+        reqwest::Method::POST,
+        "/automations/invoke",
+        Some(json!({"automation": {"steps": [
             {"action": "fetch-data", "webhook": {"url": hook.url(), "method": "POST", "body": {}}}]},
-            "recipient": "u_1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    let run_id = body["runId"].as_str().unwrap().to_string();
+            "recipient": "u_1"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let run_path = format!("/automations/runs/{}", body["runId"].as_str().unwrap());
     let mut run = Value::Null;
     eventually("the run ends", Duration::from_secs(15), async || {
-        run = http
-            .get(svc.url(&format!("/automations/runs/{run_id}")))
-            .bearer_auth(&key)
-            .send()
+        run = call(&svc, &key, reqwest::Method::GET, &run_path, None)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .1;
         run["state"] == "failed" || run["state"] == "completed"
     })
     .await;

@@ -272,7 +272,7 @@ impl Engine {
             metrics::counter!("automations_runs_started_total").increment(1);
             metrics::histogram!("automations_run_start_latency_seconds")
                 .record((now_ms() - run.created_at_ms).max(0) as f64 / 1000.0);
-            store::save_run(&self.redis, &run, self.retention_ms).await?;
+            store::save_run(&self.redis, &run).await?;
         }
         loop {
             let canceled: bool = conn.exists(store::canceled_key(ws, id)).await?;
@@ -327,7 +327,7 @@ impl Engine {
                         Some(format!("if {cond:?} is false")),
                     );
                     run.step += 1;
-                    store::save_run(&self.redis, &run, self.retention_ms).await?;
+                    store::save_run(&self.redis, &run).await?;
                     continue;
                 }
             }
@@ -342,7 +342,7 @@ impl Engine {
                     self.record(&mut run, index, action, "done", detail);
                     run.step += 1;
                     run.state = "running".into();
-                    store::save_run(&self.redis, &run, self.retention_ms).await?;
+                    store::save_run(&self.redis, &run).await?;
                 }
                 Ok(StepDone::Wait(until)) => {
                     if run.state != "waiting" {
@@ -356,7 +356,7 @@ impl Engine {
                     }
                     run.state = "waiting".into();
                     run.wake_at_ms = Some(until);
-                    store::save_run(&self.redis, &run, self.retention_ms).await?;
+                    store::save_run(&self.redis, &run).await?;
                     conn.zadd::<_, _, _, ()>(DUE_KEY, &member, until).await?;
                     return Ok(());
                 }

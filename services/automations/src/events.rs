@@ -41,6 +41,13 @@ impl Handler for EventHandler {
     }
 }
 
+/// The ad-hoc steps of an inline automation: `steps`, or `automation.steps` (invoke's shape).
+fn inline_steps(a: &Value) -> Option<&Value> {
+    a.get("steps")
+        .filter(|v| !v.is_null())
+        .or_else(|| a.get("automation").and_then(|x| x.get("steps")))
+}
+
 /// Checks `properties.courier.automation` (the ad-hoc invoke shape); the error names the path.
 pub fn validate_inline(a: &Value) -> Result<(), String> {
     const P: &str = "properties.courier.automation";
@@ -120,10 +127,7 @@ impl EventHandler {
         // An inline template must exist (the event names it; unlike a mapping, nobody else
         // will see that it is missing).
         let inline_template = match (&failure, &inline) {
-            (None, Some(a))
-                if a.get("steps").is_none_or(Value::is_null)
-                    && a.get("automation").is_none_or(Value::is_null) =>
-            {
+            (None, Some(a)) if inline_steps(a).is_none() => {
                 match a.get("template").and_then(Value::as_str) {
                     Some(tid) => {
                         let t = store::hget_json(redis, &store::templates_key(ws), tid).await?;
@@ -193,11 +197,7 @@ impl EventHandler {
 
         if let Some(a) = &inline {
             let token = cancelation_token(a).map(str::to_string);
-            let steps = a
-                .get("steps")
-                .filter(|v| !v.is_null())
-                .or_else(|| a.get("automation").and_then(|x| x.get("steps")));
-            if let Some(steps) = steps {
+            if let Some(steps) = inline_steps(a) {
                 let id = store::derive_id(&[ws, &env.message_id, "inline"]);
                 let new = NewRun {
                     id: id.clone(),

@@ -170,15 +170,14 @@ pub async fn load_run(redis: &RedisConn, ws: &str, id: &str) -> redis::RedisResu
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
-/// Saves the run; a finished run's document expires after `retention_ms` (bounded storage).
-pub async fn save_run(redis: &RedisConn, run: &Run, retention_ms: i64) -> redis::RedisResult<()> {
+/// Saves a run in progress (a finished run is saved with its retention TTL by the engine's
+/// `retire`).
+pub async fn save_run(redis: &RedisConn, run: &Run) -> redis::RedisResult<()> {
     let raw = serde_json::to_string(run).expect("run serializes");
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(run_key(&run.workspace, &run.id)).arg(raw);
-    if run.is_terminal() {
-        cmd.arg("PX").arg(retention_ms.max(1));
-    }
-    cmd.query_async::<()>(&mut redis.clone()).await
+    redis
+        .clone()
+        .set::<_, _, ()>(run_key(&run.workspace, &run.id), raw)
+        .await
 }
 
 pub async fn hget_json(
