@@ -1,7 +1,5 @@
 //! `/healthz`, `/readyz`, `/metrics` and request metrics, the same in every service.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -22,7 +20,8 @@ pub struct Readiness {
     shutdown: Shutdown,
     nats: Option<async_nats::Client>,
     redis: Option<RedisConn>,
-    streams_ready: Arc<AtomicBool>,
+    /// Becomes true once the streams are provisioned (absent: nothing to wait for).
+    streams_ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Readiness {
@@ -31,7 +30,7 @@ impl Readiness {
             shutdown,
             nats: None,
             redis: None,
-            streams_ready: Arc::new(AtomicBool::new(true)),
+            streams_ready: None,
         }
     }
 
@@ -45,9 +44,9 @@ impl Readiness {
         self
     }
 
-    /// Readiness also waits for this flag (set once streams are provisioned).
-    pub fn with_streams_flag(mut self, flag: Arc<AtomicBool>) -> Self {
-        self.streams_ready = flag;
+    /// Readiness also waits for this to turn true (once streams are provisioned).
+    pub fn with_streams(mut self, ready: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.streams_ready = Some(ready);
         self
     }
 
@@ -60,7 +59,7 @@ impl Readiness {
         }
         if let Some(nats) = &self.nats {
             let connected = crate::nats::is_connected(nats);
-            let streams = self.streams_ready.load(Ordering::Acquire);
+            let streams = self.streams_ready.as_ref().is_none_or(|r| *r.borrow());
             ok &= connected && streams;
             checks.insert(
                 "nats".into(),

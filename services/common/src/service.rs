@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -110,7 +109,7 @@ pub struct Runtime {
     pub redis: RedisConn,
     pub shutdown: Shutdown,
     drain_timeout: Duration,
-    streams_ready: Arc<AtomicBool>,
+    /// True once the streams are provisioned (readiness and consumers wait for it).
     streams: watch::Receiver<bool>,
     tasks: Vec<AbortOnDrop>,
 }
@@ -147,18 +146,11 @@ impl Runtime {
             .await
             .ok_or("shut down before Redis was reachable")?;
 
-        let streams_ready = Arc::new(AtomicBool::new(false));
         let (ready_tx, streams) = watch::channel(false);
         let provision = {
-            let (js, settings, flag, shutdown) = (
-                js.clone(),
-                base.nats.clone(),
-                streams_ready.clone(),
-                shutdown.clone(),
-            );
+            let (js, settings, shutdown) = (js.clone(), base.nats.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if crate::nats::provision_streams_until_ready(&js, &settings, &shutdown).await {
-                    flag.store(true, Ordering::Release);
                     let _ = ready_tx.send(true);
                 }
             })
@@ -171,7 +163,6 @@ impl Runtime {
             redis,
             shutdown,
             drain_timeout: Duration::from_millis(base.shutdown.drain_timeout_ms),
-            streams_ready,
             streams,
             tasks: vec![AbortOnDrop(Some(provision))],
         })
@@ -190,7 +181,7 @@ impl Runtime {
         Readiness::new(self.shutdown.clone())
             .with_nats(self.nats.clone())
             .with_redis(self.redis.clone())
-            .with_streams_flag(self.streams_ready.clone())
+            .with_streams(self.streams.clone())
     }
 
     /// Runs `task` in the background once the streams exist (consumers bind to them); it is not
