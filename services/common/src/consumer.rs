@@ -28,8 +28,12 @@ use crate::subjects::{self, dlq_headers};
 pub enum Outcome {
     /// The effect is durable: ack.
     Done,
-    /// Temporary trouble (Redis down, …): redeliver later with backoff.
+    /// This message cannot be handled yet (a workspace's provider or data plane is down):
+    /// redeliver it later with backoff. Never dead-lettered for it: an outage is not bad data.
     Retry(String),
+    /// A dependency every message needs (Redis, NATS) is unavailable: redeliver later and
+    /// pause pulling until it is back. Never dead-lettered for it.
+    Unavailable(String),
     /// Can never succeed (undecodable, invalid): dead-letter with this reason, then ack.
     Poison(String),
 }
@@ -216,17 +220,18 @@ async fn process<H: Handler>(
     let label = match &outcome {
         Outcome::Done => "done",
         Outcome::Retry(_) => "retry",
+        Outcome::Unavailable(_) => "unavailable",
         Outcome::Poison(_) => "poison",
     };
     metrics::counter!("consumer_messages_total", "service" => spec.service, "outcome" => label)
         .increment(1);
     let result = match outcome {
         Outcome::Done => message.ack().await,
-        Outcome::Retry(reason) if delivered >= spec.max_deliver => {
+        Outcome::Retry(reason) | Outcome::Unavailable(reason) if delivered >= spec.max_deliver => {
             let reason = format!("gave up after {delivered} deliveries: {reason}");
             dead_letter_then_ack(js, spec, &message, delivered, &reason).await
         }
-        Outcome::Retry(reason) => {
+        Outcome::Retry(reason) | Outcome::Unavailable(reason) => {
             let delay = spec.backoff(delivered);
             tracing::warn!(service = spec.service, subject = %message.subject, delivered, retry_in_ms = delay.as_millis() as u64, reason = %reason, "Message failed; will be redelivered");
             message.ack_with(AckKind::Nak(Some(delay))).await
