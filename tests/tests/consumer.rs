@@ -1,6 +1,7 @@
 //! The shared consumer plumbing (rc_common::consumer) against a real nats-server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ impl Handler for Recorder {
         };
         match payload.as_str() {
             "poison" => Outcome::Poison("not an envelope".into()),
-            "always-fail" => Outcome::Retry("redis down".into()),
+            "always-fail" => Outcome::Retry("provider down".into()),
+            "panic" => panic!("boom: a handler bug"),
             p if p.starts_with("flaky") && attempt < 3 => Outcome::Retry("try again".into()),
             _ => {
                 self.done.lock().unwrap().push(payload);
@@ -39,7 +41,6 @@ impl Handler for Recorder {
 
 fn spec() -> ConsumerSpec {
     let mut spec = ConsumerSpec::new("ctest", EVENTS_STREAM, "events.*.ctest");
-    spec.max_deliver = 3;
     spec.base_backoff = Duration::from_millis(50);
     spec.max_backoff = Duration::from_millis(200);
     spec.ack_wait = Duration::from_secs(2);
@@ -71,7 +72,7 @@ async fn outcomes_ack_retry_and_dead_letter() {
         shutdown.clone(),
     ));
 
-    for payload in ["ok-1", "poison", "flaky-1", "always-fail", "ok-2"] {
+    for payload in ["ok-1", "poison", "flaky-1", "always-fail", "panic", "ok-2"] {
         js.publish("events.acme.ctest", payload.into())
             .await
             .unwrap()
@@ -82,20 +83,26 @@ async fn outcomes_ack_retry_and_dead_letter() {
         recorder.done.lock().unwrap().len() == 3
     })
     .await;
-    let js2 = js.clone();
-    let mut dlq = Vec::new();
-    for _ in 0..100 {
-        dlq = stored_messages(&js2, "DLQ", "dlq.ctest.>").await;
-        if dlq.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(dlq.len(), 2, "poison and always-fail dead-lettered");
+    // A Retry is never dead-lettered, however many deliveries it takes (an outage is not bad
+    // data): wait well past the old 10-delivery limit.
+    wait_until("always-fail retried more than 10 times", || {
+        recorder.attempts.lock().unwrap()["always-fail"] > 10
+    })
+    .await;
+    let dlq = stored_messages(&js, "DLQ", "dlq.ctest.>").await;
     let by_payload: HashMap<String, &async_nats::jetstream::Message> = dlq
         .iter()
         .map(|m| (String::from_utf8_lossy(&m.payload).to_string(), m))
         .collect();
+    assert_eq!(
+        by_payload
+            .keys()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["panic", "poison"].into(),
+        "only poison and the panicking message are dead-lettered"
+    );
+    assert_eq!(dlq.len(), 2);
     let poison = by_payload["poison"];
     assert_eq!(poison.subject.as_str(), "dlq.ctest.acme");
     let headers = poison.headers.as_ref().unwrap();
@@ -111,17 +118,197 @@ async fn outcomes_ack_retry_and_dead_letter() {
         headers.get(dlq_headers::DELIVERY_COUNT).unwrap().as_str(),
         "1"
     );
-    let failed = by_payload["always-fail"].headers.as_ref().unwrap();
-    assert!(
-        failed
-            .get(dlq_headers::REASON)
-            .unwrap()
-            .as_str()
-            .contains("gave up after 3 deliveries")
+    let panicked = by_payload["panic"].headers.as_ref().unwrap();
+    assert_eq!(
+        panicked.get(dlq_headers::REASON).unwrap().as_str(),
+        "handler panicked: boom: a handler bug"
     );
-    assert_eq!(recorder.attempts.lock().unwrap()["always-fail"], 3);
+    assert_eq!(recorder.attempts.lock().unwrap()["panic"], 1);
     assert_eq!(recorder.attempts.lock().unwrap()["flaky-1"], 3);
 
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("bounded drain")
+        .unwrap();
+}
+
+/// Answers Unavailable while `down` is set (a shared dependency is out), Done otherwise.
+#[derive(Default)]
+struct Outage {
+    down: AtomicBool,
+    calls: AtomicUsize,
+    done: Mutex<HashSet<String>>,
+}
+
+impl Handler for Outage {
+    async fn handle(&self, message: &Message) -> Outcome {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Outcome::Unavailable("redis: connection refused".into());
+        }
+        let payload = String::from_utf8_lossy(&message.payload).to_string();
+        self.done.lock().unwrap().insert(payload);
+        Outcome::Done
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_pauses_pulling_and_never_dead_letters() {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let handler = Arc::new(Outage::default());
+    handler.down.store(true, Ordering::SeqCst);
+    let mut spec = spec();
+    spec.base_backoff = Duration::from_millis(100);
+    spec.max_backoff = Duration::from_millis(500);
+    spec.max_probe_interval = Duration::from_millis(800);
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(consumer::run(
+        js.clone(),
+        spec,
+        handler.clone(),
+        shutdown.clone(),
+    ));
+    for i in 0..50 {
+        js.publish("events.acme.ctest", format!("m-{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // 8 s of outage. Without pausing, 50 messages naked with a 100-500 ms backoff would be
+    // handled well over 500 times; paused, it is the in-flight burst plus about one probe per
+    // 800 ms.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = handler.calls.load(Ordering::SeqCst);
+    assert!(during >= 2, "probes keep coming while paused ({during})");
+    assert!(
+        during <= 40,
+        "a paused consumer handled {during} deliveries in 8 s"
+    );
+    handler.down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while handler.done.lock().unwrap().len() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 50 handled after the outage",
+            handler.done.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stored_messages(&js, "DLQ", "dlq.ctest.>").await.is_empty(),
+        "an outage dead-letters nothing"
+    );
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("bounded drain")
+        .unwrap();
+}
+
+/// Never answers for "crash" (the process died mid-message: no ack, no nak); Done otherwise.
+#[derive(Default)]
+struct Crasher {
+    crash_entries: AtomicUsize,
+    done: Mutex<HashSet<String>>,
+}
+
+impl Handler for Crasher {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let payload = String::from_utf8_lossy(&message.payload).to_string();
+        if payload == "crash" {
+            self.crash_entries.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        self.done.lock().unwrap().insert(payload);
+        Outcome::Done
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_killing_the_consumer_is_quarantined() {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let handler = Arc::new(Crasher::default());
+    let mut spec = spec();
+    spec.durable = "ctest-quarantine".into();
+    spec.ack_wait = Duration::from_secs(1);
+    spec.concurrency = 8;
+    spec.quarantine = Some(consumer::Quarantine::new(stack.redis_conn().await, 3));
+    js.publish("events.acme.ctest", "crash".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        js.publish("events.acme.ctest", format!("ok-{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Each round: start the consumer, wait for the poison message to be taken (or
+    // quarantined), then abort the consumer as a crash would, and start it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut dlq = Vec::new();
+    for round in 0.. {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not quarantined after {round} restarts"
+        );
+        let entries = handler.crash_entries.load(Ordering::SeqCst);
+        let task = tokio::spawn(consumer::run(
+            js.clone(),
+            spec.clone(),
+            handler.clone(),
+            Shutdown::new(),
+        ));
+        let round_end = std::time::Instant::now() + Duration::from_secs(15);
+        while handler.crash_entries.load(Ordering::SeqCst) == entries
+            && std::time::Instant::now() < round_end
+        {
+            dlq = stored_messages(&js, "DLQ", "dlq.ctest.>").await;
+            if !dlq.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        task.abort();
+        if !dlq.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].payload.as_ref(), b"crash");
+    assert_eq!(
+        dlq[0]
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(dlq_headers::REASON)
+            .unwrap()
+            .as_str(),
+        "quarantined: delivery died 3 times without an answer"
+    );
+    assert_eq!(
+        handler.crash_entries.load(Ordering::SeqCst),
+        3,
+        "handled three times, never again"
+    );
+    // The others were handled (by the consumers between the crashes, or a last one now).
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(consumer::run(
+        js.clone(),
+        spec.clone(),
+        handler.clone(),
+        shutdown.clone(),
+    ));
+    wait_until("every other message", || {
+        handler.done.lock().unwrap().len() == 20
+    })
+    .await;
     shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await

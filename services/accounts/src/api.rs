@@ -186,8 +186,10 @@ async fn put_tenant_value(
         reset: Reset::Replace,
         require_existing: false,
         fields,
+        max_bytes: state.max_tenant_bytes,
     };
-    let Applied::Ok { doc, changed, .. } = store::apply(&state.redis, ws, tid, &write).await?
+    let Applied::Ok { doc, changed, .. } =
+        too_large(store::apply(&state.redis, ws, tid, &write).await?, state)?
     else {
         return Err(AccountsError::Unavailable("unexpected store answer".into()));
     };
@@ -214,6 +216,17 @@ pub async fn put_tenant(
 ) -> Result<Response, AccountsError> {
     let value = put_tenant_value(&state, &ws, &tid, parse_json(&body)?).await?;
     Ok(Json(value).into_response())
+}
+
+/// A write refused by the size bound answers 413.
+fn too_large(applied: Applied, state: &AppState) -> Result<Applied, AccountsError> {
+    match applied {
+        Applied::TooLarge(bytes) => Err(AccountsError::TooLarge(format!(
+            "the tenant (or membership profile) would be about {bytes} bytes of JSON, more than {}",
+            state.max_tenant_bytes
+        ))),
+        other => Ok(other),
+    }
 }
 
 async fn get_tenant_value(state: &AppState, ws: &str, tid: &str) -> Result<Value, AccountsError> {
@@ -243,6 +256,7 @@ pub async fn delete_tenant(
         reset: Reset::Delete,
         require_existing: false,
         fields: Vec::new(),
+        max_bytes: 0,
     };
     let Applied::Ok {
         doc,
@@ -374,10 +388,12 @@ async fn set_membership(
         reset: Reset::None,
         require_existing: !removing,
         fields: vec![(format!("m:{uid}"), profile)],
+        max_bytes: state.max_tenant_bytes,
     };
-    let (doc, touched) = match store::apply(&state.redis, ws, tid, &write).await? {
+    let (doc, touched) = match too_large(store::apply(&state.redis, ws, tid, &write).await?, state)?
+    {
         Applied::Ok { doc, touched, .. } => (doc, touched),
-        Applied::Missing => {
+        Applied::Missing | Applied::TooLarge(_) => {
             return Err(AccountsError::NotFound(format!("tenant {tid:?} not found")));
         }
     };

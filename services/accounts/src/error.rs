@@ -18,6 +18,9 @@ pub enum AccountsError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 413: the tenant document or membership profile would pass its documented bound.
+    #[error("{0}")]
+    TooLarge(String),
     /// 503: Redis unreachable or slow; nothing is promised.
     #[error("tenant store unavailable: {0}; retry shortly")]
     Unavailable(String),
@@ -40,6 +43,9 @@ impl IntoResponse for AccountsError {
             AccountsError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             AccountsError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None),
             AccountsError::Conflict(_) => (StatusCode::CONFLICT, "conflict", Some("1")),
+            AccountsError::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None)
+            }
             AccountsError::Unavailable(_) => {
                 tracing::warn!(error = %message, "Accounts request failed");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("2"))

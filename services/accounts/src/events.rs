@@ -14,6 +14,8 @@ use crate::{Change, Publisher};
 pub struct GroupHandler {
     pub redis: RedisConn,
     pub publisher: Publisher,
+    /// The tenant size bound: a group event that would pass it is dead-lettered.
+    pub max_tenant_bytes: usize,
 }
 
 fn ts_ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
@@ -82,6 +84,7 @@ impl Handler for GroupHandler {
             reset: Reset::None,
             require_existing: false,
             fields,
+            max_bytes: self.max_tenant_bytes,
         };
         let tid = envelope.group_id.as_str();
         let (doc, changed, touched) = match store::apply(&self.redis, ws, tid, &write).await {
@@ -91,7 +94,13 @@ impl Handler for GroupHandler {
                 touched,
             }) => (doc, changed, touched),
             Ok(Applied::Missing) => return Outcome::Retry("unexpected missing tenant".into()),
-            Err(e) => return Outcome::Retry(format!("redis: {e}")),
+            Ok(Applied::TooLarge(bytes)) => {
+                return Outcome::Poison(format!(
+                    "the tenant would be about {bytes} bytes of JSON, more than {}",
+                    self.max_tenant_bytes
+                ));
+            }
+            Err(e) => return rc_common::redis::outcome(&e),
         };
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         // On a redelivery, the indexes and the publish may be what the first attempt missed.
@@ -103,7 +112,7 @@ impl Handler for GroupHandler {
         if let Err(e) =
             store::update_indexes(&self.redis, ws, tid, doc.is_some(), &all_touched).await
         {
-            return Outcome::Retry(format!("redis: {e}"));
+            return rc_common::redis::outcome(&e);
         }
         if changed || !touched.is_empty() || delivered > 1 {
             let change = Change {
@@ -115,7 +124,7 @@ impl Handler for GroupHandler {
                 cause_id: &envelope.message_id,
             };
             if let Err(e) = self.publisher.tenant_updated(ws, change).await {
-                return Outcome::Retry(format!("publish TenantUpdated: {e}"));
+                return Outcome::Unavailable(format!("publish TenantUpdated: {e}"));
             }
         }
         Outcome::Done

@@ -21,7 +21,7 @@ use rc_common::auth::Authenticator;
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
-use rc_common::consumer::{self, ConsumerSpec};
+use rc_common::consumer::{self, ConsumerSpec, Quarantine};
 use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
 use rc_common::service::{Runtime, ServiceSettings};
@@ -41,17 +41,22 @@ pub const DURABLE_EVENTS: &str = "accounts";
 pub struct AccountsSettings {
     /// Messages handled at once by the consumer in this process.
     pub concurrency: usize,
-    /// Deliveries before a failing message is dead-lettered.
-    pub max_deliver: i64,
+    /// Deliveries that died without an answer (process crash) before a message is
+    /// dead-lettered as a crash-loop. Failures that answer (an outage) never dead-letter.
+    pub quarantine_after: u32,
     pub ack_wait_ms: u64,
+    /// Largest tenant document, and largest membership profile (compact JSON bytes): a write
+    /// that would grow one past it is refused (API: 413; group event: dead-lettered).
+    pub max_tenant_bytes: usize,
 }
 
 impl Default for AccountsSettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
-            max_deliver: 10,
+            quarantine_after: 3,
             ack_wait_ms: 30_000,
+            max_tenant_bytes: 256 * 1024,
         }
     }
 }
@@ -89,6 +94,7 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub redis: RedisConn,
     pub publisher: Publisher,
+    pub max_tenant_bytes: usize,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -171,14 +177,16 @@ pub async fn run(
     let group = Arc::new(events::GroupHandler {
         redis: rt.redis.clone(),
         publisher: publisher.clone(),
+        max_tenant_bytes: settings.accounts.max_tenant_bytes,
     });
-    let spec = consumer_spec(&settings);
+    let spec = consumer_spec(&settings, &rt.redis);
     rt.spawn_when_streams_ready(|js, shutdown| consumer::run(js, spec, group, shutdown));
 
     let state = AppState {
         auth: rt.authenticator(&settings.auth),
         redis: rt.redis.clone(),
         publisher,
+        max_tenant_bytes: settings.accounts.max_tenant_bytes,
     };
     let app = app(
         state,
@@ -188,11 +196,11 @@ pub async fn run(
     rt.serve(app).await
 }
 
-fn consumer_spec(settings: &Settings) -> ConsumerSpec {
+fn consumer_spec(settings: &Settings, redis: &RedisConn) -> ConsumerSpec {
     let p = &settings.accounts;
     let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.group");
     spec.concurrency = p.concurrency.max(1);
-    spec.max_deliver = p.max_deliver.max(1);
+    spec.quarantine = Some(Quarantine::new(redis.clone(), p.quarantine_after));
     spec.ack_wait = Duration::from_millis(p.ack_wait_ms.max(1000));
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec

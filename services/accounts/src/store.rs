@@ -52,6 +52,7 @@ pub fn random_tiebreak() -> String {
 const SCRIPT: &str = r#"
 local fields_key, doc_key, reset_key, mreset_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, ts, tb, reset, tid_json, need = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local max = tonumber(ARGV[7])
 local old = redis.call('GET', doc_key)
 if need == '1' and not old then return {'missing', '', 0} end
 local function parse(s)
@@ -75,6 +76,41 @@ if mode == 'api' then
     if (not maxts) or t > maxts then maxts = t end
   end
   if maxts and ts <= maxts then ts = maxts + 1 end
+end
+-- Size bound, checked before any write: an upper bound of the tenant document (what survives
+-- a winning reset, or the current document, plus what each written field can add); a
+-- membership profile is bounded on its own. Only growth past `max` is refused.
+if max > 0 then
+  local function grow(base, current)
+    for i = 8, #ARGV, 2 do
+      local f, v = ARGV[i], ARGV[i + 1]
+      if string.sub(f, 1, 2) == 'm:' then
+        if #v > max then return #v end
+      elseif v ~= '' then
+        local cv = current and current[f]
+        if cv then base = base + math.max(0, #v - #cv) else base = base + #f + #v + 4 end
+      end
+    end
+    return base
+  end
+  local oldlen = old and #old or 0
+  local bound = grow(oldlen, nil)
+  if bound > max then
+    local wins = reset ~= '0' and ((not rts) or newer(ts, tb, rts, rtb))
+    local base, current = 160 + 2 * #tid_json, {}
+    for i = 1, #all, 2 do
+      local f = all[i]
+      if string.sub(f, 1, 2) ~= 'm:' then
+        local t, b, v = parse(all[i + 1])
+        if v ~= '' and not (wins and newer(ts, tb, t, b)) then
+          current[f] = v
+          base = base + #f + #v + 4
+        end
+      end
+    end
+    bound = grow(base, current)
+    if bound > max and bound > oldlen then return {'toolarge', tostring(bound), 0} end
+  end
 end
 local stamp = string.format('%d', ts) .. '|' .. tb
 local touched = {}
@@ -102,7 +138,7 @@ if reset ~= '0' then
     end
   end
 end
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   local is_m = string.sub(f, 1, 2) == 'm:'
   local floor_t, floor_b = rts, rtb
@@ -181,6 +217,9 @@ pub struct Write {
     /// Fail with `Missing` unless the tenant exists.
     pub require_existing: bool,
     pub fields: Vec<(String, Option<Value>)>,
+    /// Refuse ([`Applied::TooLarge`]) a write that would grow the tenant document, or a
+    /// membership profile, past this many bytes of JSON; 0: no bound.
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +231,8 @@ pub enum Applied {
         touched: Vec<String>,
     },
     Missing,
+    /// Past `max_bytes` (about this many bytes); nothing was done.
+    TooLarge(usize),
 }
 
 pub async fn apply(
@@ -221,7 +262,8 @@ pub async fn apply(
             Reset::Delete => "d",
         })
         .arg(Value::from(tid).to_string())
-        .arg(if write.require_existing { "1" } else { "0" });
+        .arg(if write.require_existing { "1" } else { "0" })
+        .arg(write.max_bytes);
     for (name, value) in &write.fields {
         let json = match value {
             Some(v) if !v.is_null() => v.to_string(),
@@ -231,8 +273,14 @@ pub async fn apply(
     }
     let mut c = conn.clone();
     let out: Vec<String> = inv.invoke_async(&mut c).await?;
-    if out.first().map(String::as_str) == Some("missing") {
-        return Ok(Applied::Missing);
+    match out.first().map(String::as_str) {
+        Some("missing") => return Ok(Applied::Missing),
+        Some("toolarge") => {
+            return Ok(Applied::TooLarge(
+                out.get(1).and_then(|b| b.parse().ok()).unwrap_or(0),
+            ));
+        }
+        _ => {}
     }
     let doc = out.get(1).filter(|d| !d.is_empty()).cloned();
     let changed = out.get(2).map(String::as_str) == Some("1");

@@ -36,7 +36,8 @@ impl Handler for EventHandler {
         match self.process(&env).await {
             Ok(None) => Outcome::Done,
             Ok(Some(reason)) => Outcome::Poison(reason),
-            Err(Transient(e)) => Outcome::Retry(e),
+            // Transient is a Redis or NATS failure: an outage, waited out with the consumer paused.
+            Err(Transient(e)) => Outcome::Unavailable(e),
         }
     }
 }

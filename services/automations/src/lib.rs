@@ -146,6 +146,7 @@ pub async fn run(
     ];
     spec.concurrency = cfg.consumer_concurrency;
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+    spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));
     let handler = Arc::new(events::EventHandler {
         engine: engine.clone(),
     });

@@ -33,11 +33,22 @@ pub async fn claim(engine: &Engine, max: usize) -> redis::RedisResult<Vec<String
 
 pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(concurrency));
+    // While Redis is out: back off (doubling up to 5 s) and log the change, not every poll.
+    let max_delay = poll.max(Duration::from_secs(5));
+    let mut delay = poll;
+    let mut failing_since: Option<std::time::Instant> = None;
     while !shutdown.is_triggered() {
         let free = permits.available_permits();
         if free > 0 {
             match claim(&engine, free).await {
                 Ok(members) => {
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(
+                            failing_ms = since.elapsed().as_millis() as u64,
+                            "Polling due runs again"
+                        );
+                    }
+                    delay = poll;
                     for member in members {
                         let Some((ws, id)) = member.split_once('/') else {
                             continue;
@@ -51,11 +62,19 @@ pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: S
                         });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "Could not poll due runs"),
+                Err(e) => {
+                    if failing_since.is_none() {
+                        failing_since = Some(std::time::Instant::now());
+                        tracing::warn!(error = %e, "Could not poll due runs; backing off until Redis answers");
+                    } else {
+                        tracing::debug!(error = %e, "Could not poll due runs");
+                    }
+                    delay = (delay * 2).min(max_delay);
+                }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = shutdown.triggered() => break,
         }
     }

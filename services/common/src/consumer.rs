@@ -1,26 +1,34 @@
 //! Durable JetStream pull consumers, written once for every consumer service.
 //!
 //! - bounded concurrency (a semaphore permit is taken *before* a message is pulled);
-//! - a handler's [`Outcome`] decides: ack, nak with backoff, or dead-letter then ack;
-//! - the last allowed delivery of a failing message is dead-lettered too (`max_deliver` alone
-//!   only emits an advisory and leaves the message behind);
+//! - a handler's [`Outcome`] decides: ack, nak with backoff, or dead-letter then ack. Only
+//!   `Poison` dead-letters: the server's `max_deliver` is unlimited, so an outage (however long)
+//!   never turns acknowledged events into dead letters;
+//! - `Unavailable` pauses pulling: one probe message per period (doubling up to
+//!   `max_probe_interval`) until a handler answers anything else (`consumer_paused` gauge);
+//! - a handler that panics dead-letters its message (`handler panicked: …`); the consumer goes on;
+//! - crash-loop quarantine: a message whose deliveries keep dying without an answer (the process
+//!   aborted: stack overflow, OOM, SIGKILL) is dead-lettered after `quarantine_after` such deaths
+//!   (see [`Quarantine`]);
 //! - the message stream is supervised: when it ends or fails (consumer deleted, NATS restarted,
 //!   no responders) it is re-created with backoff, so a consumer never stalls silently;
 //! - on shutdown it stops pulling and waits (bounded) for in-flight handlers.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind, Message};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::Shutdown;
+use crate::redis::RedisConn;
 use crate::subjects::{self, dlq_headers};
 
 /// What a handler decided about one message.
@@ -42,6 +50,33 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: &Message) -> impl Future<Output = Outcome> + Send;
 }
 
+/// Crash-loop quarantine. On a redelivery (never on a first delivery: zero cost there) the
+/// consumer INCRs a Redis marker for the message ([`crate::redis::delivery_marker_key`]) before
+/// handling it and DELs it once the handler answered. The counter is thus the number of
+/// deliveries since the last answer that started and never answered (the first delivery's
+/// death presumed: a nak'ed first delivery makes it one early). Reaching `after_deaths`
+/// dead-letters the message instead of handling it again. Redis unavailable for the marker
+/// means `Unavailable` (wait), never a dead letter.
+#[derive(Debug, Clone)]
+pub struct Quarantine {
+    pub redis: RedisConn,
+    /// Deaths without an answer before the message is dead-lettered (at least 1).
+    pub after_deaths: u32,
+    /// How long a marker outlives its last delivery (beyond the longest backoff + ack wait +
+    /// a process restart).
+    pub marker_ttl: Duration,
+}
+
+impl Quarantine {
+    pub fn new(redis: RedisConn, after_deaths: u32) -> Self {
+        Self {
+            redis,
+            after_deaths: after_deaths.max(1),
+            marker_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     /// Service name: metrics label and the `<service>` of `dlq.<service>.<ws>`.
@@ -52,8 +87,6 @@ pub struct ConsumerSpec {
     pub filter_subjects: Vec<String>,
     /// Handlers running at once in this process.
     pub concurrency: usize,
-    /// Deliveries before a failing message is dead-lettered.
-    pub max_deliver: i64,
     /// Must exceed the slowest handler.
     pub ack_wait: Duration,
     /// Unacked messages the server lets this consumer have out (across replicas).
@@ -61,6 +94,11 @@ pub struct ConsumerSpec {
     /// First nak delay; doubles per delivery (with jitter) up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// While paused (`Unavailable`), the longest wait between probe messages; the first wait
+    /// is `base_backoff`.
+    pub max_probe_interval: Duration,
+    /// Crash-loop quarantine; `None` leaves it off (tests of other behaviour).
+    pub quarantine: Option<Quarantine>,
     /// Bound on waiting for in-flight handlers at shutdown.
     pub drain_timeout: Duration,
 }
@@ -73,11 +111,12 @@ impl ConsumerSpec {
             durable: service.to_string(),
             filter_subjects: vec![filter.into()],
             concurrency: 64,
-            max_deliver: 10,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 4_096,
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
+            max_probe_interval: Duration::from_secs(10),
+            quarantine: None,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -89,7 +128,8 @@ impl ConsumerSpec {
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::All,
             ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
+            // Unlimited: only Poison and quarantine dead-letter, both decided here.
+            max_deliver: -1,
             max_ack_pending: self.max_ack_pending,
             ..Default::default()
         }
@@ -107,6 +147,73 @@ impl ConsumerSpec {
     }
 }
 
+/// Pulling paused while a shared dependency is unavailable. State changes are logged once
+/// (not per message); `consumer_paused{service}` is 1 while paused.
+struct Gate {
+    service: &'static str,
+    state: Mutex<GateState>,
+    resumed: Notify,
+}
+
+struct GateState {
+    paused_since: Option<Instant>,
+    /// Wait before the next probe message.
+    interval: Duration,
+}
+
+impl Gate {
+    fn new(service: &'static str, first: Duration) -> Self {
+        metrics::gauge!("consumer_paused", "service" => service).set(0.0);
+        Gate {
+            service,
+            state: Mutex::new(GateState {
+                paused_since: None,
+                interval: first,
+            }),
+            resumed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unavailable(&self, spec: &ConsumerSpec, reason: &str) {
+        let mut state = self.lock();
+        if state.paused_since.is_none() {
+            state.paused_since = Some(Instant::now());
+            state.interval = spec.base_backoff.min(spec.max_probe_interval);
+            metrics::gauge!("consumer_paused", "service" => self.service).set(1.0);
+            tracing::warn!(service = self.service, durable = %spec.durable, reason, "Consumer paused: a dependency is unavailable; probing with one message at a time");
+        }
+    }
+
+    fn answered(&self, durable: &str) {
+        let mut state = self.lock();
+        if let Some(since) = state.paused_since.take() {
+            metrics::gauge!("consumer_paused", "service" => self.service).set(0.0);
+            tracing::info!(
+                service = self.service,
+                durable,
+                paused_ms = since.elapsed().as_millis() as u64,
+                "Consumer resumed"
+            );
+            drop(state);
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// While paused: the wait before the next probe, and the one after it (doubled).
+    fn next_probe(&self, cap: Duration) -> Option<Duration> {
+        let mut state = self.lock();
+        state.paused_since?;
+        let wait = state.interval;
+        state.interval = (wait * 2).min(cap);
+        Some(wait)
+    }
+}
+
 /// Runs the consumer until `shutdown` triggers. Never returns early on NATS trouble.
 pub async fn run<H: Handler>(
     js: jetstream::Context,
@@ -116,6 +223,7 @@ pub async fn run<H: Handler>(
 ) {
     let spec = Arc::new(spec);
     let permits = Arc::new(Semaphore::new(spec.concurrency));
+    let gate = Arc::new(Gate::new(spec.service, spec.base_backoff));
     let mut retry_delay = Duration::from_millis(100);
     'supervise: while !shutdown.is_triggered() {
         let mut messages = match open(&js, &spec).await {
@@ -135,6 +243,14 @@ pub async fn run<H: Handler>(
         };
         tracing::info!(service = spec.service, durable = %spec.durable, "Consumer started");
         loop {
+            // Paused: let one probe message through per (growing) period, or wake on resume.
+            if let Some(wait) = gate.next_probe(spec.max_probe_interval) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = gate.resumed.notified() => {}
+                    _ = shutdown.triggered() => break 'supervise,
+                }
+            }
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.triggered() => break 'supervise,
@@ -145,9 +261,10 @@ pub async fn run<H: Handler>(
             };
             match next {
                 Some(Ok(message)) => {
-                    let (js, spec, handler) = (js.clone(), spec.clone(), handler.clone());
+                    let (js, spec, gate, handler) =
+                        (js.clone(), spec.clone(), gate.clone(), handler.clone());
                     tokio::spawn(async move {
-                        process(&js, &spec, handler.as_ref(), message).await;
+                        process(&js, &spec, &gate, handler.as_ref(), message).await;
                         drop(permit);
                     });
                 }
@@ -206,15 +323,85 @@ async fn open(
     Ok(messages)
 }
 
+/// Counts one more unanswered delivery of a redelivered message: (marker key, count).
+async fn count_unanswered(
+    q: &Quarantine,
+    spec: &ConsumerSpec,
+    stream_sequence: u64,
+) -> redis::RedisResult<(String, u32)> {
+    let key = crate::redis::delivery_marker_key(spec.stream, &spec.durable, stream_sequence);
+    let mut conn = q.redis.clone();
+    let (n,): (i64,) = redis::pipe()
+        .atomic()
+        .incr(&key, 1)
+        .expire(&key, q.marker_ttl.as_secs().max(1) as i64)
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    Ok((key, u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 async fn process<H: Handler>(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
+    gate: &Gate,
     handler: &H,
     message: Message,
 ) {
     let started = Instant::now();
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let outcome = handler.handle(&message).await;
+    let (delivered, sequence) = message
+        .info()
+        .map(|i| (i.delivered, i.stream_sequence))
+        .unwrap_or((1, 0));
+    let mut marker = None;
+    let mut answer = None;
+    if let Some(q) = spec.quarantine.as_ref().filter(|_| delivered >= 2) {
+        match count_unanswered(q, spec, sequence).await {
+            Ok((key, n)) if n >= q.after_deaths => {
+                metrics::counter!("consumer_quarantined_total", "service" => spec.service)
+                    .increment(1);
+                answer = Some(Outcome::Poison(format!(
+                    "quarantined: delivery died {} times without an answer",
+                    q.after_deaths
+                )));
+                marker = Some(key);
+            }
+            Ok((key, _)) => marker = Some(key),
+            Err(err) => answer = Some(crate::redis::outcome(&err)),
+        }
+    }
+    let outcome = match answer {
+        Some(outcome) => outcome,
+        None => match AssertUnwindSafe(handler.handle(&message))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                metrics::counter!("consumer_panics_total", "service" => spec.service).increment(1);
+                Outcome::Poison(format!("handler panicked: {}", panic_message(&*panic)))
+            }
+        },
+    };
+    if let (Some(q), Some(key)) = (&spec.quarantine, marker) {
+        // Answered: this delivery did not die. On failure the next delivery counts one more.
+        let mut conn = q.redis.clone();
+        if let Err(err) = redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            tracing::debug!(service = spec.service, error = %err, "Could not clear a delivery marker");
+        }
+    }
     metrics::histogram!("consumer_handle_duration_seconds", "service" => spec.service)
         .record(started.elapsed().as_secs_f64());
     let label = match &outcome {
@@ -226,17 +413,25 @@ async fn process<H: Handler>(
     metrics::counter!("consumer_messages_total", "service" => spec.service, "outcome" => label)
         .increment(1);
     let result = match outcome {
-        Outcome::Done => message.ack().await,
-        Outcome::Retry(reason) | Outcome::Unavailable(reason) if delivered >= spec.max_deliver => {
-            let reason = format!("gave up after {delivered} deliveries: {reason}");
-            dead_letter_then_ack(js, spec, &message, delivered, &reason).await
+        Outcome::Done => {
+            gate.answered(&spec.durable);
+            message.ack().await
         }
-        Outcome::Retry(reason) | Outcome::Unavailable(reason) => {
+        Outcome::Retry(reason) => {
+            gate.answered(&spec.durable);
             let delay = spec.backoff(delivered);
             tracing::warn!(service = spec.service, subject = %message.subject, delivered, retry_in_ms = delay.as_millis() as u64, reason = %reason, "Message failed; will be redelivered");
             message.ack_with(AckKind::Nak(Some(delay))).await
         }
+        Outcome::Unavailable(reason) => {
+            // Logged once by the gate when pausing, not per message.
+            gate.unavailable(spec, &reason);
+            let delay = spec.backoff(delivered);
+            tracing::debug!(service = spec.service, subject = %message.subject, delivered, retry_in_ms = delay.as_millis() as u64, reason = %reason, "Dependency unavailable; message will be redelivered");
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
         Outcome::Poison(reason) => {
+            gate.answered(&spec.durable);
             dead_letter_then_ack(js, spec, &message, delivered, &reason).await
         }
     };

@@ -123,3 +123,60 @@ pub fn escape_key_id(id: &str) -> String {
     }
     out
 }
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+/// True when `err` means Redis is unreachable or not serving right now (an outage: refused or
+/// dropped connection, timeout, loading, failover, cluster down, out of memory), as opposed to a
+/// command or data the server will refuse again. An outage is waited out, never dead-lettered.
+pub fn is_unavailable(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match err.kind() {
+        ErrorKind::Io
+        | ErrorKind::ClusterConnectionNotFound
+        | ErrorKind::MasterNameNotFoundBySentinel
+        | ErrorKind::NoValidReplicasFoundBySentinel => true,
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
+        ) => true,
+        // Codes the client has no kind for: a busy script, maxmemory reached, too few replicas.
+        ErrorKind::Extension => matches!(err.code(), Some("BUSY" | "OOM" | "NOREPLICAS")),
+        _ => err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal(),
+    }
+}
+
+/// The consumer answer for a Redis failure: an outage pauses the consumer and waits; anything
+/// else (a refused command, an unexpected reply) is retried with backoff (never dead-lettered:
+/// it may be our bug, which a deploy fixes).
+pub fn outcome(err: &redis::RedisError) -> crate::consumer::Outcome {
+    use crate::consumer::Outcome;
+    if is_unavailable(err) {
+        Outcome::Unavailable(format!("redis: {err}"))
+    } else {
+        Outcome::Retry(format!("redis: {err}"))
+    }
+}
+
+/// The crash-loop marker of one message of one durable consumer: how many deliveries of it
+/// started (since it was last answered) without an answer. Its own hash tag, so markers spread
+/// over a cluster's slots.
+pub fn delivery_marker_key(stream: &str, durable: &str, stream_sequence: u64) -> String {
+    format!(
+        "{{rc:consumer:{}:{}:{stream_sequence}}}:unanswered",
+        escape_key_id(stream),
+        escape_key_id(durable)
+    )
+}

@@ -137,9 +137,6 @@ pub fn consumer_spec(settings: &DeliverySettings) -> ConsumerSpec {
     );
     spec.durable = DURABLE.to_string();
     spec.concurrency = settings.concurrency.max(1);
-    // One more delivery than the worker's own limit, so the worker (not the dead-letter path)
-    // decides the final UNDELIVERABLE.
-    spec.max_deliver = settings.max_deliver.max(1) + 1;
     spec.ack_wait = Duration::from_millis(settings.ack_wait_ms);
     spec.base_backoff = Duration::from_millis(settings.base_backoff_ms);
     spec.max_backoff = Duration::from_millis(settings.max_backoff_ms);
@@ -187,7 +184,8 @@ pub async fn run(
             max_deliver: d.max_deliver.max(1),
         },
     });
-    let spec = consumer_spec(&settings.delivery);
+    let mut spec = consumer_spec(&settings.delivery);
+    spec.quarantine = Some(rc_common::consumer::Quarantine::new(rt.redis.clone(), 3));
     rt.spawn_when_streams_ready(|js, shutdown| {
         rc_common::consumer::run(js, spec, worker, shutdown)
     });

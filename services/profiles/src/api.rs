@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use rc_common::auth::Workspace;
 use serde_json::{Map, Value, json};
 
+use crate::patch::PatchError;
 use crate::store::{self, Applied, Reset, Stamp, Write};
 use crate::{AppState, ProfilesError};
 
@@ -15,6 +16,16 @@ const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A write refused by the profile size bound answers 413.
+fn too_large(applied: Applied, max: usize) -> Result<Applied, ProfilesError> {
+    match applied {
+        Applied::TooLarge(bytes) => Err(ProfilesError::TooLarge(format!(
+            "the profile would be about {bytes} bytes of JSON, more than {max}"
+        ))),
+        other => Ok(other),
+    }
 }
 
 fn success() -> Response {
@@ -172,7 +183,9 @@ pub async fn post_profile(
             r#"{"status":"SUCCESS"}"#.into(),
         ));
     }
-    let applied = store::apply(&state.redis, &ws, &uid, &write).await?;
+    let max = state.settings.max_profile_bytes;
+    write.max_bytes = max;
+    let applied = too_large(store::apply(&state.redis, &ws, &uid, &write).await?, max)?;
     if let Applied::Duplicate(first) = &applied {
         let body: Value =
             serde_json::from_str(first).unwrap_or_else(|_| json!({"status": "SUCCESS"}));
@@ -208,7 +221,9 @@ pub async fn put_profile(
         fields,
     );
     write.reset = Reset::Replace;
-    let applied = store::apply(&state.redis, &ws, &uid, &write).await?;
+    let max = state.settings.max_profile_bytes;
+    write.max_bytes = max;
+    let applied = too_large(store::apply(&state.redis, &ws, &uid, &write).await?, max)?;
     announce(&state, &ws, &uid, &applied, &cause).await;
     Ok(success())
 }
@@ -220,12 +235,22 @@ pub async fn patch_profile(
     body: Bytes,
 ) -> Result<Response, ProfilesError> {
     check_user_id(&uid)?;
-    let ops: Vec<crate::patch::Operation> = serde_json::from_value(body_object(&body, "patch")?)
-        .map_err(|e| {
-            ProfilesError::Invalid(format!(
-                "\"patch\" must be a list of JSON Patch operations: {e}"
-            ))
-        })?;
+    let patch = body_object(&body, "patch")?;
+    // Counted before the operations are decoded one by one.
+    if let Some(list) = patch.as_array()
+        && list.len() > state.settings.max_patch_ops
+    {
+        return Err(ProfilesError::TooLarge(format!(
+            "a patch holds at most {} operations, not {}",
+            state.settings.max_patch_ops,
+            list.len()
+        )));
+    }
+    let ops: Vec<crate::patch::Operation> = serde_json::from_value(patch).map_err(|e| {
+        ProfilesError::Invalid(format!(
+            "\"patch\" must be a list of JSON Patch operations: {e}"
+        ))
+    })?;
     if ops.is_empty() {
         return Ok(success());
     }
@@ -238,7 +263,12 @@ pub async fn patch_profile(
             })?,
             None => json!({}),
         };
-        let patched = crate::patch::apply(&doc, &ops).map_err(ProfilesError::Invalid)?;
+        let patched = crate::patch::apply(&doc, &ops, state.settings.patch_limits()).map_err(
+            |e| match e {
+                PatchError::Invalid(m) => ProfilesError::Invalid(m),
+                PatchError::TooLarge(m) => ProfilesError::TooLarge(m),
+            },
+        )?;
         let Value::Object(patched) = patched else {
             return Err(ProfilesError::Invalid(
                 "the patched profile must stay a JSON object".into(),
@@ -259,7 +289,9 @@ pub async fn patch_profile(
         );
         write.reset = Reset::Replace;
         write.expect = Some(current);
-        let applied = store::apply(&state.redis, &ws, &uid, &write).await?;
+        let max = state.settings.max_profile_bytes;
+        write.max_bytes = max;
+        let applied = too_large(store::apply(&state.redis, &ws, &uid, &write).await?, max)?;
         if applied == Applied::Conflict {
             continue;
         }
@@ -286,7 +318,9 @@ pub async fn delete_profile(
         Vec::new(),
     );
     write.reset = Reset::Delete;
-    let applied = store::apply(&state.redis, &ws, &uid, &write).await?;
+    let max = state.settings.max_profile_bytes;
+    write.max_bytes = max;
+    let applied = too_large(store::apply(&state.redis, &ws, &uid, &write).await?, max)?;
     announce(&state, &ws, &uid, &applied, &cause).await;
     Ok(success())
 }

@@ -12,6 +12,9 @@ pub enum ProfilesError {
     /// 400: the request can never succeed as sent.
     #[error("{0}")]
     Invalid(String),
+    /// 413: the request, or the profile it would make, passes a documented bound.
+    #[error("{0}")]
+    TooLarge(String),
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -41,6 +44,9 @@ impl IntoResponse for ProfilesError {
         let (status, kind, retry_after) = match &self {
             ProfilesError::Auth(_) => unreachable!("handled above"),
             ProfilesError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            ProfilesError::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None)
+            }
             ProfilesError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None),
             ProfilesError::Conflict(_) => (StatusCode::CONFLICT, "conflict", Some("1")),
             // Retrying cannot help: the key is taken until it expires.

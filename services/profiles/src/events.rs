@@ -14,6 +14,14 @@ use crate::store::{self, Applied, Cond, Reset, Stamp, Write};
 pub struct IdentifyHandler {
     pub redis: RedisConn,
     pub publisher: Publisher,
+    /// The profile size bound: an identify that would pass it is dead-lettered.
+    pub max_profile_bytes: usize,
+}
+
+fn too_large(bytes: usize, max: usize) -> Outcome {
+    Outcome::Poison(format!(
+        "the profile would be about {bytes} bytes of JSON, more than {max}"
+    ))
 }
 
 fn ts_ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
@@ -91,16 +99,18 @@ impl Handler for IdentifyHandler {
         let Some(ts) = ts_ms(&envelope.timestamp).or_else(|| ts_ms(&envelope.received_at)) else {
             return Outcome::Poison("envelope has no timestamp".into());
         };
-        let write = Write::new(
+        let mut write = Write::new(
             Stamp::Event {
                 ts_ms: ts,
                 tiebreak: store::tiebreak(&envelope.message_id),
             },
             store::object_fields(&fields),
         );
+        write.max_bytes = self.max_profile_bytes;
         let applied = match store::apply(&self.redis, &ws, uid, &write).await {
+            Ok(Applied::TooLarge(bytes)) => return too_large(bytes, self.max_profile_bytes),
             Ok(a) => a,
-            Err(e) => return Outcome::Retry(format!("redis: {e}")),
+            Err(e) => return rc_common::redis::outcome(&e),
         };
         let Applied::Ok { profile, changed } = applied else {
             return Outcome::Done;
@@ -114,7 +124,7 @@ impl Handler for IdentifyHandler {
                 .profile_updated(&ws, uid, profile.as_deref(), "event", &envelope.message_id)
                 .await
         {
-            return Outcome::Retry(format!("publish ProfileUpdated: {e}"));
+            return Outcome::Unavailable(format!("publish ProfileUpdated: {e}"));
         }
         Outcome::Done
     }
@@ -124,6 +134,7 @@ pub struct UpdateHandler {
     pub redis: RedisConn,
     pub publisher: Publisher,
     pub request_ttl_secs: u64,
+    pub max_profile_bytes: usize,
 }
 
 /// The write for one update-profile step, by Courier merge strategy.
@@ -192,6 +203,7 @@ impl Handler for UpdateHandler {
             Err(reason) => return Outcome::Poison(reason),
         };
         let uid = request.user_id.as_str();
+        write.max_bytes = self.max_profile_bytes;
         write.marker = Some((
             store::request_key(&ws, uid, &request.request_id),
             self.request_ttl_secs,
@@ -205,11 +217,12 @@ impl Handler for UpdateHandler {
                 }
                 match store::get(&self.redis, &ws, uid).await {
                     Ok(p) => (p, false),
-                    Err(e) => return Outcome::Retry(format!("redis: {e}")),
+                    Err(e) => return rc_common::redis::outcome(&e),
                 }
             }
             Ok(Applied::Conflict) => return Outcome::Retry("unexpected conflict".into()),
-            Err(e) => return Outcome::Retry(format!("redis: {e}")),
+            Ok(Applied::TooLarge(bytes)) => return too_large(bytes, self.max_profile_bytes),
+            Err(e) => return rc_common::redis::outcome(&e),
         };
         if (changed || delivered(message) > 1)
             && let Err(e) = self
@@ -223,7 +236,7 @@ impl Handler for UpdateHandler {
                 )
                 .await
         {
-            return Outcome::Retry(format!("publish ProfileUpdated: {e}"));
+            return Outcome::Unavailable(format!("publish ProfileUpdated: {e}"));
         }
         Outcome::Done
     }

@@ -24,7 +24,7 @@ use rc_common::auth::Authenticator;
 use rc_common::config::{
     AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
 };
-use rc_common::consumer::{self, ConsumerSpec};
+use rc_common::consumer::{self, ConsumerSpec, Quarantine};
 use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
 use rc_common::service::{Runtime, ServiceSettings};
@@ -46,23 +46,41 @@ pub const DURABLE_UPDATES: &str = "profiles-updates";
 pub struct ProfilesSettings {
     /// Messages handled at once per consumer in this process.
     pub concurrency: usize,
-    /// Deliveries before a failing message is dead-lettered.
-    pub max_deliver: i64,
+    /// Deliveries that died without an answer (process crash) before a message is
+    /// dead-lettered as a crash-loop. Failures that answer (an outage) never dead-letter.
+    pub quarantine_after: u32,
     pub ack_wait_ms: u64,
     /// Idempotency-Key retention when `x-idempotency-expiration` is absent (Courier: 25 h).
     pub idempotency_ttl_secs: u64,
     /// How long an applied update-profile request id is remembered (≥ the stream's max age).
     pub request_ttl_secs: u64,
+    /// Largest stored profile (compact JSON bytes): a write that would grow a profile past it is
+    /// refused (API: 413; identify or update-profile step: dead-lettered).
+    pub max_profile_bytes: usize,
+    /// Operations in one JSON Patch.
+    pub max_patch_ops: usize,
+}
+
+impl ProfilesSettings {
+    pub fn patch_limits(&self) -> patch::Limits {
+        patch::Limits {
+            max_ops: self.max_patch_ops,
+            max_bytes: self.max_profile_bytes,
+            max_depth: patch::MAX_DEPTH,
+        }
+    }
 }
 
 impl Default for ProfilesSettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
-            max_deliver: 10,
+            quarantine_after: 3,
             ack_wait_ms: 30_000,
             idempotency_ttl_secs: 25 * 3600,
             request_ttl_secs: 8 * 24 * 3600,
+            max_profile_bytes: 256 * 1024,
+            max_patch_ops: 1_000,
         }
     }
 }
@@ -172,13 +190,15 @@ pub async fn run(
     let identify = Arc::new(events::IdentifyHandler {
         redis: rt.redis.clone(),
         publisher: publisher.clone(),
+        max_profile_bytes: cfg.max_profile_bytes,
     });
     let updates = Arc::new(events::UpdateHandler {
         redis: rt.redis.clone(),
         publisher: publisher.clone(),
         request_ttl_secs: cfg.request_ttl_secs,
+        max_profile_bytes: cfg.max_profile_bytes,
     });
-    let [events_spec, updates_spec] = consumer_specs(&settings);
+    let [events_spec, updates_spec] = consumer_specs(&settings, &rt.redis);
     rt.spawn_when_streams_ready(|js, shutdown| async move {
         tokio::join!(
             consumer::run(js.clone(), events_spec, identify, shutdown.clone()),
@@ -200,11 +220,11 @@ pub async fn run(
     rt.serve(app).await
 }
 
-fn consumer_specs(settings: &Settings) -> [ConsumerSpec; 2] {
+fn consumer_specs(settings: &Settings, redis: &RedisConn) -> [ConsumerSpec; 2] {
     let p = &settings.profiles;
     let tune = |mut spec: ConsumerSpec| {
         spec.concurrency = p.concurrency.max(1);
-        spec.max_deliver = p.max_deliver.max(1);
+        spec.quarantine = Some(Quarantine::new(redis.clone(), p.quarantine_after));
         spec.ack_wait = Duration::from_millis(p.ack_wait_ms.max(1000));
         spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
         spec

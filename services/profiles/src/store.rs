@@ -96,7 +96,7 @@ pub fn random_tiebreak() -> String {
 const SCRIPT: &str = r#"
 local fields_key, profile_key, reset_key, mark_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, ts, tb, reset, cond = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local ttl, markval, expect = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local ttl, markval, expect, max = tonumber(ARGV[6]), ARGV[7], ARGV[8], tonumber(ARGV[9])
 if ttl > 0 then
   local prev = redis.call('GET', mark_key)
   if prev then return {'dup', prev, 0} end
@@ -130,6 +130,35 @@ if mode == 'api' then
   end
   if maxts and ts <= maxts then ts = maxts + 1 end
 end
+-- Size bound, checked before any write: an upper bound of the materialized profile (what
+-- survives a winning reset, or the current profile, plus what each written field can add).
+-- Only writes that would grow a profile past `max` are refused; shrinking one always works.
+if max > 0 then
+  local function grow_bound(base, current)
+    for i = 10, #ARGV, 2 do
+      local f, v = ARGV[i], ARGV[i + 1]
+      if v ~= '' then
+        local cv = current and current[f]
+        if cv then base = base + math.max(0, #v - #cv) else base = base + #f + #v + 4 end
+      end
+    end
+    return base
+  end
+  local oldlen = old and #old or 2
+  if grow_bound(oldlen, nil) > max then
+    local wins = reset ~= '0' and ((not rts) or newer(ts, tb, rts, rtb))
+    local base, current = 2, {}
+    for i = 1, #all, 2 do
+      local t, b, v = parse(all[i + 1])
+      if v ~= '' and not (wins and newer(ts, tb, t, b)) then
+        current[all[i]] = v
+        base = base + #all[i] + #v + 4
+      end
+    end
+    local bound = grow_bound(base, current)
+    if bound > max and bound > oldlen then return {'toolarge', tostring(bound), 0} end
+  end
+end
 if reset ~= '0' and ((not rts) or newer(ts, tb, rts, rtb)) then
   rts, rtb, rkind = ts, tb, reset
   redis.call('SET', reset_key, string.format('%d', ts) .. '|' .. tb .. '|' .. reset)
@@ -141,7 +170,7 @@ end
 local skip_all = (cond == 'init' and old ~= false and old ~= nil)
 if not skip_all and not (rts and newer(rts, rtb, ts, tb)) then
   local stamp = string.format('%d', ts) .. '|' .. tb .. '|'
-  for i = 9, #ARGV, 2 do
+  for i = 10, #ARGV, 2 do
     local f, v = ARGV[i], ARGV[i + 1]
     local cur = redis.call('HGET', fields_key, f)
     local write = true
@@ -227,6 +256,9 @@ pub struct Write {
     pub marker: Option<(String, u64, String)>,
     /// Compare-and-set on the current profile: Some(None) = must be absent, Some(Some(json)).
     pub expect: Option<Option<String>>,
+    /// Refuse the write ([`Applied::TooLarge`]) when it would grow the profile past this many
+    /// bytes of JSON; 0: no bound.
+    pub max_bytes: usize,
 }
 
 impl Write {
@@ -238,6 +270,7 @@ impl Write {
             fields,
             marker: None,
             expect: None,
+            max_bytes: 0,
         }
     }
 }
@@ -253,6 +286,8 @@ pub enum Applied {
     Duplicate(String),
     /// `expect` did not hold; nothing was done.
     Conflict,
+    /// The profile would grow past `max_bytes` (about this many bytes); nothing was done.
+    TooLarge(usize),
 }
 
 pub fn object_fields(object: &Map<String, Value>) -> Vec<(String, Option<Value>)> {
@@ -306,6 +341,7 @@ pub async fn apply(
         Some(None) => invocation.arg("0"),
         Some(Some(json)) => invocation.arg(format!("1{json}")),
     };
+    invocation.arg(write.max_bytes);
     for (name, value) in &write.fields {
         let json = match value {
             Some(v) if !v.is_null() => v.to_string(),
@@ -318,6 +354,7 @@ pub async fn apply(
     Ok(match status.as_str() {
         "dup" => Applied::Duplicate(body),
         "conflict" => Applied::Conflict,
+        "toolarge" => Applied::TooLarge(body.parse().unwrap_or(0)),
         _ => Applied::Ok {
             profile: (!body.is_empty()).then_some(body),
             changed: changed == 1,
