@@ -7,13 +7,17 @@
 //! - `Unavailable` pauses pulling: one probe message per period (doubling up to
 //!   `max_probe_interval`) until a handler answers anything else (`consumer_paused` gauge);
 //! - a handler that panics dead-letters its message (`handler panicked: …`); the consumer goes on;
+//! - a running handler sends `Progress` every third of `ack_wait`, so a slow handler is not
+//!   redelivered while its process lives; a redelivery of a message already being handled in
+//!   this process is left to that delivery;
 //! - crash-loop quarantine: a message whose deliveries keep dying without an answer (the process
-//!   aborted: stack overflow, OOM, SIGKILL) is dead-lettered after `quarantine_after` such deaths
-//!   (see [`Quarantine`]);
+//!   aborted: stack overflow, OOM, SIGKILL, or hung past `ack_wait`) is dead-lettered after
+//!   `quarantine_after` such deaths (see [`Quarantine`]);
 //! - the message stream is supervised: when it ends or fails (consumer deleted, NATS restarted,
 //!   no responders) it is re-created with backoff, so a consumer never stalls silently;
 //! - on shutdown it stops pulling and waits (bounded) for in-flight handlers.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -56,7 +60,9 @@ pub trait Handler: Send + Sync + 'static {
 /// deliveries since the last answer that started and never answered (the first delivery's
 /// death presumed: a nak'ed first delivery makes it one early). Reaching `after_deaths`
 /// dead-letters the message instead of handling it again. Redis unavailable for the marker
-/// means `Unavailable` (wait), never a dead letter.
+/// means `Unavailable` (wait), never a dead letter; a marker that could not be cleared after an
+/// answer is cleared in the background once Redis is back. Live handlers send `Progress`, so
+/// only a dead (or wedged) process lets a delivery expire.
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     pub redis: RedisConn,
@@ -224,6 +230,10 @@ pub async fn run<H: Handler>(
     let spec = Arc::new(spec);
     let permits = Arc::new(Semaphore::new(spec.concurrency));
     let gate = Arc::new(Gate::new(spec.service, spec.base_backoff));
+    let in_flight = Arc::new(InFlight::default());
+    // Handlers are owned by this future: if it is dropped (aborted), they stop with it, as
+    // they would with the process.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut retry_delay = Duration::from_millis(100);
     'supervise: while !shutdown.is_triggered() {
         let mut messages = match open(&js, &spec).await {
@@ -251,6 +261,7 @@ pub async fn run<H: Handler>(
                     _ = shutdown.triggered() => break 'supervise,
                 }
             }
+            while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.triggered() => break 'supervise,
@@ -261,10 +272,15 @@ pub async fn run<H: Handler>(
             };
             match next {
                 Some(Ok(message)) => {
-                    let (js, spec, gate, handler) =
-                        (js.clone(), spec.clone(), gate.clone(), handler.clone());
-                    tokio::spawn(async move {
-                        process(&js, &spec, &gate, handler.as_ref(), message).await;
+                    let (js, spec, gate, in_flight, handler) = (
+                        js.clone(),
+                        spec.clone(),
+                        gate.clone(),
+                        in_flight.clone(),
+                        handler.clone(),
+                    );
+                    tasks.spawn(async move {
+                        process(&js, &spec, &gate, &in_flight, handler.as_ref(), message).await;
                         drop(permit);
                     });
                 }
@@ -302,6 +318,8 @@ pub async fn run<H: Handler>(
             "Consumer drain timed out; unfinished messages will be redelivered"
         );
     }
+    // Whatever outlived the drain stops here, as it would when the process exits.
+    tasks.abort_all();
     tracing::info!(service = spec.service, "Consumer stopped");
 }
 
@@ -349,10 +367,95 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
+/// Stream sequences being handled in this process. A redelivery of one of them (its ack wait
+/// ran out while it sat in the pull buffer during a pause) is left to the running delivery,
+/// which answers for it: it is neither handled twice at once nor counted as a death.
+#[derive(Default)]
+struct InFlight(Mutex<HashSet<u64>>);
+
+impl InFlight {
+    fn enter(&self, sequence: u64) -> Option<InFlightGuard<'_>> {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(sequence)
+            .then_some(InFlightGuard(self, sequence))
+    }
+}
+
+struct InFlightGuard<'a>(&'a InFlight, u64);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut set = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.1);
+    }
+}
+
+/// Runs the handler, telling the server it is still in progress every third of the ack wait:
+/// a slow handler is not redelivered (nor counted as a death) while its process lives.
+async fn handle_with_progress<H: Handler>(
+    spec: &ConsumerSpec,
+    handler: &H,
+    message: &Message,
+) -> Outcome {
+    let period = (spec.ack_wait / 3).max(Duration::from_millis(100));
+    let handle = AssertUnwindSafe(handler.handle(message)).catch_unwind();
+    tokio::pin!(handle);
+    let beat = tokio::time::sleep(period);
+    tokio::pin!(beat);
+    let result = loop {
+        tokio::select! {
+            r = &mut handle => break r,
+            _ = &mut beat => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(service = spec.service, error = %err, "Progress ack failed");
+                }
+                beat.as_mut().reset(tokio::time::Instant::now() + period);
+            }
+        }
+    };
+    result.unwrap_or_else(|panic| {
+        metrics::counter!("consumer_panics_total", "service" => spec.service).increment(1);
+        Outcome::Poison(format!("handler panicked: {}", panic_message(&*panic)))
+    })
+}
+
+/// Clears a crash-loop marker once its delivery answered. When Redis is out, keeps trying in
+/// the background (bounded), so an outage does not count as deaths.
+async fn clear_marker(spec: &ConsumerSpec, q: &Quarantine, key: String) {
+    let mut conn = q.redis.clone();
+    if redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let service = spec.service;
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        for _ in 0..60 {
+            tokio::time::sleep(delay).await;
+            match redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<i64>(&mut conn)
+                .await
+            {
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::debug!(service, error = %err, "Could not clear a delivery marker yet")
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    });
+}
+
 async fn process<H: Handler>(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
     gate: &Gate,
+    in_flight: &InFlight,
     handler: &H,
     message: Message,
 ) {
@@ -361,6 +464,17 @@ async fn process<H: Handler>(
         .info()
         .map(|i| (i.delivered, i.stream_sequence))
         .unwrap_or((1, 0));
+    let Some(_running) = in_flight.enter(sequence) else {
+        metrics::counter!("consumer_duplicates_skipped_total", "service" => spec.service)
+            .increment(1);
+        tracing::debug!(
+            service = spec.service,
+            sequence,
+            delivered,
+            "Redelivery of a message handled here right now; left to that delivery"
+        );
+        return;
+    };
     let mut marker = None;
     let mut answer = None;
     if let Some(q) = spec.quarantine.as_ref().filter(|_| delivered >= 2) {
@@ -380,27 +494,11 @@ async fn process<H: Handler>(
     }
     let outcome = match answer {
         Some(outcome) => outcome,
-        None => match AssertUnwindSafe(handler.handle(&message))
-            .catch_unwind()
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(panic) => {
-                metrics::counter!("consumer_panics_total", "service" => spec.service).increment(1);
-                Outcome::Poison(format!("handler panicked: {}", panic_message(&*panic)))
-            }
-        },
+        None => handle_with_progress(spec, handler, &message).await,
     };
     if let (Some(q), Some(key)) = (&spec.quarantine, marker) {
-        // Answered: this delivery did not die. On failure the next delivery counts one more.
-        let mut conn = q.redis.clone();
-        if let Err(err) = redis::cmd("DEL")
-            .arg(&key)
-            .query_async::<i64>(&mut conn)
-            .await
-        {
-            tracing::debug!(service = spec.service, error = %err, "Could not clear a delivery marker");
-        }
+        // Answered: this delivery did not die.
+        clear_marker(spec, q, key).await;
     }
     metrics::histogram!("consumer_handle_duration_seconds", "service" => spec.service)
         .record(started.elapsed().as_secs_f64());
