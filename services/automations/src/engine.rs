@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message as _;
+use rc_common::automation::{self as contract, cancelation_token, expr};
 use rc_common::redis::RedisConn;
 use rc_common::subjects::{self, kinds};
 use rc_proto::{MessageRequest, ProfileUpdateRequest, RunEvent};
@@ -17,7 +18,6 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::refs::{self, lookup, resolve, resolve_str_field};
-use crate::steps::{self, cancelation_token};
 use crate::store::{self, DUE_KEY, Run, TimelineEntry, due_member, now_ms};
 
 #[derive(Clone)]
@@ -73,6 +73,8 @@ pub struct NewRun {
     pub context: Value,
     pub event: String,
     pub source_message_id: String,
+    /// Invoke nesting (see [`MAX_INVOKE_DEPTH`]).
+    pub depth: u32,
 }
 
 impl Engine {
@@ -120,6 +122,7 @@ impl Engine {
             updated_at_ms: now,
             started_at_ms: None,
             error: None,
+            depth: new.depth,
         };
         let mut conn = self.redis.clone();
         let raw = serde_json::to_string(&run).expect("run serializes");
@@ -309,8 +312,8 @@ impl Engine {
             {
                 let ctx = run.context.clone();
                 let look = |p: &str| lookup(&ctx, p);
-                let keep = match crate::expr::parse(cond) {
-                    Ok(e) => crate::expr::eval(&e, &look),
+                let keep = match expr::parse(cond) {
+                    Ok(e) => expr::eval(&e, &look),
                     Err(e) => {
                         let reason = format!("steps[{index}].if: {e}");
                         self.finish(&mut run, "failed", index, action, Some(reason))
@@ -441,7 +444,7 @@ impl Engine {
                     return Ok(StepDone::Wait(at));
                 }
                 let until = if let Some(d) = step.get("duration").and_then(Value::as_str) {
-                    match steps::parse_duration(d) {
+                    match contract::parse_duration(d) {
                         Ok(ms) => now_ms() + ms as i64,
                         Err(e) => {
                             return Ok(StepDone::Fail(format!("steps[{index}].duration: {e}")));
@@ -451,7 +454,7 @@ impl Engine {
                     match step
                         .get("until")
                         .and_then(Value::as_str)
-                        .map(steps::parse_until)
+                        .map(contract::parse_until)
                     {
                         Some(Ok(ms)) => ms,
                         Some(Err(e)) => {
@@ -519,6 +522,11 @@ impl Engine {
                 let Some(tid) = str_field("template") else {
                     return Ok(StepDone::Fail(format!("steps[{index}].template: required")));
                 };
+                if run.depth >= MAX_INVOKE_DEPTH {
+                    return Ok(StepDone::Fail(format!(
+                        "steps[{index}]: invoke nested deeper than {MAX_INVOKE_DEPTH} runs"
+                    )));
+                }
                 let Some(template) =
                     store::hget_json(&self.redis, &store::templates_key(&ws), &tid).await?
                 else {
@@ -553,6 +561,7 @@ impl Engine {
                             context: child_ctx,
                             event: run.event.clone(),
                             source_message_id: run.source_message_id.clone(),
+                            depth: run.depth + 1,
                         },
                     )
                     .await?;
@@ -787,7 +796,20 @@ impl Engine {
                 "steps[{index}].webhook: answered {status}"
             )));
         }
-        let body: Value = match resp.json().await {
+        let raw = match read_capped(resp, MAX_FETCH_RESPONSE_BYTES).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                return Ok(StepDone::Fail(format!(
+                    "steps[{index}].webhook: response larger than the limit of {MAX_FETCH_RESPONSE_BYTES} bytes"
+                )));
+            }
+            Err(e) => {
+                return Ok(StepDone::Fail(format!(
+                    "steps[{index}].webhook: reading the response failed: {e}"
+                )));
+            }
+        };
+        let body: Value = match serde_json::from_slice(&raw) {
             Ok(v) => v,
             Err(e) => {
                 return Ok(StepDone::Fail(format!(
@@ -803,11 +825,44 @@ impl Engine {
         if let Some(c) = run.context.as_object_mut() {
             c.insert("data".into(), data);
         }
+        // The body is kept twice (data and the step's ref): bound what the run document holds.
+        if contract::larger_than(&run.context, MAX_CONTEXT_BYTES.saturating_sub(raw.len())) {
+            return Ok(StepDone::Fail(format!(
+                "steps[{index}].webhook: the run context would exceed the limit of {MAX_CONTEXT_BYTES} bytes"
+            )));
+        }
         Ok(StepDone::Next(
             Some(format!("fetched {url} ({status}), merged with {strategy}")),
             Some(body),
         ))
     }
+}
+
+/// Runs started by `invoke` from runs started by `invoke`…: a template that invokes itself
+/// stops here instead of starting runs forever.
+pub const MAX_INVOKE_DEPTH: u32 = 8;
+/// A fetch-data response body is read up to this many bytes; a longer one fails the step.
+pub const MAX_FETCH_RESPONSE_BYTES: usize = 64 * 1024;
+/// A run's context (data, profile, step results) as JSON; a fetch-data step that would grow it
+/// past this fails.
+pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+
+/// The body, or None when it is longer than `max` (read no further than that).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 pub enum StepDone {

@@ -109,6 +109,9 @@ pub struct Run {
     pub updated_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub error: Option<String>,
+    /// Invoke nesting: 0 for a run started by an event or the API, parent + 1 for `invoke`.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 impl Run {
