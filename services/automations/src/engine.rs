@@ -18,7 +18,7 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::refs::{self, lookup, resolve, resolve_str_field};
-use crate::store::{self, DUE_KEY, Run, TimelineEntry, due_member, now_ms};
+use crate::store::{self, CLAIMS_KEY, DUE_KEY, Run, TimelineEntry, due_member, now_ms};
 
 #[derive(Clone)]
 pub struct Engine {
@@ -220,10 +220,19 @@ impl Engine {
             .arg(if token.is_empty() { "0" } else { "1" })
             .invoke_async::<i64>(&mut self.redis.clone())
             .await?;
-        self.redis
-            .clone()
-            .zrem::<_, _, ()>(DUE_KEY, due_member(ws, &run.id))
-            .await?;
+        self.settle(&due_member(ws, &run.id), None).await
+    }
+
+    /// This execution ended cleanly: the run is parked in the due index at `next` (or leaves
+    /// it), and its claim count (see `scheduler`) is cleared. One round trip.
+    async fn settle(&self, member: &str, next: Option<i64>) -> Result<(), Transient> {
+        let mut pipe = redis::pipe();
+        match next {
+            Some(at) => pipe.zadd(DUE_KEY, member, at).ignore(),
+            None => pipe.zrem(DUE_KEY, member).ignore(),
+        };
+        pipe.hdel(CLAIMS_KEY, member).ignore();
+        pipe.query_async::<()>(&mut self.redis.clone()).await?;
         Ok(())
     }
 
@@ -261,12 +270,10 @@ impl Engine {
         let mut conn = self.redis.clone();
         let member = due_member(ws, id);
         let Some(mut run) = store::load_run(&self.redis, ws, id).await? else {
-            conn.zrem::<_, _, ()>(DUE_KEY, &member).await?;
-            return Ok(());
+            return self.settle(&member, None).await;
         };
         if run.is_terminal() {
-            conn.zrem::<_, _, ()>(DUE_KEY, &member).await?;
-            return Ok(());
+            return self.settle(&member, None).await;
         }
         if run.started_at_ms.is_none() {
             self.run_event(&run, "started", 0, "").await?;
@@ -360,8 +367,7 @@ impl Engine {
                     run.state = "waiting".into();
                     run.wake_at_ms = Some(until);
                     store::save_run(&self.redis, &run).await?;
-                    conn.zadd::<_, _, _, ()>(DUE_KEY, &member, until).await?;
-                    return Ok(());
+                    return self.settle(&member, Some(until)).await;
                 }
                 Ok(StepDone::Fail(reason)) => {
                     self.finish(&mut run, "failed", index, action, Some(reason))
@@ -587,6 +593,40 @@ impl Engine {
     pub async fn execute_logged(&self, ws: &str, id: &str) {
         if let Err(Transient(e)) = self.execute(ws, id).await {
             tracing::warn!(workspace = ws, run_id = id, error = %e, "Run step failed transiently; it will be retried when its lease expires");
+            // The process lived: an outage is not a crash, so it does not count toward
+            // quarantine. (If Redis is what failed, this may fail too; then it counts once.)
+            let _: Result<(), _> = self
+                .redis
+                .clone()
+                .hdel(CLAIMS_KEY, due_member(ws, id))
+                .await;
+        }
+    }
+
+    /// Fails a run whose last `dead` claimed executions all died mid-run (see `scheduler`),
+    /// without executing any of its steps again.
+    pub async fn quarantine(&self, ws: &str, id: &str, dead: i64) -> Result<(), Transient> {
+        let member = due_member(ws, id);
+        let Some(mut run) = store::load_run(&self.redis, ws, id).await? else {
+            return self.settle(&member, None).await;
+        };
+        if run.is_terminal() {
+            return self.settle(&member, None).await;
+        }
+        let index = run.step;
+        let action = step_action(run.steps.get(index)).to_string();
+        let reason = format!(
+            "quarantined: its last {dead} executions ended without finishing (the process running it died at steps[{index}]); it is not executed again"
+        );
+        tracing::error!(workspace = ws, run_id = id, step = index, reason = %reason, "Run quarantined");
+        metrics::counter!("automations_runs_quarantined_total").increment(1);
+        self.finish(&mut run, "failed", index, &action, Some(reason))
+            .await
+    }
+
+    pub async fn quarantine_logged(&self, ws: &str, id: &str, dead: i64) {
+        if let Err(Transient(e)) = self.quarantine(ws, id, dead).await {
+            tracing::warn!(workspace = ws, run_id = id, error = %e, "Could not quarantine a run yet; retried when its lease expires");
         }
     }
 
