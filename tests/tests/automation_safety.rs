@@ -11,13 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::message::PublishMessage;
 use proptest::prelude::*;
 use prost::Message as _;
 use rc_common::automation::{self as contract, expr};
 use rc_common::subjects::{COURIER_STREAM, DLQ_STREAM, EVENTS_STREAM, dlq_headers};
-use rc_proto::{Envelope, EventType};
-use rc_tests::automations::wait_for_messages;
+use rc_tests::automations::{publish_track, wait_for_messages};
 use rc_tests::forwarder::eventually;
 use rc_tests::{ServiceProcess, Stack, call, stored_messages};
 use serde_json::{Value, json};
@@ -297,38 +295,6 @@ async fn the_ingress_refuses_invalid_inline_automations_and_stores_nothing() {
     );
 }
 
-fn track_envelope(ws: &str, message_id: &str, event: &str, properties: &Value) -> Vec<u8> {
-    let props = serde_json::to_vec(properties).unwrap();
-    let raw = serde_json::to_vec(&json!({"type": "track", "event": event, "userId": "u_1",
-        "messageId": message_id, "properties": properties}))
-    .unwrap();
-    Envelope {
-        schema_version: 1,
-        workspace_id: ws.into(),
-        message_id: message_id.into(),
-        r#type: EventType::Track as i32,
-        user_id: "u_1".into(),
-        event: event.into(),
-        properties: props.into(),
-        raw: raw.into(),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-async fn publish(js: &async_nats::jetstream::Context, subject: String, id: &str, payload: Vec<u8>) {
-    js.send_publish(
-        subject,
-        PublishMessage::build()
-            .payload(payload.into())
-            .message_id(id),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_straight_to_nats_are_dead_lettered_while_another_workspace_is_served() {
     let stack = Stack::start();
@@ -356,16 +322,12 @@ async fn poison_events_straight_to_nats_are_dead_lettered_while_another_workspac
             "to": {"user_id": "u_g"}, "content": {"title": format!("hello {i}"), "body": "b"},
             "routing": {"channels": ["inbox"]}}}]});
         let id = format!("good-{i}");
-        publish(
+        publish_track(
             &js,
-            "events.good.track".into(),
+            "good",
             &id,
-            track_envelope(
-                "good",
-                &id,
-                "Ping",
-                &json!({"courier": {"automation": automation}}),
-            ),
+            "Ping",
+            &json!({"courier": {"automation": automation}}),
         )
         .await;
         let started = Instant::now();
@@ -389,18 +351,8 @@ async fn poison_events_straight_to_nats_are_dead_lettered_while_another_workspac
     let mut took = vec![send_good(0).await];
     for (i, (automation, _)) in cases.iter().enumerate() {
         let id = format!("poison-{i}");
-        publish(
-            &js,
-            "events.evil.track".into(),
-            &id,
-            track_envelope(
-                "evil",
-                &id,
-                &format!("Poison {i}"),
-                &json!({"courier": {"automation": automation}}),
-            ),
-        )
-        .await;
+        let automation = json!({"courier": {"automation": automation}});
+        publish_track(&js, "evil", &id, &format!("Poison {i}"), &automation).await;
         took.push(send_good(i + 1).await);
     }
     // Generous bound for a loaded 2-core machine; before the fix nothing arrived at all (the
@@ -558,7 +510,11 @@ async fn a_run_whose_claimers_keep_dying_is_quarantined_not_executed_again() {
                 .run_id
         })
         .collect();
-    assert_eq!(sent, std::slice::from_ref(&healthy), "only the healthy run sent");
+    assert_eq!(
+        sent,
+        std::slice::from_ref(&healthy),
+        "only the healthy run sent"
+    );
     // Both left the due index and the claim counts.
     for id in [&poisoned, &healthy] {
         let m = due_member("acme", id);
