@@ -46,3 +46,38 @@ pub async fn wait_for_messages(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Publishes a track event straight to EVENTS, past the ingress's checks, as an older or
+/// hostile producer could: the envelope the ingress would build for it.
+pub async fn publish_track(
+    js: &async_nats::jetstream::Context,
+    ws: &str,
+    message_id: &str,
+    event: &str,
+    properties: &serde_json::Value,
+) {
+    use prost::Message as _;
+    let raw = serde_json::json!({"type": "track", "event": event, "userId": "u_1",
+        "messageId": message_id, "properties": properties});
+    let envelope = rc_proto::Envelope {
+        schema_version: 1,
+        workspace_id: ws.into(),
+        message_id: message_id.into(),
+        r#type: rc_proto::EventType::Track as i32,
+        user_id: "u_1".into(),
+        event: event.into(),
+        properties: serde_json::to_vec(properties).unwrap().into(),
+        raw: serde_json::to_vec(&raw).unwrap().into(),
+        ..Default::default()
+    };
+    js.send_publish(
+        rc_common::subjects::event_subject(ws, "track"),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(envelope.encode_to_vec().into())
+            .message_id(rc_common::subjects::event_msg_id(ws, message_id)),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::message::PublishMessage;
 use prost::Message as _;
 use rc_proto::{MessageRequest, RunEvent};
-use rc_tests::automations::wait_for_messages;
+use rc_tests::automations::{publish_track, wait_for_messages};
 use rc_tests::{Stack, stored_messages};
 use serde_json::{Value, json};
 
@@ -944,9 +944,32 @@ async fn invalid_inline_automations_are_dead_lettered_and_shown_in_the_catalog()
             "properties.courier.automation.template: automation template \"nope\" not found",
         ),
     ];
-    for (i, (event, automation, _)) in cases.iter().enumerate() {
-        ingest(&ingress, &key, json!({"type": "track", "event": event, "userId": "u_1", "messageId": format!("bad-{i}"),
-            "properties": {"courier": {"automation": automation}}})).await;
+    for (i, (event, automation, reason)) in cases.iter().enumerate() {
+        let id = format!("bad-{i}");
+        let properties = json!({"courier": {"automation": automation}});
+        if *event == "Missing Template" {
+            // Only this service knows its templates: the ingress accepts the event.
+            ingest(
+                &ingress,
+                &key,
+                json!({"type": "track", "event": event, "userId": "u_1",
+                "messageId": id, "properties": properties}),
+            )
+            .await;
+            continue;
+        }
+        // The ingress refuses the rest with the reason this service would give (shared
+        // contract); a producer that publishes to NATS directly gets them dead-lettered.
+        let r = reqwest::Client::new()
+            .post(ingress.url("/inbound/rudderstack"))
+            .bearer_auth(&key)
+            .json(&json!({"type": "track", "event": event, "userId": "u_1", "properties": properties}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.json::<Value>().await.unwrap()["message"], *reason);
+        publish_track(&js, "acme", &id, event, &properties).await;
     }
     let dead = wait_for_messages(
         &js,

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use crate::engine::NewRun;
 use crate::error::AutomationError as E;
-use crate::steps::{cancelation_token, validate_steps};
 use crate::store::{self, now_ms};
 use crate::{AppState, catalog};
+use rc_common::automation::{self as contract, cancelation_token, validate_steps};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -112,6 +112,8 @@ async fn invoke_adhoc(
         .get("automation")
         .filter(|a| a.is_object())
         .ok_or_else(|| E::Invalid("automation: required object".into()))?;
+    contract::check_document(automation, "automation", contract::MAX_AUTOMATION_BYTES)
+        .map_err(E::Invalid)?;
     let steps = automation
         .get("steps")
         .ok_or_else(|| E::Invalid("automation.steps: required".into()))?;
@@ -128,11 +130,18 @@ async fn invoke_adhoc(
         context: ctx,
         event: String::new(),
         source_message_id: String::new(),
+        depth: 0,
     })
     .await
 }
 
+/// `recipient` is a string, and `data` / `profile` are bounded like an inline automation's.
 fn check_recipient(b: &Value) -> Result<(), E> {
+    for k in ["data", "profile"] {
+        if let Some(v) = b.get(k) {
+            contract::check_document(v, k, contract::MAX_DATA_BYTES).map_err(E::Invalid)?;
+        }
+    }
     match b.get("recipient") {
         None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
         Some(_) => Err(E::Invalid("recipient: must be a string (user id)".into())),
@@ -166,6 +175,7 @@ async fn invoke_template(
         context: ctx,
         event: String::new(),
         source_message_id: String::new(),
+        depth: 0,
     })
     .await
 }
@@ -343,6 +353,7 @@ fn validate_id(id: &str, what: &str) -> Result<(), E> {
 /// Validates and normalises an automation template body; `id` comes from the path or body.
 fn template_doc(mut b: Value, id: String, created_at: Option<Value>) -> Result<Value, E> {
     validate_id(&id, "id")?;
+    contract::check_document(&b, "body", contract::MAX_AUTOMATION_BYTES).map_err(E::Invalid)?;
     let steps = b
         .get("steps")
         .ok_or_else(|| E::Invalid("steps: required".into()))?;
@@ -456,22 +467,7 @@ async fn delete_template(
 
 fn notification_doc(mut b: Value, id: String) -> Result<Value, E> {
     validate_id(&id, "id")?;
-    match b.get("channels") {
-        Some(Value::Object(chs)) => {
-            for (name, c) in chs {
-                if !c.is_object() {
-                    return Err(E::Invalid(format!("channels.{name}: must be an object")));
-                }
-            }
-        }
-        None => {}
-        Some(_) => return Err(E::Invalid("channels: must be an object".into())),
-    }
-    if let Some(p) = b.get("published")
-        && !p.is_boolean()
-    {
-        return Err(E::Invalid("published: must be a boolean".into()));
-    }
+    contract::validate_notification(&b).map_err(E::Invalid)?;
     let o = b.as_object_mut().expect("checked object");
     o.insert("id".into(), json!(id));
     o.entry("published").or_insert(json!(true));

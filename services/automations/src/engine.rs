@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message as _;
+use rc_common::automation::{self as contract, cancelation_token, expr};
 use rc_common::redis::RedisConn;
 use rc_common::subjects::{self, kinds};
 use rc_proto::{MessageRequest, ProfileUpdateRequest, RunEvent};
@@ -17,8 +18,7 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::refs::{self, lookup, resolve, resolve_str_field};
-use crate::steps::{self, cancelation_token};
-use crate::store::{self, DUE_KEY, Run, TimelineEntry, due_member, now_ms};
+use crate::store::{self, CLAIMS_KEY, DUE_KEY, Run, TimelineEntry, due_member, now_ms};
 
 #[derive(Clone)]
 pub struct Engine {
@@ -73,6 +73,8 @@ pub struct NewRun {
     pub context: Value,
     pub event: String,
     pub source_message_id: String,
+    /// Invoke nesting (see [`MAX_INVOKE_DEPTH`]).
+    pub depth: u32,
 }
 
 impl Engine {
@@ -120,6 +122,7 @@ impl Engine {
             updated_at_ms: now,
             started_at_ms: None,
             error: None,
+            depth: new.depth,
         };
         let mut conn = self.redis.clone();
         let raw = serde_json::to_string(&run).expect("run serializes");
@@ -217,10 +220,19 @@ impl Engine {
             .arg(if token.is_empty() { "0" } else { "1" })
             .invoke_async::<i64>(&mut self.redis.clone())
             .await?;
-        self.redis
-            .clone()
-            .zrem::<_, _, ()>(DUE_KEY, due_member(ws, &run.id))
-            .await?;
+        self.settle(&due_member(ws, &run.id), None).await
+    }
+
+    /// This execution ended cleanly: the run is parked in the due index at `next` (or leaves
+    /// it), and its claim count (see `scheduler`) is cleared. One round trip.
+    async fn settle(&self, member: &str, next: Option<i64>) -> Result<(), Transient> {
+        let mut pipe = redis::pipe();
+        match next {
+            Some(at) => pipe.zadd(DUE_KEY, member, at).ignore(),
+            None => pipe.zrem(DUE_KEY, member).ignore(),
+        };
+        pipe.hdel(CLAIMS_KEY, member).ignore();
+        pipe.query_async::<()>(&mut self.redis.clone()).await?;
         Ok(())
     }
 
@@ -258,12 +270,10 @@ impl Engine {
         let mut conn = self.redis.clone();
         let member = due_member(ws, id);
         let Some(mut run) = store::load_run(&self.redis, ws, id).await? else {
-            conn.zrem::<_, _, ()>(DUE_KEY, &member).await?;
-            return Ok(());
+            return self.settle(&member, None).await;
         };
         if run.is_terminal() {
-            conn.zrem::<_, _, ()>(DUE_KEY, &member).await?;
-            return Ok(());
+            return self.settle(&member, None).await;
         }
         if run.started_at_ms.is_none() {
             self.run_event(&run, "started", 0, "").await?;
@@ -309,8 +319,8 @@ impl Engine {
             {
                 let ctx = run.context.clone();
                 let look = |p: &str| lookup(&ctx, p);
-                let keep = match crate::expr::parse(cond) {
-                    Ok(e) => crate::expr::eval(&e, &look),
+                let keep = match expr::parse(cond) {
+                    Ok(e) => expr::eval(&e, &look),
                     Err(e) => {
                         let reason = format!("steps[{index}].if: {e}");
                         self.finish(&mut run, "failed", index, action, Some(reason))
@@ -357,8 +367,7 @@ impl Engine {
                     run.state = "waiting".into();
                     run.wake_at_ms = Some(until);
                     store::save_run(&self.redis, &run).await?;
-                    conn.zadd::<_, _, _, ()>(DUE_KEY, &member, until).await?;
-                    return Ok(());
+                    return self.settle(&member, Some(until)).await;
                 }
                 Ok(StepDone::Fail(reason)) => {
                     self.finish(&mut run, "failed", index, action, Some(reason))
@@ -441,7 +450,7 @@ impl Engine {
                     return Ok(StepDone::Wait(at));
                 }
                 let until = if let Some(d) = step.get("duration").and_then(Value::as_str) {
-                    match steps::parse_duration(d) {
+                    match contract::parse_duration(d) {
                         Ok(ms) => now_ms() + ms as i64,
                         Err(e) => {
                             return Ok(StepDone::Fail(format!("steps[{index}].duration: {e}")));
@@ -451,7 +460,7 @@ impl Engine {
                     match step
                         .get("until")
                         .and_then(Value::as_str)
-                        .map(steps::parse_until)
+                        .map(contract::parse_until)
                     {
                         Some(Ok(ms)) => ms,
                         Some(Err(e)) => {
@@ -519,6 +528,11 @@ impl Engine {
                 let Some(tid) = str_field("template") else {
                     return Ok(StepDone::Fail(format!("steps[{index}].template: required")));
                 };
+                if run.depth >= MAX_INVOKE_DEPTH {
+                    return Ok(StepDone::Fail(format!(
+                        "steps[{index}]: invoke nested deeper than {MAX_INVOKE_DEPTH} runs"
+                    )));
+                }
                 let Some(template) =
                     store::hget_json(&self.redis, &store::templates_key(&ws), &tid).await?
                 else {
@@ -553,6 +567,7 @@ impl Engine {
                             context: child_ctx,
                             event: run.event.clone(),
                             source_message_id: run.source_message_id.clone(),
+                            depth: run.depth + 1,
                         },
                     )
                     .await?;
@@ -578,6 +593,40 @@ impl Engine {
     pub async fn execute_logged(&self, ws: &str, id: &str) {
         if let Err(Transient(e)) = self.execute(ws, id).await {
             tracing::warn!(workspace = ws, run_id = id, error = %e, "Run step failed transiently; it will be retried when its lease expires");
+            // The process lived: an outage is not a crash, so it does not count toward
+            // quarantine. (If Redis is what failed, this may fail too; then it counts once.)
+            let _: Result<(), _> = self
+                .redis
+                .clone()
+                .hdel(CLAIMS_KEY, due_member(ws, id))
+                .await;
+        }
+    }
+
+    /// Fails a run whose last `dead` claimed executions all died mid-run (see `scheduler`),
+    /// without executing any of its steps again.
+    pub async fn quarantine(&self, ws: &str, id: &str, dead: i64) -> Result<(), Transient> {
+        let member = due_member(ws, id);
+        let Some(mut run) = store::load_run(&self.redis, ws, id).await? else {
+            return self.settle(&member, None).await;
+        };
+        if run.is_terminal() {
+            return self.settle(&member, None).await;
+        }
+        let index = run.step;
+        let action = step_action(run.steps.get(index)).to_string();
+        let reason = format!(
+            "quarantined: its last {dead} executions ended without finishing (the process running it died at steps[{index}]); it is not executed again"
+        );
+        tracing::error!(workspace = ws, run_id = id, step = index, reason = %reason, "Run quarantined");
+        metrics::counter!("automations_runs_quarantined_total").increment(1);
+        self.finish(&mut run, "failed", index, &action, Some(reason))
+            .await
+    }
+
+    pub async fn quarantine_logged(&self, ws: &str, id: &str, dead: i64) {
+        if let Err(Transient(e)) = self.quarantine(ws, id, dead).await {
+            tracing::warn!(workspace = ws, run_id = id, error = %e, "Could not quarantine a run yet; retried when its lease expires");
         }
     }
 
@@ -787,7 +836,20 @@ impl Engine {
                 "steps[{index}].webhook: answered {status}"
             )));
         }
-        let body: Value = match resp.json().await {
+        let raw = match read_capped(resp, MAX_FETCH_RESPONSE_BYTES).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                return Ok(StepDone::Fail(format!(
+                    "steps[{index}].webhook: response larger than the limit of {MAX_FETCH_RESPONSE_BYTES} bytes"
+                )));
+            }
+            Err(e) => {
+                return Ok(StepDone::Fail(format!(
+                    "steps[{index}].webhook: reading the response failed: {e}"
+                )));
+            }
+        };
+        let body: Value = match serde_json::from_slice(&raw) {
             Ok(v) => v,
             Err(e) => {
                 return Ok(StepDone::Fail(format!(
@@ -803,11 +865,44 @@ impl Engine {
         if let Some(c) = run.context.as_object_mut() {
             c.insert("data".into(), data);
         }
+        // The body is kept twice (data and the step's ref): bound what the run document holds.
+        if contract::larger_than(&run.context, MAX_CONTEXT_BYTES.saturating_sub(raw.len())) {
+            return Ok(StepDone::Fail(format!(
+                "steps[{index}].webhook: the run context would exceed the limit of {MAX_CONTEXT_BYTES} bytes"
+            )));
+        }
         Ok(StepDone::Next(
             Some(format!("fetched {url} ({status}), merged with {strategy}")),
             Some(body),
         ))
     }
+}
+
+/// Runs started by `invoke` from runs started by `invoke`…: a template that invokes itself
+/// stops here instead of starting runs forever.
+pub const MAX_INVOKE_DEPTH: u32 = 8;
+/// A fetch-data response body is read up to this many bytes; a longer one fails the step.
+pub const MAX_FETCH_RESPONSE_BYTES: usize = 64 * 1024;
+/// A run's context (data, profile, step results) as JSON; a fetch-data step that would grow it
+/// past this fails.
+pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+
+/// The body, or None when it is longer than `max` (read no further than that).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 pub enum StepDone {

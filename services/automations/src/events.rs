@@ -7,13 +7,13 @@
 
 use async_nats::jetstream::Message;
 use prost::Message as _;
+use rc_common::automation::{cancelation_token, validate_inline};
 use rc_common::consumer::{Handler, Outcome};
 use rc_proto::{Envelope, EventType};
 use serde_json::{Map, Value, json};
 
 use crate::catalog;
 use crate::engine::{Engine, NewRun, Transient};
-use crate::steps::cancelation_token;
 use crate::store::{self, now_ms};
 
 pub struct EventHandler {
@@ -47,46 +47,6 @@ fn inline_steps(a: &Value) -> Option<&Value> {
     a.get("steps")
         .filter(|v| !v.is_null())
         .or_else(|| a.get("automation").and_then(|x| x.get("steps")))
-}
-
-/// Checks `properties.courier.automation` (the ad-hoc invoke shape); the error names the path.
-pub fn validate_inline(a: &Value) -> Result<(), String> {
-    const P: &str = "properties.courier.automation";
-    let o = a
-        .as_object()
-        .ok_or_else(|| format!("{P}: must be an object"))?;
-    let present = |k: &str| o.get(k).filter(|v| !v.is_null());
-    if let Some(steps) = present("steps") {
-        crate::steps::validate_steps(steps, &format!("{P}.steps"))?;
-    } else if let Some(inner) = present("automation") {
-        let steps = inner
-            .as_object()
-            .and_then(|i| i.get("steps"))
-            .ok_or_else(|| format!("{P}.automation.steps: required"))?;
-        crate::steps::validate_steps(steps, &format!("{P}.automation.steps"))?;
-    }
-    for k in ["template", "recipient", "brand"] {
-        if let Some(v) = present(k)
-            && v.as_str().is_none_or(str::is_empty)
-        {
-            return Err(format!("{P}.{k}: must be a non-empty string"));
-        }
-    }
-    for k in ["data", "profile"] {
-        if let Some(v) = present(k)
-            && !v.is_object()
-        {
-            return Err(format!("{P}.{k}: must be an object"));
-        }
-    }
-    for k in ["cancelation_token", "cancellation_token"] {
-        if let Some(v) = present(k)
-            && v.as_str().is_none_or(str::is_empty)
-        {
-            return Err(format!("{P}.{k}: must be a non-empty string"));
-        }
-    }
-    Ok(())
 }
 
 impl EventHandler {
@@ -208,6 +168,7 @@ impl EventHandler {
                     context: context(a),
                     event: env.event.clone(),
                     source_message_id: env.message_id.clone(),
+                    depth: 0,
                 };
                 if self.engine.create(ws, new).await? {
                     created.push(id);
@@ -284,6 +245,7 @@ impl EventHandler {
             context,
             event: env.event.clone(),
             source_message_id: env.message_id.clone(),
+            depth: 0,
         };
         if self.engine.create(ws, new).await? {
             created.push(id);

@@ -6,10 +6,8 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod events;
-pub mod expr;
 pub mod refs;
 pub mod scheduler;
-pub mod steps;
 pub mod store;
 
 use std::sync::Arc;

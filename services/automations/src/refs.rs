@@ -4,6 +4,7 @@
 //! entry per step `ref` (the step's result). A path is dotted (`data.order.total`, array indices
 //! as numbers: `data.items.0.sku`), optionally prefixed `refs.`.
 
+use rc_common::automation::MAX_JSON_DEPTH;
 use serde_json::{Map, Value};
 
 /// The value at `path` in `ctx`, `null` when any segment is missing.
@@ -27,7 +28,16 @@ pub fn lookup(ctx: &Value, path: &str) -> Value {
 }
 
 /// Replaces every `{"$ref": "path"}` object (exactly one key) in `v` by its value in `ctx`.
+/// Recursion is bounded: below [`MAX_JSON_DEPTH`] levels (deeper than any validated step can
+/// be) values are copied as they are.
 pub fn resolve(v: &Value, ctx: &Value) -> Value {
+    resolve_at(v, ctx, 1)
+}
+
+fn resolve_at(v: &Value, ctx: &Value, depth: usize) -> Value {
+    if depth > MAX_JSON_DEPTH {
+        return v.clone();
+    }
     match v {
         Value::Object(o) => {
             if o.len() == 1
@@ -37,11 +47,11 @@ pub fn resolve(v: &Value, ctx: &Value) -> Value {
             }
             Value::Object(
                 o.iter()
-                    .map(|(k, v)| (k.clone(), resolve(v, ctx)))
+                    .map(|(k, v)| (k.clone(), resolve_at(v, ctx, depth + 1)))
                     .collect(),
             )
         }
-        Value::Array(a) => Value::Array(a.iter().map(|v| resolve(v, ctx)).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|v| resolve_at(v, ctx, depth + 1)).collect()),
         other => other.clone(),
     }
 }
@@ -54,8 +64,6 @@ pub fn resolve_str_field(v: &Value, ctx: &Value) -> Value {
         other => resolve(other, ctx),
     }
 }
-
-pub const MERGE_STRATEGIES: [&str; 4] = ["replace", "soft-merge", "overwrite", "none"];
 
 /// Courier merge strategies, applied to `old` with `new`.
 pub fn merge(old: &Value, new: &Value, strategy: &str) -> Value {

@@ -2,6 +2,13 @@
 //! when the run should next execute) and claims due runs atomically with a Lua script that moves
 //! each claimed member's score to now + lease. A claimer that crashes simply lets the lease run
 //! out, and the run becomes due again for any replica.
+//!
+//! Crash-loop guard: the claim script also counts claims per run (`{rc:automations:due}:claims`,
+//! same cluster slot as the due index), and every execution that ends without the process dying
+//! (finished, parked, or a transient error) clears the count. So the count is the number of
+//! claimed executions in a row whose claimer died mid-run; past [`MAX_DEAD_CLAIMS`] the run is
+//! failed as `quarantined: …` instead of executed again (a run that kills its executor would
+//! otherwise take down every replica in turn).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,20 +17,29 @@ use rc_common::Shutdown;
 use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
-use crate::store::{DUE_KEY, now_ms};
+use crate::store::{CLAIMS_KEY, DUE_KEY, now_ms};
 
+/// Claimed executions in a row that may die before the run is quarantined.
+pub const MAX_DEAD_CLAIMS: i64 = 3;
+
+/// KEYS: due index, claim counts. ARGV: now ms, lease ms, max. Returns member, count, …
 const CLAIM: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
 for _, m in ipairs(due) do
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m)
+  out[#out + 1] = m
+  out[#out + 1] = redis.call('HINCRBY', KEYS[2], m, 1)
 end
-return due
+return out
 ";
 
-pub async fn claim(engine: &Engine, max: usize) -> redis::RedisResult<Vec<String>> {
+/// Claims up to `max` due runs: `(member, claims in a row without a clean finish)`.
+pub async fn claim(engine: &Engine, max: usize) -> redis::RedisResult<Vec<(String, i64)>> {
     let mut conn = engine.redis.clone();
     redis::Script::new(CLAIM)
         .key(DUE_KEY)
+        .key(CLAIMS_KEY)
         .arg(now_ms())
         .arg(engine.lease_ms)
         .arg(max)
@@ -49,7 +65,7 @@ pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: S
                         );
                     }
                     delay = poll;
-                    for member in members {
+                    for (member, claims) in members {
                         let Some((ws, id)) = member.split_once('/') else {
                             continue;
                         };
@@ -57,7 +73,11 @@ pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: S
                         let permit = permits.clone().acquire_owned().await.expect("open");
                         let engine = engine.clone();
                         tokio::spawn(async move {
-                            engine.execute_logged(&ws, &id).await;
+                            if claims > MAX_DEAD_CLAIMS {
+                                engine.quarantine_logged(&ws, &id, claims - 1).await;
+                            } else {
+                                engine.execute_logged(&ws, &id).await;
+                            }
                             drop(permit);
                         });
                     }

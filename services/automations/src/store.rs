@@ -1,5 +1,6 @@
 //! Redis keys and records. Every key is `ws:{<ws>}:auto:…` (one cluster slot per workspace),
-//! except the scheduler's global due index `rc:automations:due` (members `<ws>/<run id>`).
+//! except the scheduler's global due index `rc:automations:due` (members `<ws>/<run id>`) and
+//! its claim counts `{rc:automations:due}:claims`.
 
 use rc_common::redis::RedisConn;
 use redis::AsyncCommands;
@@ -7,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const DUE_KEY: &str = "rc:automations:due";
+/// Claims per due member since its last clean execution (hash; its hash tag is the due key's
+/// name, so both share a cluster slot for the claim script).
+pub const CLAIMS_KEY: &str = "{rc:automations:due}:claims";
 
 pub fn key(ws: &str, rest: &str) -> String {
     format!("ws:{{{ws}}}:auto:{rest}")
@@ -109,6 +113,9 @@ pub struct Run {
     pub updated_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub error: Option<String>,
+    /// Invoke nesting: 0 for a run started by an event or the API, parent + 1 for `invoke`.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 impl Run {

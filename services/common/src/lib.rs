@@ -1,9 +1,11 @@
 //! Plumbing shared by every rudder-courier service. No business logic lives here: only
 //! configuration, telemetry, connections, the ops endpoints, shutdown and API-key auth
-//! (every service authenticates the same workspace keys), and the one outbound HTTP client
-//! builder (`outbound`: TLS and the SSRF guard for webhooks, data planes and fetch-data).
+//! (every service authenticates the same workspace keys), the one outbound HTTP client
+//! builder (`outbound`: TLS and the SSRF guard for webhooks, data planes and fetch-data), and
+//! the automation contract (`automation`: validation and bounds shared by ingress and automations).
 
 pub mod auth;
+pub mod automation;
 pub mod config;
 pub mod consumer;
 pub mod http;

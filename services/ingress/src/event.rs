@@ -259,6 +259,11 @@ impl Normalizer {
 
         let context = object_field("context", wire.context)?;
         let properties = object_field("properties", wire.properties)?;
+        if event_type == EventType::Track
+            && let Some(props) = properties
+        {
+            check_inline_automation(props)?;
+        }
         let mut traits = object_field("traits", wire.traits)?;
         if traits.is_none() && event_type == EventType::Identify {
             // Browser SDKs put identify traits only in context.traits.
@@ -364,6 +369,38 @@ fn object_field<'a>(
             "`{name}` must be a JSON object"
         ))),
         None => Ok(None),
+    }
+}
+
+#[derive(Deserialize)]
+struct WireProperties<'a> {
+    #[serde(borrow, default)]
+    courier: Option<&'a RawValue>,
+}
+
+/// An inline automation (`properties.courier.automation`) must pass the contract the
+/// automations consumer applies (`rc_common::automation`), so it is refused here with a 400
+/// and its path instead of being accepted and dead-lettered later.
+fn check_inline_automation(properties: &RawValue) -> Result<(), Rejection> {
+    let text = properties.get();
+    // Most events carry no `courier` key: skip them without parsing (`\u` could spell one).
+    if !text.contains("courier") && !text.contains("\\u") {
+        return Ok(());
+    }
+    let invalid = |e: serde_json::Error| {
+        Rejection::Invalid(format!(
+            "invalid `properties.courier`: {}",
+            strip_position(&e.to_string())
+        ))
+    };
+    let props: WireProperties = serde_json::from_str(text).map_err(invalid)?;
+    let Some(courier) = props.courier else {
+        return Ok(());
+    };
+    let courier: serde_json::Value = serde_json::from_str(courier.get()).map_err(invalid)?;
+    match courier.get("automation").filter(|a| !a.is_null()) {
+        Some(a) => rc_common::automation::validate_inline(a).map_err(Rejection::Invalid),
+        None => Ok(()),
     }
 }
 
@@ -583,6 +620,46 @@ mod tests {
             env.timestamp.unwrap().seconds,
             1_772_442_845,
             "no offset reads as UTC"
+        );
+    }
+
+    #[test]
+    fn invalid_inline_automations_are_refused_with_their_path() {
+        let track = |automation: &str| {
+            format!(
+                r#"{{"type":"track","event":"e","userId":"u","properties":{{"courier":{{"automation":{automation}}}}}}}"#
+            )
+        };
+        let deep = format!(r#""{}a{}""#, "(".repeat(5_000), ")".repeat(5_000));
+        for (automation, expected) in [
+            (
+                format!(
+                    r#"{{"steps":[{{"action":"cancel","cancelation_token":"t","if":{deep}}}]}}"#
+                ),
+                "properties.courier.automation.steps[0].if: expression is 10001 bytes",
+            ),
+            (
+                r#"{"steps":[{"action":"fly"}]}"#.to_string(),
+                "properties.courier.automation.steps[0].action: unknown action",
+            ),
+            (
+                r#""run it""#.to_string(),
+                "properties.courier.automation: must be an object",
+            ),
+        ] {
+            let m = invalid(&track(&automation));
+            assert!(m.starts_with(expected), "{m}");
+        }
+        // Valid, absent, null, or in a non-track event: accepted.
+        assert!(single(&track(r#"{"steps":[{"action":"send","template":"T"}]}"#)).is_ok());
+        assert!(single(&track("null")).is_ok());
+        assert!(
+            single(r#"{"type":"track","event":"e","userId":"u","properties":{"courier":{}}}"#)
+                .is_ok()
+        );
+        assert!(
+            single(r#"{"type":"identify","userId":"u","traits":{"courier":{"automation":7}}}"#)
+                .is_ok()
         );
     }
 

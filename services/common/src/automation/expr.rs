@@ -1,4 +1,4 @@
-//! The `if` expression language of steps.
+//! The `if` expression language of steps, bounded for untrusted input.
 //!
 //! ```text
 //! expr    := or
@@ -13,16 +13,32 @@
 //! Strings use double or single quotes. A bare path is truthy unless it is missing, null, false,
 //! 0, "" or an empty array/object. `==`/`!=` compare JSON values (numbers numerically);
 //! ordering compares numbers, or strings lexically; anything else is false.
+//!
+//! Bounds, checked before any work: the source is at most [`MAX_EXPR_BYTES`], and parentheses
+//! plus `!` nest at most [`MAX_EXPR_DEPTH`] deep. `&&` / `||` chains are n-ary nodes (not a
+//! left-leaning tree), so the tree is never deeper than that nesting; paths are bounded like
+//! `$ref` paths (see [`super::check_ref_path`]), and parsing, evaluating
+//! and dropping it recurse at most a few frames per level: no input can overflow the stack.
 
 use serde_json::Value;
+
+use super::check_ref_path;
+
+/// Longest `if` expression, in bytes.
+pub const MAX_EXPR_BYTES: usize = 1024;
+/// Deepest nesting of `(` and `!` in an expression.
+pub const MAX_EXPR_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Lit(Value),
+    /// A dotted path into the run context, without `refs.`.
     Path(String),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Every operand is true (two or more).
+    And(Vec<Expr>),
+    /// Some operand is true (two or more).
+    Or(Vec<Expr>),
     Cmp(Box<Expr>, Op, Box<Expr>),
 }
 
@@ -44,66 +60,63 @@ enum Tok {
     Op(&'static str),
 }
 
+const TWO_CHAR_OPS: [&str; 6] = ["==", "!=", ">=", "<=", "&&", "||"];
+const ONE_CHAR_OPS: [&str; 5] = ["!", ">", "<", "(", ")"];
+
+/// Tokens of `src` (at most [`MAX_EXPR_BYTES`] long, so at most that many tokens).
 fn lex(src: &str) -> Result<Vec<Tok>, String> {
-    let chars: Vec<char> = src.chars().collect();
+    let bytes = src.as_bytes();
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
+    let mut chars = src.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
         if c.is_whitespace() {
-            i += 1;
+            chars.next();
             continue;
         }
-        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-        if let Some(op) = ["==", "!=", ">=", "<=", "&&", "||"]
+        if let Some(op) = TWO_CHAR_OPS
             .into_iter()
-            .find(|op| *op == two)
+            .find(|op| bytes[i..].starts_with(op.as_bytes()))
         {
             out.push(Tok::Op(op));
-            i += 2;
+            chars.next();
+            chars.next();
             continue;
         }
-        if let Some(op) = ["!", ">", "<", "(", ")"]
-            .into_iter()
-            .find(|op| op.starts_with(c))
-        {
+        if let Some(op) = ONE_CHAR_OPS.into_iter().find(|op| op.starts_with(c)) {
             out.push(Tok::Op(op));
-            i += 1;
+            chars.next();
             continue;
         }
         if c == '"' || c == '\'' {
+            chars.next();
             let mut s = String::new();
-            i += 1;
             loop {
-                match chars.get(i) {
+                match chars.next() {
                     None => return Err("unterminated string".into()),
-                    Some('\\') => {
-                        if let Some(n) = chars.get(i + 1) {
-                            s.push(*n);
+                    Some((_, '\\')) => {
+                        if let Some((_, n)) = chars.next() {
+                            s.push(n);
                         }
-                        i += 2;
                     }
-                    Some(ch) if *ch == c => {
-                        i += 1;
-                        break;
-                    }
-                    Some(ch) => {
-                        s.push(*ch);
-                        i += 1;
-                    }
+                    Some((_, ch)) if ch == c => break,
+                    Some((_, ch)) => s.push(ch),
                 }
             }
             out.push(Tok::Str(s));
             continue;
         }
-        if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
-        {
-            let start = i;
-            i += 1;
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                i += 1;
+        let digit_at = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_digit);
+        if c.is_ascii_digit() || (c == '-' && digit_at(i + 1)) {
+            chars.next();
+            let mut end = i + 1;
+            while let Some(&(j, d)) = chars.peek() {
+                if !(d.is_ascii_digit() || d == '.') {
+                    break;
+                }
+                chars.next();
+                end = j + 1;
             }
-            let text: String = chars[start..i].iter().collect();
+            let text = &src[i..end];
             let n = text
                 .parse::<f64>()
                 .map_err(|_| format!("bad number {text:?}"))?;
@@ -111,13 +124,15 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             continue;
         }
         if c.is_alphanumeric() || c == '_' || c == '$' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '-' | '$'))
-            {
-                i += 1;
+            let mut end = i;
+            while let Some(&(j, d)) = chars.peek() {
+                if !(d.is_alphanumeric() || matches!(d, '_' | '.' | '-' | '$')) {
+                    break;
+                }
+                chars.next();
+                end = j + d.len_utf8();
             }
-            out.push(Tok::Ident(chars[start..i].iter().collect()));
+            out.push(Tok::Ident(src[i..end].to_string()));
             continue;
         }
         return Err(format!("unexpected character {c:?}"));
@@ -128,32 +143,58 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    /// Current nesting of `(` and `!`.
+    depth: usize,
 }
 
 impl Parser {
     fn peek_op(&self, op: &str) -> bool {
         matches!(self.toks.get(self.pos), Some(Tok::Op(o)) if *o == op)
     }
+
+    /// Every recursive cycle of the grammar passes through here, so recursion is bounded.
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<T, String> {
+        if self.depth >= MAX_EXPR_DEPTH {
+            return Err(format!(
+                "nested deeper than {MAX_EXPR_DEPTH} levels of parentheses and \"!\""
+            ));
+        }
+        self.depth += 1;
+        let out = f(self);
+        self.depth -= 1;
+        out
+    }
+
     fn or(&mut self) -> Result<Expr, String> {
-        let mut left = self.and()?;
+        let first = self.and()?;
+        if !self.peek_op("||") {
+            return Ok(first);
+        }
+        let mut terms = vec![first];
         while self.peek_op("||") {
             self.pos += 1;
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(Expr::Or(terms))
     }
+
     fn and(&mut self) -> Result<Expr, String> {
-        let mut left = self.unary()?;
+        let first = self.unary()?;
+        if !self.peek_op("&&") {
+            return Ok(first);
+        }
+        let mut terms = vec![first];
         while self.peek_op("&&") {
             self.pos += 1;
-            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(Expr::And(terms))
     }
+
     fn unary(&mut self) -> Result<Expr, String> {
         if self.peek_op("!") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            return self.nested(|p| Ok(Expr::Not(Box::new(p.unary()?))));
         }
         let left = self.primary()?;
         let op = match self.toks.get(self.pos) {
@@ -168,6 +209,7 @@ impl Parser {
         self.pos += 1;
         Ok(Expr::Cmp(Box::new(left), op, Box::new(self.primary()?)))
     }
+
     fn primary(&mut self) -> Result<Expr, String> {
         let tok = self
             .toks
@@ -177,7 +219,7 @@ impl Parser {
         self.pos += 1;
         match tok {
             Tok::Op("(") => {
-                let e = self.or()?;
+                let e = self.nested(Self::or)?;
                 if !self.peek_op(")") {
                     return Err("missing \")\"".into());
                 }
@@ -190,17 +232,29 @@ impl Parser {
                 "true" => Expr::Lit(Value::Bool(true)),
                 "false" => Expr::Lit(Value::Bool(false)),
                 "null" => Expr::Lit(Value::Null),
-                _ => Expr::Path(id.strip_prefix("refs.").unwrap_or(&id).to_string()),
+                _ => {
+                    let path = id.strip_prefix("refs.").unwrap_or(&id);
+                    check_ref_path(path)?;
+                    Expr::Path(path.to_string())
+                }
             }),
             Tok::Op(op) => Err(format!("unexpected {op:?}")),
         }
     }
 }
 
+/// Parses an `if` expression; refuses (without parsing) one longer than [`MAX_EXPR_BYTES`].
 pub fn parse(src: &str) -> Result<Expr, String> {
+    if src.len() > MAX_EXPR_BYTES {
+        return Err(format!(
+            "expression is {} bytes; the limit is {MAX_EXPR_BYTES}",
+            src.len()
+        ));
+    }
     let mut p = Parser {
         toks: lex(src)?,
         pos: 0,
+        depth: 0,
     };
     if p.toks.is_empty() {
         return Err("empty expression".into());
@@ -239,12 +293,13 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 }
 
 /// Evaluates `e`; `lookup` resolves a dotted path (without `refs.`) in the run context.
+/// Recursion follows the tree, whose depth [`parse`] bounds.
 pub fn eval(e: &Expr, lookup: &dyn Fn(&str) -> Value) -> bool {
     match e {
         Expr::Lit(_) | Expr::Path(_) => truthy(&value(e, lookup)),
         Expr::Not(inner) => !eval(inner, lookup),
-        Expr::And(a, b) => eval(a, lookup) && eval(b, lookup),
-        Expr::Or(a, b) => eval(a, lookup) || eval(b, lookup),
+        Expr::And(terms) => terms.iter().all(|t| eval(t, lookup)),
+        Expr::Or(terms) => terms.iter().any(|t| eval(t, lookup)),
         Expr::Cmp(a, op, b) => {
             let (a, b) = (value(a, lookup), value(b, lookup));
             let ord = match (&a, &b) {
@@ -275,7 +330,11 @@ mod tests {
 
     fn run(src: &str) -> bool {
         let ctx = json!({"data": {"plan": "pro", "days_left": 3, "on": true}});
-        let lookup = |p: &str| crate::refs::lookup(&ctx, p);
+        let lookup = |p: &str| {
+            ctx.pointer(&format!("/{}", p.replace('.', "/")))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         eval(&parse(src).unwrap(), &lookup)
     }
 
@@ -290,12 +349,47 @@ mod tests {
             "(data.plan == 'free' || data.plan == 'pro') && data.days_left != 0"
         ));
         assert!(!run("data.plan == \"free\""));
+        assert!(run("data.on && data.on && data.on && data.plan != 'x'"));
+        assert!(!run("data.on && data.missing && data.on"));
+        assert!(run("data.missing || data.missing || 'é' == 'é'"));
+        assert!(run("!!data.on && -1 < 0"));
     }
 
     #[test]
     fn rejects() {
-        for bad in ["", "data.x ==", "(a", "a b", "a @ b", "\"open"] {
+        for bad in [
+            "",
+            "data.x ==",
+            "(a",
+            "a b",
+            "a @ b",
+            "\"open",
+            "1.2.3",
+            "()",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bounds_depth_and_length() {
+        let ok = format!(
+            "{}a{}",
+            "(".repeat(MAX_EXPR_DEPTH),
+            ")".repeat(MAX_EXPR_DEPTH)
+        );
+        assert!(parse(&ok).is_ok());
+        let deep = format!("({ok})");
+        assert!(parse(&deep).unwrap_err().contains("nested deeper than 32"));
+        assert!(
+            parse(&"!".repeat(MAX_EXPR_DEPTH + 1))
+                .unwrap_err()
+                .contains("nested")
+        );
+        let long = "a && ".repeat(300) + "a";
+        assert!(parse(&long).unwrap_err().contains("the limit is 1024"));
+        // A long flat chain within the length bound is one node, not a deep tree.
+        let chain = "a&&".repeat(300) + "a";
+        assert!(matches!(parse(&chain), Ok(Expr::And(t)) if t.len() == 301));
     }
 }
