@@ -296,7 +296,9 @@ async fn overload_is_answered_429_with_retry_after() {
     let stack = Stack::start();
     let key = stack.workspace("acme").await;
     let mut settings = stack.ingress_settings();
+    // No publish slot frees up within the publish deadline: a retryable 503.
     settings.ingress.max_inflight_publishes = 0;
+    settings.ingress.publish_deadline_ms = 300;
     let ingress = stack.ingress_with(settings).await;
     let (status, _, headers) = post(
         &ingress.url("/inbound/rudderstack"),
@@ -304,8 +306,8 @@ async fn overload_is_answered_429_with_retry_after() {
         r#"{"type":"track","event":"e","userId":"u"}"#,
     )
     .await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "2");
 
     // Memory bound: bodies buffered at once are capped in bytes.
     let mut settings = stack.ingress_settings();

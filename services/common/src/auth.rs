@@ -60,16 +60,24 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The public part of a key, safe to show and log: `rck_<id>` for generated keys, the first
+/// The `<id>` of a key in our generated format, `rck_<8 hex>_<64 hex>`; `None` otherwise.
+fn generated_id(key: &str) -> Option<&str> {
+    let (id, secret) = key.strip_prefix(KEY_PREFIX)?.split_once('_')?;
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (hex(id, 8) && hex(secret, 64)).then_some(id)
+}
+
+/// The public part of a key, safe to show and log: the `<id>` of a generated key, the first
 /// 8 hex digits of the hash for imported ones.
 pub fn key_id_of(key: &str) -> String {
-    if let Some(rest) = key.strip_prefix(KEY_PREFIX)
-        && let Some((id, _)) = rest.split_once('_')
-        && id.len() == 8
-    {
-        return id.to_string();
+    match generated_id(key) {
+        Some(id) => id.to_string(),
+        None => hex::encode(&hash_key(key)[..4]),
     }
-    hex::encode(&hash_key(key)[..4])
 }
 
 /// A freshly generated key: `rck_<8 hex id>_<64 hex secret>` (256 random bits).
@@ -111,6 +119,8 @@ pub enum StoreError {
     NoWorkspace(String),
     #[error("this API key is already in use by another workspace")]
     KeyInUse,
+    #[error("key id {0:?} is already taken in this workspace; omit --key to generate a key")]
+    KeyIdTaken(String),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -155,6 +165,14 @@ impl WorkspaceStore {
                     "an API key must be 1-100 characters".into(),
                 ));
             }
+            // Our prefix promises our format (and a key id we generated): a look-alike could
+            // claim another key's id.
+            Some(k) if k.starts_with(KEY_PREFIX) && generated_id(k).is_none() => {
+                return Err(StoreError::Invalid(format!(
+                    "a supplied key starting with {KEY_PREFIX:?} must be one rc-admin generated \
+                     ({KEY_PREFIX}<8 hex>_<64 hex>); omit --key to generate one"
+                )));
+            }
             Some(k) => k.to_string(),
             None => generate_key(),
         };
@@ -168,8 +186,15 @@ impl WorkspaceStore {
             None => {}
         }
         // The listing entry first, the lookup last: a key is never resolvable without being
-        // revocable.
-        let _: () = conn.hset(keys_key(ws), &key_id, &hash_hex).await?;
+        // revocable. Never over another key's entry: that key would vanish from the listing
+        // and could no longer be revoked.
+        let listed: bool = conn.hset_nx(keys_key(ws), &key_id, &hash_hex).await?;
+        if !listed {
+            let current: Option<String> = conn.hget(keys_key(ws), &key_id).await?;
+            if current.as_deref() != Some(hash_hex.as_str()) {
+                return Err(StoreError::KeyIdTaken(key_id));
+            }
+        }
         let _: () = conn
             .hset_multiple(
                 apikey_key(&hash_hex),

@@ -51,6 +51,10 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// Upper bound for one request, so a stuck client cannot hold a drain forever.
     pub request_timeout_ms: u64,
+    /// A connection must send a whole request head within this, else it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request body that sends nothing for this long fails to read (408 at the ingress).
+    pub body_read_timeout_ms: u64,
 }
 
 impl HttpSettings {
@@ -58,6 +62,8 @@ impl HttpSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             request_timeout_ms: 10_000,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 5_000,
         }
     }
 }

@@ -7,11 +7,10 @@
 //! - at configuration time, [`check_url`] rejects such literal IPs and `localhost` names;
 //! - at connect time, a DNS resolver drops such addresses from every answer (a name resolving only
 //!   to 10.x is refused before any connection) and a connector layer checks the peer address of
-//!   every new connection (IP literals never reach the resolver; redirects are covered too).
-//!   The check is on the address actually connected to, so there is no time-of-check gap.
-//!   The layer wraps reqwest's whole connector, so for an `https://<private IP>` URL (never a
-//!   name: those are filtered before connecting) the TCP and TLS handshakes happen before the
-//!   refusal; no request byte (headers, body, credentials) is ever sent.
+//!   every new connection (redirects are covered too). The check is on the address actually
+//!   connected to, so there is no time-of-check gap. An IP literal (in any spelling the URL
+//!   standard accepts: `2130706433`, `0x7f.1`, `127.1`, `[::ffff:127.0.0.1]`) never reaches
+//!   the resolver, so the same layer refuses it before connecting at all.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -297,8 +296,27 @@ struct PeerGuard<S> {
     inner: S,
 }
 
+/// The literal IP a connector request is for, before any connection: reqwest hands layers its
+/// sealed `Unnameable(<uri>)`, whose only window is `Debug`. Literals never reach the resolver,
+/// so without this the peer check would refuse only after a TCP (and TLS) handshake. `None` for
+/// a name (the resolver filters it) or an unexpected shape (the peer check still runs).
+fn literal_ip(request: &impl std::fmt::Debug) -> Option<IpAddr> {
+    let text = format!("{request:?}");
+    let uri: http::Uri = text
+        .strip_prefix("Unnameable(")?
+        .strip_suffix(')')?
+        .parse()
+        .ok()?;
+    match url::Host::parse(uri.host()?).ok()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
 impl<S, R> tower::Service<R> for PeerGuard<S>
 where
+    R: std::fmt::Debug,
     S: tower::Service<R, Error = BoxError>,
     S::Response: Connection + Send + 'static,
     S::Future: Send + 'static,
@@ -312,6 +330,12 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
+        if let Some(ip) = literal_ip(&req)
+            && let Some(r) = forbidden_reason(ip)
+        {
+            let refused = Blocked(format!("{ip} is {r}, which outbound calls may not reach"));
+            return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
+        }
         let connecting = self.inner.call(req);
         Box::pin(async move {
             let conn = connecting.await?;
@@ -405,6 +429,15 @@ mod tests {
             "http://api.localhost/",
             "http://LOCALHOST./",
             "ftp://example.com/",
+            "http://0.0.0.0/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[0:0:0:0:0:0:0:1]/",
         ] {
             assert!(check_url_str(bad, false).is_err(), "{bad}");
         }
@@ -497,6 +530,46 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// Every spelling of a private literal is refused before any TCP connection: the listener
+    /// never accepts one.
+    #[tokio::test]
+    async fn private_literals_are_refused_without_connecting() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((_socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        for host in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "2130706433",
+            "0x7f.1",
+            "0177.0.0.1",
+            "127.1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "[::127.0.0.1]",
+        ] {
+            for scheme in ["http", "https"] {
+                let url = format!("{scheme}://{host}:{port}/");
+                let err = guarded().get(&url).send().await.unwrap_err();
+                assert!(is_blocked(&err).is_some(), "{url}: {err:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "no connection was opened"
+        );
+        acceptor.abort();
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub struct Runtime {
     pub js: jetstream::Context,
     pub redis: RedisConn,
     pub shutdown: Shutdown,
+    http: HttpSettings,
     drain_timeout: Duration,
     /// True once the streams are provisioned (readiness and consumers wait for it).
     streams: watch::Receiver<bool>,
@@ -162,6 +163,7 @@ impl Runtime {
             js,
             redis,
             shutdown,
+            http: base.http.clone(),
             drain_timeout: Duration::from_millis(base.shutdown.drain_timeout_ms),
             streams,
             tasks: vec![AbortOnDrop(Some(provision))],
@@ -217,11 +219,12 @@ impl Runtime {
             listener,
             nats,
             shutdown,
+            http,
             drain_timeout,
             mut tasks,
             ..
         } = self;
-        crate::http::serve(listener, app, shutdown.clone(), drain_timeout).await?;
+        crate::http::serve(listener, app, &http, shutdown.clone(), drain_timeout).await?;
         shutdown.trigger();
         let all = futures::future::join_all(tasks.iter_mut().filter_map(|t| t.0.as_mut()));
         if tokio::time::timeout(drain_timeout, all).await.is_err() {

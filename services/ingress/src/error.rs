@@ -28,7 +28,10 @@ pub enum IngressError {
     /// 413.
     #[error("{0}")]
     TooLarge(String),
-    /// 429: too many publishes in flight; retry shortly.
+    /// 408: the body stalled past `http.body_read_timeout_ms`; a retry can succeed.
+    #[error("the request body stalled; send it again")]
+    BodyTimeout,
+    /// 429: too many request bodies buffered; retry shortly.
     #[error("ingress is at capacity; retry shortly")]
     Overloaded,
     /// 503: NATS unreachable, or the JetStream ack did not come in time; nothing is promised.
@@ -50,6 +53,11 @@ impl IntoResponse for IngressError {
             IngressError::TooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None)
             }
+            IngressError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                Some("1"),
+            ),
             IngressError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded", Some("1")),
             IngressError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("2"))

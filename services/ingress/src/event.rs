@@ -125,6 +125,7 @@ pub enum Parsed {
 
 pub struct Normalizer {
     pub max_event_bytes: usize,
+    pub max_batch_events: usize,
 }
 
 fn json_error(err: &serde_json::Error) -> String {
@@ -174,6 +175,13 @@ impl Normalizer {
                     "empty batch: `batch` has no events".into(),
                 ));
             }
+            if items.len() > self.max_batch_events {
+                return Err(Rejection::TooLarge(format!(
+                    "the batch has {} events; the limit is {} per request: split it",
+                    items.len(),
+                    self.max_batch_events
+                )));
+            }
             let events = items
                 .into_iter()
                 .map(|raw| {
@@ -186,6 +194,7 @@ impl Normalizer {
         if body.len() > self.max_event_bytes {
             return Err(self.too_large(body.len()));
         }
+        crate::scan::check(body).map_err(Rejection::Invalid)?;
         self.normalize(workspace, body, body.clone(), wire, received_at)
             .map(|n| Parsed::Single(Box::new(n)))
     }
@@ -210,6 +219,7 @@ impl Normalizer {
         if raw.first() != Some(&b'{') {
             return Err(Rejection::Invalid("event must be a JSON object".into()));
         }
+        crate::scan::check(raw).map_err(Rejection::Invalid)?;
         let wire: WireEvent = serde_json::from_slice(raw).map_err(|e| {
             Rejection::Invalid(format!("invalid event: {}", strip_position(&e.to_string())))
         })?;
@@ -441,6 +451,7 @@ mod tests {
     fn norm() -> Normalizer {
         Normalizer {
             max_event_bytes: 64 * 1024,
+            max_batch_events: 5_000,
         }
     }
 

@@ -3,7 +3,9 @@
 
 pub mod error;
 pub mod event;
+pub mod scan;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::IngressError;
@@ -35,8 +37,17 @@ pub const SERVICE: &str = "ingress";
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct IngressSettings {
-    /// Publishes awaiting their JetStream ack at once; past this, requests get a fast 429.
+    /// Publishes awaiting their JetStream ack at once, process-wide. Requests take these slots
+    /// one publish at a time, first come first served, so a big batch never holds them all.
     pub max_inflight_publishes: usize,
+    /// Publishes one request keeps awaiting their ack at once (its pipelining window).
+    pub request_publish_window: usize,
+    /// Events in one `{"batch": [...]}`; more is refused with 413.
+    pub max_batch_events: usize,
+    /// A request's publishes must all be acknowledged within this, else it is answered 503 +
+    /// Retry-After (a retry completes it: `Nats-Msg-Id` dedupe). Kept below
+    /// `http.request_timeout_ms` so the answer is ours, not the timeout's.
+    pub publish_deadline_ms: u64,
     /// One event's cap (64 KiB: twice RudderStack's 32 KB guidance, see the README).
     pub max_event_bytes: usize,
     /// A request body's cap (RudderStack's gateway limit).
@@ -49,7 +60,10 @@ pub struct IngressSettings {
 impl Default for IngressSettings {
     fn default() -> Self {
         Self {
-            max_inflight_publishes: 8_192,
+            max_inflight_publishes: 4_096,
+            request_publish_window: 256,
+            max_batch_events: 5_000,
+            publish_deadline_ms: 8_000,
             max_event_bytes: 64 * 1024,
             max_body_bytes: 4_096_000,
             max_buffered_body_bytes: 256 * 1024 * 1024,
@@ -93,7 +107,10 @@ pub struct AppInner {
     auth: Arc<Authenticator>,
     js: jetstream::Context,
     nats: async_nats::Client,
+    /// Process-wide publish slots (fair: FIFO).
     inflight: Semaphore,
+    window: usize,
+    publish_deadline: Duration,
     /// Budget for buffered bodies, in KiB permits.
     body_budget: Semaphore,
     normalizer: Normalizer,
@@ -115,6 +132,9 @@ impl FromRef<AppState> for Arc<Authenticator> {
 
 pub use rc_common::service::BoxError;
 
+/// Bodies up to this size are parsed on the request's task; larger ones on the blocking pool.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
 /// Runs the ingress until `shutdown` triggers. Binds `settings.http.listen` unless a
 /// listener is given (tests pass one bound to port 0).
 pub async fn run(
@@ -123,14 +143,25 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
     let rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
+    let limits = &settings.ingress;
+    // The client's own ack-permit pool matches our slots: were it smaller, a publish would wait
+    // inside the client where no deadline or fairness of ours applies.
+    let slots = limits.max_inflight_publishes.max(1);
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(settings.nats.publish_timeout_ms))
+        .max_ack_inflight(slots)
+        .build(rt.nats.clone());
     let state = AppState(Arc::new(AppInner {
         auth: rt.authenticator(&settings.auth),
-        js: rt.js.clone(),
+        js,
         nats: rt.nats.clone(),
-        inflight: Semaphore::new(settings.ingress.max_inflight_publishes),
+        inflight: Semaphore::new(limits.max_inflight_publishes),
+        window: limits.request_publish_window.clamp(1, slots),
+        publish_deadline: Duration::from_millis(limits.publish_deadline_ms),
         body_budget: Semaphore::new((settings.ingress.max_buffered_body_bytes / 1024).max(1)),
         normalizer: Normalizer {
             max_event_bytes: settings.ingress.max_event_bytes,
+            max_batch_events: settings.ingress.max_batch_events,
         },
         max_body_bytes: settings.ingress.max_body_bytes,
     }));
@@ -174,7 +205,19 @@ async fn inbound(
         .map_err(|_| IngressError::Overloaded)?;
     let body = read_body(declared, body, state.max_body_bytes).await?;
     let received_at = time::OffsetDateTime::now_utc();
-    match state.normalizer.parse_body(&workspace, &body, received_at) {
+    let parsed = if body.len() <= INLINE_PARSE_BYTES {
+        state.normalizer.parse_body(&workspace, &body, received_at)
+    } else {
+        // A big batch is milliseconds of CPU: off the request workers, so the single events of
+        // other workspaces keep being answered meanwhile.
+        let (parser, workspace) = (state.clone(), workspace.clone());
+        tokio::task::spawn_blocking(move || {
+            parser.normalizer.parse_body(&workspace, &body, received_at)
+        })
+        .await
+        .map_err(|e| IngressError::Unavailable(format!("parsing the body failed: {e}")))?
+    };
+    match parsed {
         Ok(Parsed::Single(event)) => {
             publish_all(&state, std::slice::from_ref(&*event)).await?;
             Ok(accepted(
@@ -241,8 +284,14 @@ async fn read_body(
     let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| IngressError::Invalid(format!("could not read the request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            if rc_common::http::body_read_timed_out(&e) {
+                IngressError::BodyTimeout
+            } else {
+                // A body labelled gzip that is not, a connection cut mid-body.
+                IngressError::Invalid(format!("could not read the request body: {e}"))
+            }
+        })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -260,49 +309,85 @@ async fn read_body(
     Ok(buf.freeze())
 }
 
-/// Publishes every event and waits for all JetStream acks. Dedupe happens in JetStream
-/// (`Nats-Msg-Id`), so a retried request stores nothing new and still gets its 202.
+/// Publishes every event and waits for all JetStream acks, within the publish deadline. Dedupe
+/// happens in JetStream (`Nats-Msg-Id`), so a retried request stores nothing new and still gets
+/// its 202: a batch answered 503 halfway is completed by its retry.
 async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<(), IngressError> {
-    let permits = u32::try_from(events.len()).map_err(|_| IngressError::Overloaded)?;
-    let _permit = state
-        .inflight
-        .try_acquire_many(permits)
-        .map_err(|_| IngressError::Overloaded)?;
     if !rc_common::nats::is_connected(&state.nats) {
         return Err(IngressError::Unavailable("NATS is not connected".into()));
     }
     let start = Instant::now();
-    let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
+    let published = tokio::time::timeout(state.publish_deadline, publish_windowed(state, events))
+        .await
+        .map_err(|_| {
+            IngressError::Unavailable(format!(
+                "not every event was acknowledged within {} ms",
+                state.publish_deadline.as_millis()
+            ))
+        })??;
+    if published.duplicates > 0 {
+        metrics::counter!("ingress_events_duplicate_total").increment(published.duplicates);
+    }
+    metrics::histogram!("ingress_publish_duration_seconds").record(start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+struct Published {
+    duplicates: u64,
+}
+
+/// At most `state.window` acks pending for this request, each holding one process-wide slot:
+/// the client's pending-ack pool is never exhausted, and a request queued behind a batch waits
+/// for one slot, not for the batch.
+async fn publish_windowed(
+    state: &AppState,
+    events: &[Normalized],
+) -> Result<Published, IngressError> {
+    let mut pending: VecDeque<(PublishAckFuture, SemaphorePermit<'_>, &Normalized)> =
+        VecDeque::with_capacity(state.window.min(events.len()));
+    let mut published = Published { duplicates: 0 };
     for event in events {
+        if pending.len() >= state.window
+            && let Some(oldest) = pending.pop_front()
+        {
+            settle(oldest, &mut published).await?;
+        }
+        let slot = state
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| IngressError::Unavailable("shutting down".into()))?;
         let env = &event.envelope;
         let subject =
             subjects::event_subject(&env.workspace_id, event.event_type().subject_token());
         let msg_id = subjects::event_msg_id(&env.workspace_id, &env.message_id);
-        let payload = env.encode_to_vec();
         let publish = PublishMessage::build()
-            .payload(payload.into())
+            .payload(env.encode_to_vec().into())
             .message_id(msg_id);
         let ack = state
             .js
             .send_publish(subject, publish)
             .await
             .map_err(|e| IngressError::Unavailable(format!("publish failed: {e}")))?;
-        pending.push(ack);
+        pending.push_back((ack, slot, event));
     }
-    let mut duplicates = 0u64;
-    for (ack, event) in pending.into_iter().zip(events) {
-        let ack = ack
-            .await
-            .map_err(|e| IngressError::Unavailable(format!("no JetStream ack: {e}")))?;
-        if ack.duplicate {
-            duplicates += 1;
-        }
-        metrics::counter!("ingress_events_accepted_total", "type" => event.event_type().subject_token())
-            .increment(1);
+    while let Some(oldest) = pending.pop_front() {
+        settle(oldest, &mut published).await?;
     }
-    if duplicates > 0 {
-        metrics::counter!("ingress_events_duplicate_total").increment(duplicates);
+    Ok(published)
+}
+
+async fn settle(
+    (ack, _slot, event): (PublishAckFuture, SemaphorePermit<'_>, &Normalized),
+    published: &mut Published,
+) -> Result<(), IngressError> {
+    let ack = ack
+        .await
+        .map_err(|e| IngressError::Unavailable(format!("no JetStream ack: {e}")))?;
+    if ack.duplicate {
+        published.duplicates += 1;
     }
-    metrics::histogram!("ingress_publish_duration_seconds").record(start.elapsed().as_secs_f64());
+    metrics::counter!("ingress_events_accepted_total", "type" => event.event_type().subject_token())
+        .increment(1);
     Ok(())
 }
