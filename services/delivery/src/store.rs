@@ -562,6 +562,8 @@ pub struct Record {
     pub error: String,
     pub providers: Vec<ProviderEntry>,
     pub timestamps: HashMap<String, i64>,
+    /// Times the message was claimed for sending (provider calls or not).
+    pub claims: u32,
 }
 
 impl Record {
@@ -573,6 +575,7 @@ impl Record {
         let phase = take("phase");
         let reason = take("reason");
         let error = take("error");
+        let claims = take("attempts").parse().unwrap_or(0);
         let mut timestamps = HashMap::new();
         for status in [
             "enqueued",
@@ -598,6 +601,7 @@ impl Record {
             error,
             providers,
             timestamps,
+            claims,
         }
     }
 

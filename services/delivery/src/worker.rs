@@ -124,8 +124,9 @@ struct Later {
     attempts: u32,
 }
 
+/// Up to 25 % later (never earlier: a Retry-After is a minimum), so a burst's retries spread.
 fn jittered(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.8..1.2))
+    d.mul_f64(rand::rng().random_range(1.0..1.25))
 }
 
 impl Worker {
@@ -292,6 +293,9 @@ impl Worker {
                     .error
                     .clone()
                     .unwrap_or_else(|| "provider circuit open".into());
+                // Backing off per claim too: a long outage's backlog is looked at about once
+                // per `max_backoff`, not at every cooldown.
+                let wait = wait.max(self.backoff(record.claims));
                 later = merge(later, error, wait, entry.attempts);
                 continue;
             }
