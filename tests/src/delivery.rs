@@ -33,7 +33,8 @@ impl Stack {
         };
         s.secrets.encryption_key = TEST_KEY.into();
         s.delivery.retry_base_ms = 50;
-        s.delivery.max_inline_wait_ms = 1_000;
+        s.delivery.circuit_cooldown_ms = 200;
+        s.delivery.due_poll_ms = 50;
         s.delivery.base_backoff_ms = 100;
         s.delivery.max_backoff_ms = 500;
         s.delivery.ack_wait_ms = 10_000;

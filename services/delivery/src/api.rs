@@ -227,7 +227,10 @@ pub async fn post_event(
         }),
         error: input.error.unwrap_or_default(),
     };
-    state.store.transition(&ws, &id, &[], &[change]).await?;
+    state
+        .store
+        .transition(&ws, &id, &[], &[], &[change])
+        .await?;
     state
         .publisher
         .publish_pending(&state.store, &ws, &id)

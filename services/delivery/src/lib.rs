@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod error;
+pub mod limits;
 pub mod providers;
 pub mod render;
 pub mod routing;
+pub mod scheduler;
 pub mod send;
 pub mod store;
 pub mod worker;
@@ -42,40 +44,49 @@ pub const DURABLE: &str = "delivery";
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DeliverySettings {
-    /// Messages handled at once (consumer concurrency).
+    /// JetStream requests handled at once (consumer concurrency), and due retries handled at
+    /// once (scheduler), each.
     pub concurrency: usize,
-    /// JetStream deliveries of one request before the message is marked UNDELIVERABLE.
-    pub max_deliver: i64,
-    /// JetStream ack wait; keep it above the longest handling (provider timeout × attempts).
+    /// Provider calls in flight per workspace in this process; a workspace's messages over it
+    /// are scheduled in Redis instead of waiting in a shared handler.
+    pub workspace_concurrency: usize,
+    /// JetStream ack wait; keep it above the longest handling (one provider call).
     pub ack_wait_ms: u64,
-    /// Send lease: while held, a redelivered request does not call the provider.
+    /// Send lease: while held, no other worker calls a provider for the message.
     pub lease_ms: u64,
     /// Provider call timeout unless the provider sets `timeout_ms`.
     pub provider_timeout_ms: u64,
-    /// Provider calls per delivery before handing the retry back to JetStream.
-    pub inline_attempts: u32,
-    /// First in-handler retry wait (doubles).
+    /// First retry wait after a failed provider call (doubles per attempt).
     pub retry_base_ms: u64,
-    /// Longest in-handler wait (Retry-After or backoff); longer waits go back to JetStream.
-    pub max_inline_wait_ms: u64,
-    /// JetStream redelivery backoff (first, cap).
-    pub base_backoff_ms: u64,
+    /// Longest wait between two provider attempts of a message, and longest circuit cooldown.
     pub max_backoff_ms: u64,
+    /// Retries stop (UNDELIVERABLE) this long after the message was enqueued.
+    pub retry_window_ms: u64,
+    /// How often the retry scheduler looks for due messages.
+    pub due_poll_ms: u64,
+    /// Retryable failures in a row that open a (workspace, provider) circuit.
+    pub circuit_failures: u32,
+    /// First cooldown of an open circuit (doubles per failed probe, up to `max_backoff_ms`).
+    pub circuit_cooldown_ms: u64,
+    /// JetStream redelivery backoff (first) of a request that could not be handled.
+    pub base_backoff_ms: u64,
 }
 
 impl Default for DeliverySettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
-            max_deliver: 10,
+            workspace_concurrency: 16,
             ack_wait_ms: 60_000,
             lease_ms: 60_000,
             provider_timeout_ms: 10_000,
-            inline_attempts: 3,
-            retry_base_ms: 500,
-            max_inline_wait_ms: 5_000,
-            base_backoff_ms: 1_000,
+            retry_base_ms: 1_000,
             max_backoff_ms: 60_000,
+            retry_window_ms: 24 * 3_600_000,
+            due_poll_ms: 100,
+            circuit_failures: 5,
+            circuit_cooldown_ms: 5_000,
+            base_backoff_ms: 1_000,
         }
     }
 }
@@ -167,28 +178,48 @@ pub async fn run(
             follow_redirects: false,
         },
     )?;
+    let provider_timeout = Duration::from_millis(d.provider_timeout_ms);
+    let max_backoff = Duration::from_millis(d.max_backoff_ms);
+    let lease = Duration::from_millis(d.lease_ms);
     let worker = Arc::new(worker::Worker {
         store: store.clone(),
         registry: registry.clone(),
         senders: send::Senders {
             http,
             redis: rt.redis.clone(),
-            default_timeout: Duration::from_millis(d.provider_timeout_ms),
+            default_timeout: provider_timeout,
         },
         publisher: publisher.clone(),
         config: worker::WorkerConfig {
-            lease: Duration::from_millis(d.lease_ms),
-            inline_attempts: d.inline_attempts.max(1),
+            lease,
             retry_base: Duration::from_millis(d.retry_base_ms),
-            max_inline_wait: Duration::from_millis(d.max_inline_wait_ms),
-            max_deliver: d.max_deliver.max(1),
+            max_backoff,
+            retry_window: Duration::from_millis(d.retry_window_ms),
+            defer: Duration::from_millis(d.due_poll_ms),
         },
+        limiter: limits::WorkspaceLimiter::new(d.workspace_concurrency),
+        circuits: limits::Circuits::new(
+            d.circuit_failures,
+            Duration::from_millis(d.circuit_cooldown_ms),
+            max_backoff,
+            // A provider's own timeout may be longer (at most 60 s); a probe past this simply
+            // lets one more probe start.
+            provider_timeout,
+        ),
     });
     let mut spec = consumer_spec(&settings.delivery);
     spec.quarantine = Some(rc_common::consumer::Quarantine::new(rt.redis.clone(), 3));
+    let scheduler = scheduler::Scheduler {
+        worker: worker.clone(),
+        poll: Duration::from_millis(d.due_poll_ms.max(1)),
+        concurrency: d.concurrency,
+        lease,
+        drain_timeout: spec.drain_timeout,
+    };
     rt.spawn_when_streams_ready(|js, shutdown| {
         rc_common::consumer::run(js, spec, worker, shutdown)
     });
+    rt.spawn_when_streams_ready(move |_, shutdown| scheduler.run(shutdown));
 
     let state = AppState {
         auth: rt.authenticator(&settings.auth),

@@ -225,6 +225,7 @@ impl Senders {
 }
 
 pub fn inbox_keys(ws: &str, user: &str) -> (String, String) {
+    let user = rc_common::redis::escape_key_id(user);
     (
         format!("{{ws:{ws}:inbox:{user}}}:items"),
         format!("{{ws:{ws}:inbox:{user}}}:order"),

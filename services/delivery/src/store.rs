@@ -4,8 +4,10 @@
 //! workspace (and per recipient), scored by the enqueue time.
 //!
 //! The per-message state machine (`phase`): `enqueued` → `sending` (claimed with a lease before a
-//! provider is called) → `done`, or back to `enqueued` after a retryable provider failure. The
-//! customer-visible `status` only moves up in rank; each status's timestamp is set once.
+//! provider is called) → `done`, or `scheduled` after a retryable failure (or while its workspace
+//! is at its in-flight cap): the request is kept in the hash (`request`, base64) and the id sits
+//! in the workspace's due index until a worker claims it again. The customer-visible `status`
+//! only moves up in rank; each status's timestamp is set once.
 
 use std::collections::HashMap;
 
@@ -14,20 +16,44 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use rc_common::redis::escape_key_id;
+
 pub fn msg_key(ws: &str, id: &str) -> String {
-    format!("{{ws:{ws}:msg:{id}}}")
+    format!("{{ws:{ws}:msg:{}}}", escape_key_id(id))
 }
 fn history_key(ws: &str, id: &str) -> String {
-    format!("{{ws:{ws}:msg:{id}}}:history")
+    format!("{{ws:{ws}:msg:{}}}:history", escape_key_id(id))
 }
 fn published_key(ws: &str, id: &str) -> String {
-    format!("{{ws:{ws}:msg:{id}}}:published")
+    format!("{{ws:{ws}:msg:{}}}:published", escape_key_id(id))
 }
 pub fn index_key(ws: &str) -> String {
     format!("{{ws:{ws}}}:messages")
 }
 pub fn recipient_index_key(ws: &str, recipient: &str) -> String {
-    format!("{{ws:{ws}}}:messages:recipient:{recipient}")
+    format!(
+        "{{ws:{ws}}}:messages:recipient:{}",
+        escape_key_id(recipient)
+    )
+}
+/// Accounts' read contract: a tenant's members (zset of user ids).
+pub fn tenant_members_key(ws: &str, tenant: &str) -> String {
+    format!("{{ws:{ws}:tenant:{}}}:members", escape_key_id(tenant))
+}
+/// Profiles' read contract: a user's profile document.
+pub fn profile_key(ws: &str, user: &str) -> String {
+    format!("{{ws:{ws}:user:{}}}:profile", escape_key_id(user))
+}
+/// A workspace's retry index: zset of message ids, score = epoch ms when the message is due
+/// (a claimed one is pushed to the end of its lease, so a crashed claimer's work comes back).
+pub fn due_key(ws: &str) -> String {
+    format!("{{ws:{ws}}}:delivery:due")
+}
+/// Which workspaces have retries due: zset of workspace ids, score ≤ the earliest due time in
+/// that workspace's `due_key` (a hint kept by `Store::schedule` and `Store::claim_due`). The only
+/// key shared by all workspaces; it holds one member per workspace with pending retries.
+pub fn due_workspaces_key() -> &'static str {
+    "{rc:delivery}:due-workspaces"
 }
 
 /// Courier statuses we produce, with their rank: a status never replaces one of higher rank.
@@ -100,8 +126,10 @@ impl StatusChange {
 pub enum Claim {
     Claimed,
     Done,
-    Busy,
-    Wait(u64),
+    /// Another worker holds the send lease until this epoch ms.
+    Busy(i64),
+    /// Not due before this epoch ms (a scheduled retry).
+    Wait(i64),
     Missing,
 }
 
@@ -113,6 +141,7 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 return 1
 "#;
 
+// Phases: enqueued (new), scheduled (a retry in the due index), sending (leased), done.
 const CLAIM: &str = r#"
 local phase = redis.call('HGET', KEYS[1], 'phase')
 if not phase then return 'missing' end
@@ -120,22 +149,27 @@ if phase == 'done' then return 'done' end
 local now = tonumber(ARGV[1])
 if phase == 'sending' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease') or '0')
-  if lease > now then return 'busy' end
+  if lease > now then return 'busy:' .. tostring(lease) end
 end
 local nb = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0')
-if nb > now then return 'wait:' .. tostring(nb - now) end
+if nb > now then return 'wait:' .. tostring(nb) end
 redis.call('HSET', KEYS[1], 'phase', 'sending', 'lease', tostring(now + tonumber(ARGV[2])))
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return 'ok'
 "#;
 
-// ARGV: now, nfields, (field, value)*, nstatus, (status, rank, reason, error, history_json)*
+// ARGV: now, nfields, (field, value)*, ndel, field*, nstatus,
+//       (status, rank, reason, error, history_json)*
 const TRANSITION: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local i = 2
 local nfields = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nfields do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+local ndel = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ndel do
+  redis.call('HDEL', KEYS[1], ARGV[i]); i = i + 1
 end
 local nstatus = tonumber(ARGV[i]); i = i + 1
 local changed = 0
@@ -156,12 +190,41 @@ end
 return changed
 "#;
 
+// Hands a message to the due index: keeps the request (ARGV[2], when given) for the retry and,
+// unless a worker holds the send lease (it re-indexes at the lease's end), marks it scheduled.
+// A message already done is left alone.
+const SCHEDULE: &str = r#"
+local phase = redis.call('HGET', KEYS[1], 'phase')
+if not phase then return 'missing' end
+if phase == 'done' then return 'done' end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'request', ARGV[2]) end
+if phase ~= 'sending' then
+  redis.call('HSET', KEYS[1], 'phase', 'scheduled', 'not_before', ARGV[1])
+end
+return 'ok'
+"#;
+
+// Claims up to ARGV[3] due ids of one workspace, pushing each to now + lease (ARGV[2]); returns
+// the ids and then the earliest remaining score (or nothing when the index is empty).
+const CLAIM_DUE: &str = r#"
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), m)
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] then table.insert(due, first[2]) else table.insert(due, '') end
+return due
+"#;
+
 #[derive(Clone)]
 pub struct Store {
     redis: RedisConn,
     create: Script,
     claim: Script,
     transition: Script,
+    schedule: Script,
+    claim_due: Script,
 }
 
 pub fn now_ms() -> i64 {
@@ -186,6 +249,8 @@ impl Store {
             create: Script::new(CREATE),
             claim: Script::new(CLAIM),
             transition: Script::new(TRANSITION),
+            schedule: Script::new(SCHEDULE),
+            claim_due: Script::new(CLAIM_DUE),
         }
     }
 
@@ -237,17 +302,18 @@ impl Store {
             .arg(lease_ms)
             .invoke_async(&mut conn)
             .await?;
+        let at = |prefix: &str| {
+            answer
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(now_ms)
+        };
         Ok(match answer.as_str() {
             "ok" => Claim::Claimed,
             "done" => Claim::Done,
-            "busy" => Claim::Busy,
             "missing" => Claim::Missing,
-            other => Claim::Wait(
-                other
-                    .strip_prefix("wait:")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(1_000),
-            ),
+            a if a.starts_with("busy:") => Claim::Busy(at("busy:")),
+            _ => Claim::Wait(at("wait:")),
         })
     }
 
@@ -257,6 +323,7 @@ impl Store {
         ws: &str,
         id: &str,
         fields: &[(&str, String)],
+        delete: &[&str],
         statuses: &[StatusChange],
     ) -> redis::RedisResult<i64> {
         let now = now_ms();
@@ -265,6 +332,10 @@ impl Store {
         inv.key(history_key(ws, id)).arg(now).arg(fields.len());
         for (f, v) in fields {
             inv.arg(*f).arg(v);
+        }
+        inv.arg(delete.len());
+        for f in delete {
+            inv.arg(*f);
         }
         inv.arg(statuses.len());
         for s in statuses {
@@ -275,6 +346,126 @@ impl Store {
                 .arg(history_entry(s.status, now, &s.reason, &s.error));
         }
         inv.invoke_async(&mut conn).await
+    }
+
+    /// Puts the message in its workspace's due index at `due` (epoch ms), keeping `request` (the
+    /// encoded `MessageRequest`) for the retry. Returns false when the message is already done
+    /// or gone (nothing to retry). Three single-key writes on two slots, in an order that a
+    /// crash between them cannot lose: the message first (a redelivered request re-indexes it),
+    /// then the due index, then the workspace hint (`due_workspaces_key`).
+    pub async fn schedule(
+        &self,
+        ws: &str,
+        id: &str,
+        request: Option<&[u8]>,
+        due: i64,
+    ) -> redis::RedisResult<bool> {
+        use base64::Engine as _;
+        let mut conn = self.redis.clone();
+        // base64: the hash is read as text (`load`).
+        let request = request
+            .map(|r| base64::engine::general_purpose::STANDARD.encode(r))
+            .unwrap_or_default();
+        let answer: String = self
+            .schedule
+            .key(msg_key(ws, id))
+            .arg(due)
+            .arg(request)
+            .invoke_async(&mut conn)
+            .await?;
+        if answer != "ok" {
+            return Ok(false);
+        }
+        let _: () = conn.zadd(due_key(ws), id, due).await?;
+        // LT: only ever moves the hint earlier (and adds it when missing).
+        let _: () = redis::cmd("ZADD")
+            .arg(due_workspaces_key())
+            .arg("LT")
+            .arg(due)
+            .arg(ws)
+            .query_async(&mut conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Workspaces with retries due by `now`, at most `max`.
+    pub async fn due_workspaces(&self, now: i64, max: usize) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.redis.clone();
+        conn.zrangebyscore_limit(due_workspaces_key(), "-inf", now, 0, max as isize)
+            .await
+    }
+
+    /// Claims up to `max` due messages of `ws` for `lease_ms` and refreshes the workspace's hint
+    /// to its earliest remaining due time (removed when none). The hint is re-read and lowered
+    /// once more, so a retry scheduled between the claim and the refresh is never hidden.
+    pub async fn claim_due(
+        &self,
+        ws: &str,
+        max: usize,
+        lease_ms: u64,
+        now: i64,
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.redis.clone();
+        let mut ids: Vec<String> = self
+            .claim_due
+            .key(due_key(ws))
+            .arg(now)
+            .arg(lease_ms)
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await?;
+        let earliest = ids.pop().and_then(|s| s.parse::<f64>().ok());
+        self.set_hint(ws, earliest, false).await?;
+        let again: Vec<(String, f64)> = conn.zrange_withscores(due_key(ws), 0, 0).await?;
+        let again = again.first().map(|(_, s)| *s);
+        if again.is_some() && again != earliest {
+            self.set_hint(ws, again, true).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Pushes a workspace's hint to `at` (it is at its in-flight cap: look again then).
+    pub async fn defer_workspace(&self, ws: &str, at: i64) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        redis::cmd("ZADD")
+            .arg(due_workspaces_key())
+            .arg("XX")
+            .arg(at)
+            .arg(ws)
+            .query_async(&mut conn)
+            .await
+    }
+
+    async fn set_hint(
+        &self,
+        ws: &str,
+        at: Option<f64>,
+        only_lower: bool,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        match at {
+            None => conn.zrem(due_workspaces_key(), ws).await,
+            Some(at) => {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(due_workspaces_key());
+                if only_lower {
+                    cmd.arg("LT");
+                }
+                cmd.arg(at).arg(ws).query_async(&mut conn).await
+            }
+        }
+    }
+
+    /// Drops a message from its workspace's due index (it is done, or gone).
+    pub async fn unschedule(&self, ws: &str, id: &str) -> redis::RedisResult<()> {
+        self.redis.clone().zrem(due_key(ws), id).await
+    }
+
+    /// The request kept for a scheduled retry.
+    pub async fn request(&self, ws: &str, id: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+        use base64::Engine as _;
+        let stored: Option<String> = self.redis.clone().hget(msg_key(ws, id), "request").await?;
+        Ok(stored.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok()))
     }
 
     pub async fn load(&self, ws: &str, id: &str) -> redis::RedisResult<Option<Record>> {
@@ -371,6 +562,8 @@ pub struct Record {
     pub error: String,
     pub providers: Vec<ProviderEntry>,
     pub timestamps: HashMap<String, i64>,
+    /// Times the message was claimed for sending (provider calls or not).
+    pub claims: u32,
 }
 
 impl Record {
@@ -382,6 +575,7 @@ impl Record {
         let phase = take("phase");
         let reason = take("reason");
         let error = take("error");
+        let claims = take("attempts").parse().unwrap_or(0);
         let mut timestamps = HashMap::new();
         for status in [
             "enqueued",
@@ -407,6 +601,7 @@ impl Record {
             error,
             providers,
             timestamps,
+            claims,
         }
     }
 

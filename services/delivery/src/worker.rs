@@ -1,16 +1,24 @@
 //! The `delivery` consumer: one `MessageRequest` → a message record, routing, provider calls
 //! under a lease, status transitions and lifecycle events. Idempotent on the message id.
+//!
+//! No provider can hold shared capacity: each message gets one provider call per delivery
+//! (bounded by the provider timeout), and only while its workspace is under its in-flight cap
+//! and the provider's circuit is closed. Anything else (a retryable failure, an open circuit,
+//! a workspace at its cap) is scheduled in the workspace's due index in Redis and the
+//! JetStream message is acked once that is stored; `scheduler` picks it up when due.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, Message, message::PublishMessage};
+use async_nats::jetstream::{self, Message, message::PublishMessage};
 use prost::Message as _;
+use rand::Rng;
 use rc_common::consumer::{Handler, Outcome};
 use rc_common::subjects::{self, courier_subject, kinds};
 use rc_proto::{MessageEvent, MessageRequest};
 
-use crate::providers::Registry;
+use crate::limits::{Circuits, Gate, WorkspaceLimiter};
+use crate::providers::{Kind, Registry, RegistryError};
 use crate::routing::{Prepared, Route, route};
 use crate::send::{Outgoing, SendResult, Senders};
 use crate::store::{Claim, Meta, ProviderEntry, StatusChange, Store, now_ms};
@@ -18,10 +26,14 @@ use crate::store::{Claim, Meta, ProviderEntry, StatusChange, Store, now_ms};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub lease: Duration,
-    pub inline_attempts: u32,
+    /// First retry wait after a failed provider call (doubles per attempt, ±20 % jitter).
     pub retry_base: Duration,
-    pub max_inline_wait: Duration,
-    pub max_deliver: i64,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Retries stop (UNDELIVERABLE) once the next one would fall this long after enqueueing.
+    pub retry_window: Duration,
+    /// How long a message of a workspace at its in-flight cap waits before it is tried again.
+    pub defer: Duration,
 }
 
 pub struct Worker {
@@ -30,17 +42,60 @@ pub struct Worker {
     pub senders: Senders,
     pub publisher: Publisher,
     pub config: WorkerConfig,
+    pub limiter: WorkspaceLimiter,
+    pub circuits: Circuits,
 }
 
 #[derive(Debug)]
-enum Error {
+pub enum Error {
+    /// Redis or NATS is down: every message needs them, so the consumer waits.
+    Unavailable(String),
     Retry(String),
     Poison(String),
 }
 
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Unavailable(e) | Error::Retry(e) | Error::Poison(e) => f.write_str(e),
+        }
+    }
+}
+
+/// True when Redis is unreachable or not serving (an outage), not a refused command.
+fn redis_outage(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::ReadOnly
+            )
+        )
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        Error::Retry(format!("redis: {e}"))
+        if redis_outage(&e) {
+            Error::Unavailable(format!("redis: {e}"))
+        } else {
+            Error::Retry(format!("redis: {e}"))
+        }
+    }
+}
+
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Redis(r) => r.into(),
+            RegistryError::Invalid(m) => Error::Retry(m),
+        }
     }
 }
 
@@ -48,10 +103,30 @@ impl Handler for Worker {
     async fn handle(&self, message: &Message) -> Outcome {
         match self.process(message).await {
             Ok(()) => Outcome::Done,
+            Err(Error::Unavailable(r)) => Outcome::Unavailable(r),
             Err(Error::Retry(r)) => Outcome::Retry(r),
             Err(Error::Poison(r)) => Outcome::Poison(r),
         }
     }
+}
+
+/// Where a delivery attempt comes from: the JetStream request (acked after it) or the due index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Stream,
+    Due,
+}
+
+/// The retry a message needs after this attempt.
+struct Later {
+    error: String,
+    after: Duration,
+    attempts: u32,
+}
+
+/// Up to 25 % later (never earlier: a Retry-After is a minimum), so a burst's retries spread.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(1.0..1.25))
 }
 
 impl Worker {
@@ -68,7 +143,6 @@ impl Worker {
         if req.message_id.is_empty() || req.message_id.len() > 256 {
             return Err(Error::Poison("message_id must be 1-256 characters".into()));
         }
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let ws = req.workspace_id.as_str();
         let id = req.message_id.as_str();
         let prepared = Prepared::from_request(&req);
@@ -91,179 +165,256 @@ impl Worker {
         self.publisher
             .publish_pending(&self.store, ws, id)
             .await
-            .map_err(Error::Retry)?;
+            .map_err(Error::Unavailable)?;
+        let Some(_slot) = self.limiter.try_acquire(ws) else {
+            // Its workspace is at its cap: park it in Redis and ack, rather than hold a
+            // shared handler (or the consumer's pending window) for it.
+            metrics::counter!("delivery_deferred_total", "cause" => "workspace_cap").increment(1);
+            let due = now_ms() + jittered(self.config.defer).as_millis() as i64;
+            self.store
+                .schedule(ws, id, Some(&message.payload), due)
+                .await?;
+            return Ok(());
+        };
+        self.attempt(ws, id, &req, &prepared, &message.payload, Source::Stream)
+            .await
+    }
 
-        // Claim the message: only the lease holder calls providers.
-        loop {
-            match self
-                .store
-                .claim(ws, id, self.config.lease.as_millis() as u64)
-                .await?
-            {
-                Claim::Claimed => break,
-                Claim::Done => return Ok(()),
-                Claim::Missing => return Err(Error::Retry("message record vanished".into())),
-                Claim::Busy => {
-                    return Err(Error::Retry("another worker holds the send lease".into()));
-                }
-                Claim::Wait(ms) if Duration::from_millis(ms) <= self.config.max_inline_wait => {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                }
-                Claim::Wait(ms) => {
-                    return Err(Error::Retry(format!("provider asked to wait {ms} ms")));
-                }
+    /// A due retry (claimed by `scheduler`, which holds the workspace's slot for it).
+    pub async fn run_due(&self, ws: &str, id: &str) -> Result<(), Error> {
+        let Some(bytes) = self.store.request(ws, id).await? else {
+            // Done (the request is dropped then) or gone: nothing to retry.
+            self.store.unschedule(ws, id).await?;
+            return Ok(());
+        };
+        let req = match MessageRequest::decode(bytes.as_slice()) {
+            Ok(r) if r.workspace_id == ws && r.message_id == id => r,
+            _ => {
+                // Checked before it was stored, so only a damaged record gets here.
+                tracing::error!(workspace = ws, message_id = id, "Stored request unreadable");
+                let failed = StatusChange {
+                    status: "UNDELIVERABLE",
+                    reason: "PROVIDER_ERROR".into(),
+                    error: "the stored request could not be read".into(),
+                };
+                return self.finish(ws, id, None, vec![failed], Source::Due).await;
+            }
+        };
+        let prepared = Prepared::from_request(&req);
+        self.attempt(ws, id, &req, &prepared, &bytes, Source::Due)
+            .await
+    }
+
+    /// Claims the message and makes one provider call per target still to send; records the
+    /// answers, then finishes it or schedules its retry.
+    async fn attempt(
+        &self,
+        ws: &str,
+        id: &str,
+        req: &MessageRequest,
+        prepared: &Prepared,
+        payload: &[u8],
+        source: Source,
+    ) -> Result<(), Error> {
+        // The request is kept in Redis only when a retry needs it; the due index has it already.
+        let keep = (source == Source::Stream).then_some(payload);
+        match self
+            .store
+            .claim(ws, id, self.config.lease.as_millis() as u64)
+            .await?
+        {
+            Claim::Claimed => {}
+            Claim::Done | Claim::Missing if source == Source::Due => {
+                self.store.unschedule(ws, id).await?;
+                return Ok(());
+            }
+            Claim::Done => return Ok(()),
+            Claim::Missing => return Err(Error::Retry("message record vanished".into())),
+            // Another worker holds the lease, or a retry is due later: make sure the due index
+            // has it then (a crashed lease holder's message comes back), and let go.
+            Claim::Busy(at) | Claim::Wait(at) => {
+                self.store.schedule(ws, id, keep, at).await?;
+                return Ok(());
             }
         }
 
-        let providers = self
-            .registry
-            .load(ws)
-            .await
-            .map_err(|e| Error::Retry(e.to_string()))?;
+        let providers = self.registry.load(ws).await?;
         let done = |status: &'static str, reason: &str, error: String| StatusChange {
             status,
             reason: reason.to_string(),
             error,
         };
-        match route(&prepared, &providers) {
+        let targets = match route(prepared, &providers) {
             Route::Unmapped(error) => {
-                self.finish(ws, id, None, vec![done("UNMAPPED", "", error)])
-                    .await?;
+                let change = done("UNMAPPED", "", error);
+                return self.finish(ws, id, None, vec![change], source).await;
             }
             Route::Unroutable { reason, error } => {
-                self.finish(ws, id, None, vec![done("UNROUTABLE", reason, error)])
-                    .await?;
+                let change = done("UNROUTABLE", reason, error);
+                return self.finish(ws, id, None, vec![change], source).await;
             }
-            Route::Targets(targets) => {
-                let record = self
-                    .store
-                    .load(ws, id)
-                    .await?
-                    .ok_or_else(|| Error::Retry("message record vanished".into()))?;
-                let mut entries = record.providers.clone();
-                let mut pending_retry: Option<(String, Option<Duration>)> = None;
-                for target in &targets {
-                    let pos = entries
-                        .iter()
-                        .position(|e| {
-                            e.channel == target.channel && e.provider == target.provider.name
-                        })
-                        .unwrap_or_else(|| {
-                            entries.push(ProviderEntry {
-                                channel: target.channel.clone(),
-                                provider: target.provider.name.clone(),
-                                provider_type: target.provider.kind.as_str().into(),
-                                status: "ENQUEUED".into(),
-                                ..Default::default()
-                            });
-                            entries.len() - 1
-                        });
-                    if matches!(
-                        entries[pos].status.as_str(),
-                        "SENT" | "DELIVERED" | "UNDELIVERABLE"
-                    ) {
-                        continue;
-                    }
-                    let (title, body) = prepared.content(&target.channel);
-                    let out = Outgoing {
-                        workspace: ws.to_string(),
-                        message_id: id.to_string(),
+            Route::Targets(targets) => targets,
+        };
+        let record = self
+            .store
+            .load(ws, id)
+            .await?
+            .ok_or_else(|| Error::Retry("message record vanished".into()))?;
+        let mut entries = record.providers.clone();
+        let mut later: Option<Later> = None;
+        for target in &targets {
+            let pos = entries
+                .iter()
+                .position(|e| e.channel == target.channel && e.provider == target.provider.name)
+                .unwrap_or_else(|| {
+                    entries.push(ProviderEntry {
                         channel: target.channel.clone(),
-                        address: target.address.clone(),
-                        recipient: prepared.recipient.clone(),
-                        to: prepared.to_json(),
-                        title,
-                        body,
-                        data: prepared.data.clone(),
-                        event: req.event.clone(),
-                        notification: prepared.template.clone(),
-                        run_id: req.run_id.clone(),
-                        tenant_id: prepared.tenant_id.clone(),
-                    };
-                    let result = self
-                        .send_with_retries(message, &target.provider, &out, &mut entries[pos])
-                        .await;
-                    let entry = &mut entries[pos];
-                    let now = now_ms();
-                    match result {
-                        SendResult::Sent {
-                            reference,
-                            delivered,
-                        } => {
-                            entry.status = if delivered { "DELIVERED" } else { "SENT" }.into();
-                            entry.sent = Some(now);
-                            entry.delivered = delivered.then_some(now);
-                            entry.reference = reference;
-                            entry.error = None;
-                            metrics::counter!("delivery_sends_total", "provider" => target.provider.kind.as_str(), "result" => "sent").increment(1);
-                        }
-                        SendResult::Failed { error } => {
-                            entry.status = "UNDELIVERABLE".into();
-                            entry.error = Some(error);
-                            metrics::counter!("delivery_sends_total", "provider" => target.provider.kind.as_str(), "result" => "failed").increment(1);
-                        }
-                        SendResult::Retry { error, retry_after } => {
-                            entry.error = Some(error.clone());
-                            metrics::counter!("delivery_sends_total", "provider" => target.provider.kind.as_str(), "result" => "retry").increment(1);
-                            pending_retry = Some((error, retry_after));
-                        }
-                    }
+                        provider: target.provider.name.clone(),
+                        provider_type: target.provider.kind.as_str().into(),
+                        status: "ENQUEUED".into(),
+                        ..Default::default()
+                    });
+                    entries.len() - 1
+                });
+            let entry = &mut entries[pos];
+            if matches!(
+                entry.status.as_str(),
+                "SENT" | "DELIVERED" | "UNDELIVERABLE"
+            ) {
+                continue;
+            }
+            let kind = target.provider.kind;
+            // The inbox is our own Redis: its failures are an outage, not a failing provider.
+            let circuit = kind != Kind::Inbox;
+            if circuit && let Gate::Wait(wait) = self.circuits.gate(ws, &target.provider.name) {
+                metrics::counter!("delivery_deferred_total", "cause" => "circuit_open")
+                    .increment(1);
+                let error = entry
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "provider circuit open".into());
+                // Backing off per claim too: a long outage's backlog is looked at about once
+                // per `max_backoff`, not at every cooldown.
+                let wait = wait.max(self.backoff(record.claims));
+                later = merge(later, error, wait, entry.attempts);
+                continue;
+            }
+            let (title, body) = prepared.content(&target.channel);
+            let out = Outgoing {
+                workspace: ws.to_string(),
+                message_id: id.to_string(),
+                channel: target.channel.clone(),
+                address: target.address.clone(),
+                recipient: prepared.recipient.clone(),
+                to: prepared.to_json(),
+                title,
+                body,
+                data: prepared.data.clone(),
+                event: req.event.clone(),
+                notification: prepared.template.clone(),
+                run_id: req.run_id.clone(),
+                tenant_id: prepared.tenant_id.clone(),
+            };
+            entry.attempts += 1;
+            let result = self.senders.send(&target.provider, &out).await;
+            if circuit {
+                let ok = !matches!(result, SendResult::Retry { .. });
+                self.circuits.record(ws, &target.provider.name, ok);
+            }
+            let now = now_ms();
+            let label = kind.as_str();
+            match result {
+                SendResult::Sent {
+                    reference,
+                    delivered,
+                } => {
+                    entry.status = if delivered { "DELIVERED" } else { "SENT" }.into();
+                    entry.sent = Some(now);
+                    entry.delivered = delivered.then_some(now);
+                    entry.reference = reference;
+                    entry.error = None;
+                    metrics::counter!("delivery_sends_total", "provider" => label, "result" => "sent").increment(1);
                 }
-                let sent = entries.iter().any(|e| e.sent.is_some());
-                let delivered_any = entries.iter().any(|e| e.delivered.is_some());
-                let mut statuses = Vec::new();
-                if sent {
-                    statuses.push(StatusChange::plain("SENT"));
+                SendResult::Failed { error } => {
+                    entry.status = "UNDELIVERABLE".into();
+                    entry.error = Some(error);
+                    metrics::counter!("delivery_sends_total", "provider" => label, "result" => "failed").increment(1);
                 }
-                if delivered_any {
-                    statuses.push(StatusChange::plain("DELIVERED"));
+                SendResult::Retry { error, retry_after } => {
+                    metrics::counter!("delivery_sends_total", "provider" => label, "result" => "retry").increment(1);
+                    let backoff = self.backoff(entry.attempts);
+                    let wait = retry_after.unwrap_or_default().max(backoff);
+                    entry.error = Some(error.clone());
+                    later = merge(later, error, wait, entry.attempts);
                 }
-                let providers_json = serde_json::to_string(&entries).expect("serializable");
-                match pending_retry {
-                    Some((error, retry_after)) if delivered < self.config.max_deliver => {
-                        // Give the message back: the next delivery retries what did not go out.
-                        let not_before =
-                            now_ms() + retry_after.map(|d| d.as_millis() as i64).unwrap_or(0);
-                        self.store
-                            .transition(
-                                ws,
-                                id,
-                                &[
-                                    ("providers", providers_json),
-                                    ("phase", "enqueued".into()),
-                                    ("not_before", not_before.to_string()),
-                                ],
-                                &statuses,
-                            )
-                            .await?;
-                        self.publisher
-                            .publish_pending(&self.store, ws, id)
-                            .await
-                            .map_err(Error::Retry)?;
-                        return Err(Error::Retry(error));
-                    }
-                    Some((error, _)) if !sent => {
-                        statuses.push(done(
-                            "UNDELIVERABLE",
-                            "PROVIDER_ERROR",
-                            format!("gave up after {delivered} deliveries: {error}"),
-                        ));
-                    }
-                    _ if !sent => {
-                        let error = entries
-                            .iter()
-                            .filter_map(|e| e.error.clone())
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        statuses.push(done("UNDELIVERABLE", "PROVIDER_ERROR", error));
-                    }
-                    _ => {}
-                }
-                self.finish(ws, id, Some(providers_json), statuses).await?;
             }
         }
-        Ok(())
+        let sent = entries.iter().any(|e| e.sent.is_some());
+        let delivered_any = entries.iter().any(|e| e.delivered.is_some());
+        let mut statuses = Vec::new();
+        if sent {
+            statuses.push(StatusChange::plain("SENT"));
+        }
+        if delivered_any {
+            statuses.push(StatusChange::plain("DELIVERED"));
+        }
+        let providers_json = serde_json::to_string(&entries).expect("serializable");
+        match later {
+            Some(later) => {
+                let due = now_ms() + jittered(later.after).as_millis() as i64;
+                let window_end =
+                    record.ts("enqueued") + self.config.retry_window.as_millis() as i64;
+                if due <= window_end {
+                    // Give the message to the due index; the next attempt retries what did
+                    // not go out. Recorded first: a crash before indexing leaves a
+                    // `scheduled` record that a redelivery (or the lease's end) re-indexes.
+                    let fields = [
+                        ("providers", providers_json),
+                        ("phase", "scheduled".to_string()),
+                        ("not_before", due.to_string()),
+                    ];
+                    self.store
+                        .transition(ws, id, &fields, &[], &statuses)
+                        .await?;
+                    self.store.schedule(ws, id, keep, due).await?;
+                    return self
+                        .publisher
+                        .publish_pending(&self.store, ws, id)
+                        .await
+                        .map_err(Error::Unavailable);
+                }
+                if !sent {
+                    statuses.push(done(
+                        "UNDELIVERABLE",
+                        "PROVIDER_ERROR",
+                        format!(
+                            "gave up after {} attempts in {:?}: {}",
+                            later.attempts, self.config.retry_window, later.error
+                        ),
+                    ));
+                }
+            }
+            None if !sent => {
+                let error = entries
+                    .iter()
+                    .filter_map(|e| e.error.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                statuses.push(done("UNDELIVERABLE", "PROVIDER_ERROR", error));
+            }
+            None => {}
+        }
+        self.finish(ws, id, Some(providers_json), statuses, source)
+            .await
+    }
+
+    /// `retry_base × 2^(attempts-1)`, at most `max_backoff`.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(20);
+        self.config
+            .retry_base
+            .saturating_mul(1 << exp)
+            .min(self.config.max_backoff)
     }
 
     /// `to.tenant_id` without a user: one request per member of the tenant (accounts' read
@@ -280,10 +431,7 @@ impl Worker {
         let mut conn = self.store.redis();
         let members: Vec<String> = redis::AsyncCommands::zrange(
             &mut conn,
-            format!(
-                "{{ws:{ws}:tenant:{}}}:members",
-                rc_common::redis::escape_key_id(&prepared.tenant_id)
-            ),
+            crate::store::tenant_members_key(ws, &prepared.tenant_id),
             0,
             -1,
         )
@@ -310,6 +458,7 @@ impl Worker {
                         reason: "NO_CHANNELS".into(),
                         error,
                     }],
+                    Source::Stream,
                 )
                 .await;
         }
@@ -317,14 +466,8 @@ impl Worker {
             serde_json::from_slice(&req.profile).unwrap_or_default();
         let mut acks = Vec::with_capacity(members.len());
         for uid in &members {
-            let stored: Option<String> = redis::AsyncCommands::get(
-                &mut conn,
-                format!(
-                    "{{ws:{ws}:user:{}}}:profile",
-                    rc_common::redis::escape_key_id(uid)
-                ),
-            )
-            .await?;
+            let stored: Option<String> =
+                redis::AsyncCommands::get(&mut conn, crate::store::profile_key(ws, uid)).await?;
             let mut profile: serde_json::Map<String, serde_json::Value> = stored
                 .and_then(|s| serde_json::from_str(&s).ok())
                 .unwrap_or_default();
@@ -345,12 +488,12 @@ impl Worker {
                 .js
                 .send_publish(subject, publish)
                 .await
-                .map_err(|e| Error::Retry(format!("fan-out publish: {e}")))?;
+                .map_err(|e| Error::Unavailable(format!("fan-out publish: {e}")))?;
             acks.push(ack);
         }
         for ack in acks {
             ack.await
-                .map_err(|e| Error::Retry(format!("fan-out publish ack: {e}")))?;
+                .map_err(|e| Error::Unavailable(format!("fan-out publish ack: {e}")))?;
         }
         metrics::counter!("delivery_tenant_fanout_total").increment(members.len() as u64);
         Ok(())
@@ -362,47 +505,43 @@ impl Worker {
         id: &str,
         providers_json: Option<String>,
         statuses: Vec<StatusChange>,
+        source: Source,
     ) -> Result<(), Error> {
         let mut fields = vec![("phase", "done".to_string())];
         if let Some(p) = providers_json {
             fields.push(("providers", p));
         }
-        self.store.transition(ws, id, &fields, &statuses).await?;
+        self.store
+            .transition(ws, id, &fields, &["request", "not_before"], &statuses)
+            .await?;
         self.publisher
             .publish_pending(&self.store, ws, id)
             .await
-            .map_err(Error::Retry)?;
+            .map_err(Error::Unavailable)?;
+        if source == Source::Due {
+            self.store.unschedule(ws, id).await?;
+        }
         Ok(())
     }
+}
 
-    /// Up to `inline_attempts` calls, waiting `max(Retry-After, backoff)` between them when that
-    /// wait is short (≤ `max_inline_wait`); otherwise the retry goes back to JetStream.
-    async fn send_with_retries(
-        &self,
-        message: &Message,
-        provider: &crate::providers::Provider,
-        out: &Outgoing,
-        entry: &mut ProviderEntry,
-    ) -> SendResult {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            entry.attempts += 1;
-            let result = self.senders.send(provider, out).await;
-            let SendResult::Retry { retry_after, .. } = &result else {
-                return result;
-            };
-            let backoff = self
-                .config
-                .retry_base
-                .saturating_mul(1 << (attempt - 1).min(10));
-            let wait = retry_after.unwrap_or_default().max(backoff);
-            if attempt >= self.config.inline_attempts || wait > self.config.max_inline_wait {
-                return result;
-            }
-            let _ = message.ack_with(AckKind::Progress).await;
-            tokio::time::sleep(wait).await;
-        }
+/// Keeps the later of two retries (the message waits for its slowest target).
+fn merge(current: Option<Later>, error: String, after: Duration, attempts: u32) -> Option<Later> {
+    match current {
+        Some(c) if c.after >= after => Some(Later {
+            attempts: c.attempts.max(attempts),
+            ..c
+        }),
+        Some(c) => Some(Later {
+            error,
+            after,
+            attempts: c.attempts.max(attempts),
+        }),
+        None => Some(Later {
+            error,
+            after,
+            attempts,
+        }),
     }
 }
 
