@@ -566,15 +566,9 @@ async fn delete_notification(
 
 // ---- mappings ---------------------------------------------------------------------------------
 
-/// The catalog / mapping key of a request: `event` (track name) or `type` (identify | group).
+/// The catalog / mapping key of a request (see [`catalog::request_key`]).
 fn mapping_key(event: Option<&str>, kind: Option<&str>) -> Result<String, E> {
-    match (event, kind) {
-        (Some(e), None | Some("track")) if !e.is_empty() => Ok(catalog::entry_key("track", e)),
-        (None, Some(k @ ("identify" | "group"))) => Ok(k.to_string()),
-        _ => Err(E::Invalid(
-            "give `event` (a track event name) or `type` (identify | group)".into(),
-        )),
-    }
+    catalog::request_key(event, kind).map_err(E::Invalid)
 }
 
 const LINK: &str = r"
@@ -731,12 +725,7 @@ async fn get_event(
     Workspace(ws): Workspace,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, E> {
-    // `identify`, `group`, `track:<name>`, or a bare track event name.
-    let key = if key == "identify" || key == "group" || key.starts_with("track:") {
-        key
-    } else {
-        catalog::entry_key("track", &key)
-    };
+    let key = catalog::path_key(&key);
     catalog::get(&state.engine.redis, &ws, &key)
         .await?
         .map(Json)

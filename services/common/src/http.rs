@@ -3,9 +3,14 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::HeaderName;
 use tokio::net::TcpListener;
 
 use crate::Shutdown;
+
+/// `x-should-retry: false` on an answer a retry cannot change (a 409 `idempotency_error`):
+/// Courier's Stainless-generated SDKs retry 409s unless this header says otherwise.
+pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// Serves `app` until `shutdown` triggers, then lets in-flight requests finish for at most
 /// `drain_timeout` (axum's own graceful shutdown has no bound: a keep-alive client could hold

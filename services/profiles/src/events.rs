@@ -84,20 +84,21 @@ impl Handler for IdentifyHandler {
             Err(reason) => return Outcome::Poison(reason),
         };
         let fields = crate::traits::profile_fields(&traits);
-        if fields.is_empty() {
-            metrics::counter!("profiles_identify_without_traits_total").increment(1);
-            return Outcome::Done;
-        }
         let Some(ts) = ts_ms(&envelope.timestamp).or_else(|| ts_ms(&envelope.received_at)) else {
             return Outcome::Poison("envelope has no timestamp".into());
         };
-        let write = Write::new(
+        let mut write = Write::new(
             Stamp::Event {
                 ts_ms: ts,
                 tiebreak: store::tiebreak(&envelope.message_id),
             },
             store::object_fields(&fields),
         );
+        if fields.is_empty() {
+            // The user exists, with no field (Courier's answer to an identify without traits).
+            metrics::counter!("profiles_identify_without_traits_total").increment(1);
+            write.cond = Cond::Touch;
+        }
         let applied = match store::apply(&self.redis, &ws, uid, &write).await {
             Ok(a) => a,
             Err(e) => return Outcome::Retry(format!("redis: {e}")),
