@@ -19,6 +19,7 @@ use crate::{AppState, catalog};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/automations", get(list_automations))
         .route("/automations/invoke", post(invoke_adhoc))
         .route("/automations/{template_id}/invoke", post(invoke_template))
         .route("/automations/runs", get(list_runs))
@@ -374,6 +375,38 @@ async fn list_templates(
         .collect();
     all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Ok(Json(json!({"results": all})))
+}
+
+/// `GET /automations`: the templates in Courier's `AutomationTemplateListResponse` shape. Every
+/// stored template is live, so each is `published`; `?version=draft` lists none. One page.
+async fn list_automations(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Query(q): Query<AutomationsQuery>,
+) -> Result<Json<Value>, E> {
+    if q.version.as_deref() == Some("draft") {
+        return Ok(Json(json!({"templates": []})));
+    }
+    let mut all: Vec<Value> = store::hall_json(&state.engine.redis, &store::templates_key(&ws))
+        .await?
+        .into_iter()
+        .map(|(id, t)| {
+            json!({
+                "id": id,
+                "name": t.get("name").and_then(Value::as_str).unwrap_or(&id),
+                "version": "published",
+                "createdAt": t.get("created_at"),
+                "updatedAt": t.get("updated_at"),
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(json!({"templates": all})))
+}
+
+#[derive(Deserialize)]
+struct AutomationsQuery {
+    version: Option<String>,
 }
 
 async fn create_template(

@@ -9,6 +9,7 @@ pub mod events;
 pub mod expr;
 pub mod refs;
 pub mod scheduler;
+pub mod send_list;
 pub mod steps;
 pub mod store;
 

@@ -7,8 +7,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::refs::MERGE_STRATEGIES;
 
-pub const ACTIONS: [&str; 6] = [
+pub const ACTIONS: [&str; 7] = [
     "send",
+    "send-list",
     "delay",
     "cancel",
     "update-profile",
@@ -144,6 +145,7 @@ fn validate_step(step: &Value, path: &str) -> Result<(), String> {
                 object_or_ref("override")?;
             }
         }
+        "send-list" => crate::send_list::validate(obj, path)?,
         "delay" => match (field("duration"), field("until")) {
             (Some(d), None) => {
                 let d = d

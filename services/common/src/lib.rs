@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod http;
+pub mod lists;
 pub mod nats;
 pub mod ops;
 pub mod outbound;
