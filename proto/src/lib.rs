@@ -18,7 +18,31 @@ impl EventType {
             EventType::Identify => "identify",
             EventType::Track => "track",
             EventType::Group => "group",
+            EventType::Page => "page",
+            EventType::Screen => "screen",
+            EventType::Alias => "alias",
             EventType::Unspecified => "unspecified",
         }
+    }
+
+    /// The type named by an event's `type` field, matched case-insensitively as RudderStack
+    /// does; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            EventType::Identify,
+            EventType::Track,
+            EventType::Group,
+            EventType::Page,
+            EventType::Screen,
+            EventType::Alias,
+        ]
+        .into_iter()
+        .find(|t| t.subject_token().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether events of this type are named (track `event`, page / screen `name`), so the
+    /// catalog and the mappings key them by that name.
+    pub fn is_named(self) -> bool {
+        matches!(self, EventType::Track | EventType::Page | EventType::Screen)
     }
 }

@@ -9,6 +9,7 @@ pub mod automations;
 pub mod dataplane;
 pub mod delivery;
 pub mod forwarder;
+pub mod frontdoor;
 pub mod profiles;
 pub mod tls;
 
@@ -29,7 +30,7 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn wait_for_port(port: u16, timeout: Duration) -> bool {
+pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {

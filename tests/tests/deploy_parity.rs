@@ -1037,3 +1037,120 @@ fn variable_names_follow_the_config_loader() {
     assert!(admin.vars.iter().all(|v| v.starts_with("RC_")));
     assert_eq!(rc_words("$(RC_A__B) and RC_C, rc_d"), ["RC_A__B", "RC_C"]);
 }
+
+// ---- the front door of `make run` against the Ingress objects ----------------------------------
+
+/// The routes of the front door's nginx config as Ingress paths: `location = P` alone is an
+/// `Exact` path; `location = P` plus `location ^~ P/` to the same upstream is a `Prefix` path.
+/// Any other proxied location is a problem (it would route what the Ingress does not).
+fn front_door_paths(conf: &str) -> Result<BTreeSet<IngressPath>, String> {
+    let mut exact = BTreeMap::new();
+    let mut prefix = BTreeMap::new();
+    for line in conf.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("location ") else {
+            continue;
+        };
+        let upstream = rest
+            .split("proxy_pass http://")
+            .nth(1)
+            .and_then(|u| u.split(';').next());
+        let mut words = rest.split_whitespace();
+        match (words.next(), words.next(), upstream) {
+            (Some("="), Some(p), Some(u)) => {
+                exact.insert(p.to_owned(), u.to_owned());
+            }
+            (Some("^~"), Some(p), Some(u)) if p.len() > 1 && p.ends_with('/') => {
+                prefix.insert(p.trim_end_matches('/').to_owned(), u.to_owned());
+            }
+            // The JSON 404 fallback and named error locations proxy nothing.
+            (Some("/" | "@too_large" | "@unavailable"), _, None) => {}
+            _ => return Err(format!("unexpected location: {line}")),
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (p, u) in &prefix {
+        if exact.get(p) != Some(u) {
+            return Err(format!(
+                "`location ^~ {p}/` needs `location = {p}` to the same upstream ({u})"
+            ));
+        }
+        out.insert((p.clone(), "Prefix".to_owned(), u.clone()));
+    }
+    for (p, u) in exact {
+        if !prefix.contains_key(&p) {
+            out.insert((p, "Exact".to_owned(), u));
+        }
+    }
+    Ok(out)
+}
+
+fn front_door_conf() -> String {
+    let path = deploy_dir()
+        .parent()
+        .unwrap()
+        .join("scripts/front-door.conf.in");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn all_ingress_paths() -> BTreeSet<IngressPath> {
+    let mut paths = BTreeSet::new();
+    for spec in services() {
+        let file = deploy_dir()
+            .join("base")
+            .join(&spec.name)
+            .join("ingress.yaml");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            paths.extend(ingress_paths(&text));
+        }
+    }
+    paths
+}
+
+#[test]
+fn front_door_routes_exactly_as_the_ingress_objects() {
+    let ingress = all_ingress_paths();
+    assert!(ingress.contains(&(
+        "/inbound/courier".to_owned(),
+        "Exact".to_owned(),
+        "ingress".to_owned()
+    )));
+    let front = front_door_paths(&front_door_conf()).expect("front door config parses");
+    let only_front: Vec<_> = front.difference(&ingress).collect();
+    let only_ingress: Vec<_> = ingress.difference(&front).collect();
+    assert!(
+        only_front.is_empty() && only_ingress.is_empty(),
+        "scripts/front-door.conf.in and deploy/base/*/ingress.yaml differ:\n  only in the front door: {only_front:?}\n  only in the Ingress objects: {only_ingress:?}"
+    );
+    // Every upstream the routes name is declared, with a placeholder the scripts fill in.
+    let conf = front_door_conf();
+    for (_, _, service) in &front {
+        let placeholder = format!("@{}@", service.to_ascii_uppercase());
+        assert!(
+            conf.contains(&format!("upstream {service} {{ server {placeholder};")),
+            "no `upstream {service}` with {placeholder}"
+        );
+    }
+}
+
+#[test]
+fn front_door_check_catches_drift() {
+    let conf = front_door_conf();
+    let paths = front_door_paths(&conf).unwrap();
+    // A Prefix path without its element-wise half becomes Exact: a different route.
+    let dropped = conf.replace("location ^~ /lists/ { proxy_pass http://accounts; }", "");
+    let changed = front_door_paths(&dropped).unwrap();
+    assert!(changed.contains(&("/lists".into(), "Exact".into(), "accounts".into())));
+    assert_ne!(changed, paths);
+    // Misrouted halves and unknown location forms are refused outright.
+    let misrouted = conf.replace(
+        "location ^~ /lists/ { proxy_pass http://accounts; }",
+        "location ^~ /lists/ { proxy_pass http://profiles; }",
+    );
+    assert!(front_door_paths(&misrouted).unwrap_err().contains("/lists"));
+    let regex = format!("{conf}\nlocation ~ ^/x {{ proxy_pass http://ingress; }}\n");
+    assert!(
+        front_door_paths(&regex)
+            .unwrap_err()
+            .contains("unexpected location")
+    );
+}

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod error;
 pub mod events;
+pub mod lists;
 pub mod store;
 
 use std::sync::Arc;
@@ -247,6 +248,23 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             get(api::legacy::user_tenant)
                 .put(api::join_tenant)
                 .delete(api::leave_tenant),
+        )
+        .route("/lists", get(lists::list_lists))
+        .route(
+            "/lists/{id}",
+            get(lists::get_list)
+                .put(lists::put_list)
+                .delete(lists::delete_list),
+        )
+        .route(
+            "/lists/{id}/subscriptions",
+            get(lists::list_subscriptions)
+                .post(lists::add_subscriptions)
+                .put(lists::replace_subscriptions),
+        )
+        .route(
+            "/lists/{id}/subscriptions/{user_id}",
+            axum::routing::put(lists::subscribe_user).delete(lists::unsubscribe_user),
         )
         .with_state(state)
         .merge(rc_common::ops::router(readiness))

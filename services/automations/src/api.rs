@@ -19,6 +19,7 @@ use rc_common::automation::{self as contract, cancelation_token, validate_steps}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/automations", get(list_automations))
         .route("/automations/invoke", post(invoke_adhoc))
         .route("/automations/{template_id}/invoke", post(invoke_template))
         .route("/automations/runs", get(list_runs))
@@ -387,6 +388,38 @@ async fn list_templates(
     Ok(Json(json!({"results": all})))
 }
 
+/// `GET /automations`: the templates in Courier's `AutomationTemplateListResponse` shape. Every
+/// stored template is live, so each is `published`; `?version=draft` lists none. One page.
+async fn list_automations(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Query(q): Query<AutomationsQuery>,
+) -> Result<Json<Value>, E> {
+    if q.version.as_deref() == Some("draft") {
+        return Ok(Json(json!({"templates": []})));
+    }
+    let mut all: Vec<Value> = store::hall_json(&state.engine.redis, &store::templates_key(&ws))
+        .await?
+        .into_iter()
+        .map(|(id, t)| {
+            json!({
+                "id": id,
+                "name": t.get("name").and_then(Value::as_str).unwrap_or(&id),
+                "version": "published",
+                "createdAt": t.get("created_at"),
+                "updatedAt": t.get("updated_at"),
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(json!({"templates": all})))
+}
+
+#[derive(Deserialize)]
+struct AutomationsQuery {
+    version: Option<String>,
+}
+
 async fn create_template(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
@@ -562,15 +595,9 @@ async fn delete_notification(
 
 // ---- mappings ---------------------------------------------------------------------------------
 
-/// The catalog / mapping key of a request: `event` (track name) or `type` (identify | group).
+/// The catalog / mapping key of a request (see [`catalog::request_key`]).
 fn mapping_key(event: Option<&str>, kind: Option<&str>) -> Result<String, E> {
-    match (event, kind) {
-        (Some(e), None | Some("track")) if !e.is_empty() => Ok(catalog::entry_key("track", e)),
-        (None, Some(k @ ("identify" | "group"))) => Ok(k.to_string()),
-        _ => Err(E::Invalid(
-            "give `event` (a track event name) or `type` (identify | group)".into(),
-        )),
-    }
+    catalog::request_key(event, kind).map_err(E::Invalid)
 }
 
 const LINK: &str = r"
@@ -727,12 +754,7 @@ async fn get_event(
     Workspace(ws): Workspace,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, E> {
-    // `identify`, `group`, `track:<name>`, or a bare track event name.
-    let key = if key == "identify" || key == "group" || key.starts_with("track:") {
-        key
-    } else {
-        catalog::entry_key("track", &key)
-    };
+    let key = catalog::path_key(&key);
     catalog::get(&state.engine.redis, &ws, &key)
         .await?
         .map(Json)

@@ -1,5 +1,5 @@
 //! The received-events catalog (Courier Studio's "destination events" page): one entry per
-//! track event name and per identify / group type, updated by the EVENTS consumer, counted once
+//! track event name, per page / screen name, and per identify / group / alias type, updated by the EVENTS consumer, counted once
 //! per message id (a marker with expiry makes redelivery a no-op).
 //!
 //! Keys: `ws:{<ws>}:auto:catalog` (entry key → JSON {first, last, payload}),
@@ -8,17 +8,57 @@
 //! `ws:{<ws>}:auto:seen:<message id>` (marker, 24 h).
 
 use rc_common::redis::RedisConn;
+use rc_proto::EventType;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::store::{self, key};
 
-/// Entry key: `track:<event name>`, `identify` or `group`.
-pub fn entry_key(kind: &str, event: &str) -> String {
-    if kind == "track" {
-        format!("track:{event}")
+/// Entry (and mapping) key: `<type>:<name>` for a named track, page or screen event (a page or
+/// screen without a name is plain `page` / `screen`), else the type: `identify`, `group`, `alias`.
+pub fn entry_key(kind: EventType, name: &str) -> String {
+    let token = kind.subject_token();
+    if kind.is_named() && !name.is_empty() {
+        let mut key = String::with_capacity(token.len() + 1 + name.len());
+        key.push_str(token);
+        key.push(':');
+        key.push_str(name);
+        key
     } else {
-        kind.to_string()
+        token.to_string()
+    }
+}
+
+/// The key a mapping request or a catalog lookup names: `event` alone is a track event name;
+/// `type` alone is that type (for page / screen: the unnamed ones); both name a track, page or
+/// screen event.
+pub fn request_key(event: Option<&str>, kind: Option<&str>) -> Result<String, String> {
+    let kind = match kind {
+        None => EventType::Track,
+        Some(k) => {
+            EventType::from_name(k).ok_or_else(|| format!("type: unknown event type {k:?}"))?
+        }
+    };
+    match event.filter(|e| !e.is_empty()) {
+        Some(e) if kind.is_named() => Ok(entry_key(kind, e)),
+        Some(_) => Err(format!(
+            "event: {} events have no name; give only `type`",
+            kind.subject_token()
+        )),
+        None if kind == EventType::Track => Err(
+            "event: required for track (or give `type`: identify, group, page, screen, alias)"
+                .into(),
+        ),
+        None => Ok(entry_key(kind, "")),
+    }
+}
+
+/// A catalog path segment: a full entry key (`page:Home`, `alias`, …) or a bare track name.
+pub fn path_key(segment: &str) -> String {
+    let (head, _) = segment.split_once(':').unwrap_or((segment, ""));
+    match EventType::from_name(head) {
+        Some(t) if t != EventType::Unspecified && head == t.subject_token() => segment.to_string(),
+        _ => entry_key(EventType::Track, segment),
     }
 }
 

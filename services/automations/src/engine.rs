@@ -438,6 +438,7 @@ impl Engine {
         let ws = run.workspace.clone();
         match step_action(Some(step)) {
             "send" => self.send(run, index, step).await,
+            "send-list" => self.send_list(run, index, step).await,
             "delay" => {
                 if let Some(at) = run.wake_at_ms {
                     if now_ms() >= at {
@@ -631,6 +632,23 @@ impl Engine {
     }
 
     async fn send(&self, run: &mut Run, index: usize, step: &Value) -> Result<StepDone, Transient> {
+        let message_id = format!("{}-s{index}", run.id);
+        let detail = self.request_message(run, step, None, &message_id).await?;
+        Ok(StepDone::Next(
+            Some(detail),
+            Some(json!({"messageId": message_id})),
+        ))
+    }
+
+    /// Publishes one message request for a send step (or, with `to`, for one recipient of a
+    /// send-list step); returns the timeline detail. Idempotent by `message_id`.
+    pub(crate) async fn request_message(
+        &self,
+        run: &Run,
+        step: &Value,
+        to: Option<&str>,
+        message_id: &str,
+    ) -> Result<String, Transient> {
         let ws = run.workspace.clone();
         let ctx = run.context.clone();
         let str_of = |v: Option<&Value>| {
@@ -669,9 +687,10 @@ impl Engine {
                     )
                 }
                 None => {
-                    let recipient = match step.get("recipient") {
-                        Some(r) => str_of(Some(r)),
-                        None => run.recipient(),
+                    let recipient = match (to, step.get("recipient")) {
+                        (Some(to), _) => to.to_string(),
+                        (None, Some(r)) => str_of(Some(r)),
+                        (None, None) => run.recipient(),
                     };
                     let ov = step.get("override").map(|o| resolve(o, &ctx));
                     let channels = ov
@@ -686,7 +705,11 @@ impl Engine {
                         .unwrap_or_default();
                     (
                         recipient,
-                        str_of(step.get("template")),
+                        // send-list may leave the template to the run's (invoke's `template`).
+                        match str_of(step.get("template")) {
+                            t if t.is_empty() => str_of(ctx.get("template")),
+                            t => t,
+                        },
                         str_of(step.get("brand")),
                         step.get("data")
                             .map(|d| resolve(d, &ctx))
@@ -736,11 +759,10 @@ impl Engine {
                 }
             }
         };
-        let message_id = format!("{}-s{index}", run.id);
         let req = MessageRequest {
             schema_version: 1,
             workspace_id: ws.clone(),
-            message_id: message_id.clone(),
+            message_id: message_id.to_string(),
             run_id: run.id.clone(),
             automation_template: run.template.clone(),
             event: run.event.clone(),
@@ -767,11 +789,8 @@ impl Engine {
         )
         .await?;
         metrics::counter!("automations_messages_requested_total").increment(1);
-        Ok(StepDone::Next(
-            Some(format!(
-                "message {message_id} requested for {recipient:?} (template {template:?}, {status})"
-            )),
-            Some(json!({"messageId": message_id})),
+        Ok(format!(
+            "message {message_id} requested for {recipient:?} (template {template:?}, {status})"
         ))
     }
 
@@ -819,8 +838,11 @@ impl Engine {
                 .collect();
             req = req.query(&pairs);
         }
-        if let Some(b) = hook.get("body").filter(|b| !b.is_null()) {
-            req = req.json(b);
+        match hook.get("body") {
+            None | Some(Value::Null) => {}
+            // The SDK declares `body` a string: sent as is, not JSON-encoded a second time.
+            Some(Value::String(text)) => req = req.body(text.clone()),
+            Some(b) => req = req.json(b),
         }
         let resp = match req.send().await {
             Ok(r) => r,

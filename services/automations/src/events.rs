@@ -54,12 +54,10 @@ impl EventHandler {
     /// counted in the catalog with that reason and starts nothing.
     async fn process(&self, env: &Envelope) -> Result<Option<String>, Transient> {
         let ws = env.workspace_id.as_str();
-        let kind = match env.r#type() {
-            EventType::Track => "track",
-            EventType::Identify => "identify",
-            EventType::Group => "group",
-            EventType::Unspecified => return Ok(None),
-        };
+        let kind = env.r#type();
+        if kind == EventType::Unspecified {
+            return Ok(None);
+        }
         let entry = catalog::entry_key(kind, &env.event);
         let at = env
             .received_at
@@ -69,13 +67,12 @@ impl EventHandler {
         let payload = String::from_utf8_lossy(&env.raw);
         let redis = &self.engine.redis;
 
-        let props = json_of(if kind == "track" {
-            &env.properties
-        } else {
-            &env.traits
+        let props = json_of(match kind {
+            EventType::Identify | EventType::Group => &env.traits,
+            _ => &env.properties,
         });
         // Inline automations come with track events only.
-        let inline = if kind == "track" {
+        let inline = if kind == EventType::Track {
             props
                 .get("courier")
                 .and_then(|c| c.get("automation"))
@@ -121,21 +118,27 @@ impl EventHandler {
             return Ok(Some(reason));
         }
 
-        // data = properties (traits) + userId, anonymousId, event (track) or groupId (group), the
-        // properties repeated under data.properties.
+        // data = properties (traits) + userId, anonymousId, event (track), name (page, screen),
+        // groupId (group) or previousId (alias), the properties repeated under data.properties.
         let mut base = props.as_object().cloned().unwrap_or_default();
         base.remove("courier");
         let mut data = base.clone();
         data.insert("userId".into(), json!(env.user_id));
         data.insert("anonymousId".into(), json!(env.anonymous_id));
         match kind {
-            "track" => {
+            EventType::Track => {
                 data.insert("event".into(), json!(env.event));
             }
-            "group" => {
+            EventType::Page | EventType::Screen => {
+                data.insert("name".into(), json!(env.event));
+            }
+            EventType::Group => {
                 data.insert("groupId".into(), json!(env.group_id));
             }
-            _ => {}
+            EventType::Alias => {
+                data.insert("previousId".into(), json!(env.previous_id));
+            }
+            EventType::Identify | EventType::Unspecified => {}
         }
         data.insert("properties".into(), Value::Object(base));
         let default_recipient = if env.user_id.is_empty() {

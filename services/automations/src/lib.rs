@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod refs;
 pub mod scheduler;
+pub mod send_list;
 pub mod store;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use rc_common::consumer::{self, ConsumerSpec};
 use rc_common::ops::Readiness;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
+use rc_proto::EventType;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
@@ -137,11 +139,17 @@ pub async fn run(
 
     let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.track");
     spec.durable = cfg.consumer_name.clone();
-    spec.filter_subjects = vec![
-        "events.*.track".into(),
-        "events.*.identify".into(),
-        "events.*.group".into(),
-    ];
+    spec.filter_subjects = [
+        EventType::Track,
+        EventType::Identify,
+        EventType::Group,
+        EventType::Page,
+        EventType::Screen,
+        EventType::Alias,
+    ]
+    .into_iter()
+    .map(|t| subjects::event_subject("*", t.subject_token()))
+    .collect();
     spec.concurrency = cfg.consumer_concurrency;
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -25,6 +25,10 @@ use crate::config::HttpSettings;
 const RETRY_AFTER_SECS: &str = "2";
 /// Framework error bodies are short texts; a longer one is not read (its status still counts).
 const MAX_ERROR_TEXT: usize = 4 * 1024;
+
+/// `x-should-retry: false` on an answer a retry cannot change (a 409 `idempotency_error`):
+/// Courier's Stainless-generated SDKs retry 409s unless this header says otherwise.
+pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// Serves `app` until `shutdown` triggers, then lets in-flight requests finish for at most
 /// `drain_timeout` (axum's own graceful shutdown has no bound: a keep-alive client could hold

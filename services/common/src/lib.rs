@@ -9,6 +9,7 @@ pub mod automation;
 pub mod config;
 pub mod consumer;
 pub mod http;
+pub mod lists;
 pub mod nats;
 pub mod ops;
 pub mod outbound;

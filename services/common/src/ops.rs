@@ -87,7 +87,18 @@ pub fn router(readiness: Readiness) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Merged into every service's app: an unknown route answers a JSON 404 like every
+        // other error, not an empty body.
+        .fallback(not_found)
         .with_state(readiness)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"message": format!("no route for {}", uri.path()), "type": "invalid_request_error"})),
+    )
+        .into_response()
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {

@@ -31,12 +31,24 @@ pub enum IngressError {
     /// 408: the body stalled past `http.body_read_timeout_ms`; a retry can succeed.
     #[error("the request body stalled; send it again")]
     BodyTimeout,
-    /// 429: too many request bodies buffered; retry shortly.
+    /// 409 on `/inbound/courier`: this `messageId` was already received (Courier's answer).
+    #[error("messageId {0:?} was already received")]
+    Duplicate(String),
+    /// 429: too many publishes in flight; retry shortly.
     #[error("ingress is at capacity; retry shortly")]
     Overloaded,
     /// 503: NATS unreachable, or the JetStream ack did not come in time; nothing is promised.
     #[error("event store unavailable: {0}; retry shortly")]
     Unavailable(String),
+}
+
+impl From<crate::event::Rejection> for IngressError {
+    fn from(r: crate::event::Rejection) -> Self {
+        match r {
+            crate::event::Rejection::Invalid(m) => IngressError::Invalid(m),
+            crate::event::Rejection::TooLarge(m) => IngressError::TooLarge(m),
+        }
+    }
 }
 
 impl IntoResponse for IngressError {
@@ -58,6 +70,7 @@ impl IntoResponse for IngressError {
                 "invalid_request_error",
                 Some("1"),
             ),
+            IngressError::Duplicate(_) => (StatusCode::CONFLICT, "idempotency_error", None),
             IngressError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded", Some("1")),
             IngressError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("2"))
@@ -71,6 +84,13 @@ impl IntoResponse for IngressError {
             _ => serde_json::json!({"message": message, "type": kind}),
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::CONFLICT {
+            // Stainless-generated SDKs (Courier's) retry a 409 unless told not to.
+            response.headers_mut().insert(
+                rc_common::http::SHOULD_RETRY,
+                HeaderValue::from_static("false"),
+            );
+        }
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

@@ -79,6 +79,12 @@ struct WireEvent<'a> {
     event: Option<Cow<'a, str>>,
     #[serde(rename = "groupId", borrow, default)]
     group_id: Option<Id<'a>>,
+    /// page / screen: the page or screen name.
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    /// alias: the earlier id (often the anonymousId) of `userId`.
+    #[serde(rename = "previousId", borrow, default)]
+    previous_id: Option<Id<'a>>,
     #[serde(rename = "messageId", borrow, default)]
     message_id: Option<Id<'a>>,
     #[serde(borrow, default)]
@@ -247,6 +253,7 @@ impl Normalizer {
         }
         let mut event = String::new();
         let mut group_id = String::new();
+        let mut previous_id = String::new();
         match event_type {
             EventType::Track => match wire.event.as_deref().map(str::trim) {
                 Some(name) if !name.is_empty() => event = wire.event.unwrap().into_owned(),
@@ -264,7 +271,26 @@ impl Normalizer {
                     ));
                 }
             },
-            _ => {}
+            // The name is optional (RudderStack's spec); it keys the catalog entry when given.
+            EventType::Page | EventType::Screen => {
+                if let Some(name) = wire.name.filter(|n| !n.trim().is_empty()) {
+                    if name.len() > MAX_NAME_BYTES {
+                        return Err(Rejection::Invalid(format!(
+                            "`name` must be at most {MAX_NAME_BYTES} bytes"
+                        )));
+                    }
+                    event = name.into_owned();
+                }
+            }
+            EventType::Alias => match (non_empty(wire.previous_id), &user_id) {
+                (Some(prev), Some(_)) => previous_id = prev.into_owned(),
+                _ => {
+                    return Err(Rejection::Invalid(
+                        "alias events need a non-empty `previousId` and `userId`".into(),
+                    ));
+                }
+            },
+            EventType::Identify | EventType::Unspecified => {}
         }
 
         let context = object_field("context", wire.context)?;
@@ -336,33 +362,26 @@ impl Normalizer {
             properties: slice(properties),
             context: slice(context),
             raw,
+            previous_id,
         };
         Ok(Normalized { envelope })
     }
 }
 
+/// The longest page / screen `name` (it becomes a catalog and mapping key, as track names do).
+pub const MAX_NAME_BYTES: usize = 1024;
+
+const TYPES: &str = "identify, track, group, page, screen or alias";
+
 fn parse_type(kind: Option<&str>) -> Result<EventType, Rejection> {
     let Some(kind) = kind else {
-        return Err(Rejection::Invalid(
-            "missing `type`: expected identify, track or group".into(),
-        ));
+        return Err(Rejection::Invalid(format!(
+            "missing `type`: expected {TYPES}"
+        )));
     };
     // RudderStack matches the type case-insensitively.
-    Ok(match kind.to_ascii_lowercase().as_str() {
-        "identify" => EventType::Identify,
-        "track" => EventType::Track,
-        "group" => EventType::Group,
-        "page" | "screen" | "alias" => {
-            return Err(Rejection::Invalid(format!(
-                "unsupported event type {kind:?}: this destination accepts identify, track and group"
-            )));
-        }
-        _ => {
-            return Err(Rejection::Invalid(format!(
-                "unknown event type {kind:?}: expected identify, track or group"
-            )));
-        }
-    })
+    EventType::from_name(kind)
+        .ok_or_else(|| Rejection::Invalid(format!("unknown event type {kind:?}: expected {TYPES}")))
 }
 
 fn non_empty(id: Option<Id<'_>>) -> Option<Cow<'_, str>> {
@@ -533,14 +552,33 @@ mod tests {
     }
 
     #[test]
+    fn page_screen_and_alias_as_the_webhook_destination_sends_them() {
+        let env = single(r#"{"type":"Page","name":"Pricing","anonymousId":"a1","properties":{"path":"/pricing"},"context":{"ip":"203.0.113.24"}}"#).unwrap();
+        assert_eq!(env.r#type(), EventType::Page);
+        assert_eq!(env.event, "Pricing");
+        assert_eq!(&env.properties[..], br#"{"path":"/pricing"}"#);
+        let env = single(r#"{"type":"screen","userId":"u","properties":{"x":1}}"#).unwrap();
+        assert_eq!((env.r#type(), env.event.as_str()), (EventType::Screen, ""));
+        let env = single(r#"{"type":"alias","userId":"u","previousId":"anon-1"}"#).unwrap();
+        assert_eq!(env.r#type(), EventType::Alias);
+        assert_eq!(
+            (env.user_id.as_str(), env.previous_id.as_str()),
+            ("u", "anon-1")
+        );
+        assert!(invalid(r#"{"type":"alias","userId":"u"}"#).contains("previousId"));
+        assert!(
+            invalid(r#"{"type":"alias","anonymousId":"a","previousId":"p"}"#).contains("userId")
+        );
+        let long = format!(
+            r#"{{"type":"page","userId":"u","name":"{}"}}"#,
+            "n".repeat(2000)
+        );
+        assert!(invalid(&long).contains("`name`"));
+        assert!(invalid(r#"{"type":"page","userId":"u","name":7}"#).contains("invalid"));
+    }
+
+    #[test]
     fn rejections_say_what_is_wrong() {
-        assert!(
-            invalid(r#"{"type":"page","userId":"u"}"#).contains("unsupported event type \"page\"")
-        );
-        assert!(invalid(r#"{"type":"screen","userId":"u"}"#).contains("unsupported"));
-        assert!(
-            invalid(r#"{"type":"alias","userId":"u","previousId":"p"}"#).contains("unsupported")
-        );
         assert!(invalid(r#"{"type":"bogus","userId":"u"}"#).contains("unknown event type"));
         assert!(invalid(r#"{"userId":"u"}"#).contains("missing `type`"));
         assert!(invalid(r#"{"type":"track","event":"x"}"#).contains("userId or anonymousId"));
@@ -578,7 +616,7 @@ mod tests {
 
     #[test]
     fn batch_reports_each_event_by_index() {
-        let body = Bytes::from_static(br#"{"batch":[{"type":"track","event":"a","userId":"u"},{"type":"page","userId":"u"},7]}"#);
+        let body = Bytes::from_static(br#"{"batch":[{"type":"track","event":"a","userId":"u"},{"type":"alias","userId":"u"},7]}"#);
         let Parsed::Batch(events) = norm().parse_body("ws", &body, now()).unwrap() else {
             panic!("expected batch")
         };
@@ -589,7 +627,7 @@ mod tests {
                 .as_ref()
                 .unwrap_err()
                 .message()
-                .contains("unsupported")
+                .contains("previousId")
         );
         assert!(
             events[2]

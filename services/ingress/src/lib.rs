@@ -1,6 +1,7 @@
 //! The ingress: `POST /inbound/rudderstack` → validated, normalized envelope → JetStream
 //! `events.<workspace>.<type>`, answered 202 only once JetStream has stored it.
 
+pub mod courier;
 pub mod error;
 pub mod event;
 pub mod scan;
@@ -177,6 +178,7 @@ pub async fn run(
 pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
     Router::new()
         .route("/inbound/rudderstack", post(inbound))
+        .route("/inbound/courier", post(courier::inbound_courier))
         .with_state(state)
         .merge(rc_common::ops::router(readiness))
         .layer(axum::middleware::from_fn(rc_common::ops::track_http))
@@ -192,18 +194,7 @@ async fn inbound(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IngressError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let reserve = declared
-        .unwrap_or(state.max_body_bytes)
-        .min(state.max_body_bytes);
-    let _body_permit = state
-        .body_budget
-        .try_acquire_many(u32::try_from(reserve / 1024 + 1).unwrap_or(u32::MAX))
-        .map_err(|_| IngressError::Overloaded)?;
-    let body = read_body(declared, body, state.max_body_bytes).await?;
+    let (body, _body_permit) = buffered_body(&state, &headers, body).await?;
     let received_at = time::OffsetDateTime::now_utc();
     let parsed = if body.len() <= INLINE_PARSE_BYTES {
         state.normalizer.parse_body(&workspace, &body, received_at)
@@ -257,9 +248,29 @@ async fn inbound(
                 .collect();
             Ok(accepted(serde_json::json!({"messageIds": ids})))
         }
-        Err(Rejection::Invalid(m)) => Err(IngressError::Invalid(m)),
-        Err(Rejection::TooLarge(m)) => Err(IngressError::TooLarge(m)),
+        Err(rejection) => Err(rejection.into()),
     }
+}
+
+/// Reads the body within the buffered-bytes budget; the permit is held while the body lives.
+async fn buffered_body<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, tokio::sync::SemaphorePermit<'s>), IngressError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let reserve = declared
+        .unwrap_or(state.max_body_bytes)
+        .min(state.max_body_bytes);
+    let permit = state
+        .body_budget
+        .try_acquire_many(u32::try_from(reserve / 1024 + 1).unwrap_or(u32::MAX))
+        .map_err(|_| IngressError::Overloaded)?;
+    let body = read_body(declared, body, state.max_body_bytes).await?;
+    Ok((body, permit))
 }
 
 fn accepted(body: serde_json::Value) -> Response {
@@ -311,8 +322,9 @@ async fn read_body(
 
 /// Publishes every event and waits for all JetStream acks, within the publish deadline. Dedupe
 /// happens in JetStream (`Nats-Msg-Id`), so a retried request stores nothing new and still gets
-/// its 202: a batch answered 503 halfway is completed by its retry.
-async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<(), IngressError> {
+/// its 202: a batch answered 503 halfway is completed by its retry. Returns how many were
+/// already stored (duplicates).
+async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<u64, IngressError> {
     if !rc_common::nats::is_connected(&state.nats) {
         return Err(IngressError::Unavailable("NATS is not connected".into()));
     }
@@ -329,7 +341,7 @@ async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<(), Ingr
         metrics::counter!("ingress_events_duplicate_total").increment(published.duplicates);
     }
     metrics::histogram!("ingress_publish_duration_seconds").record(start.elapsed().as_secs_f64());
-    Ok(())
+    Ok(published.duplicates)
 }
 
 struct Published {

@@ -64,6 +64,12 @@ impl IntoResponse for ProfilesError {
             Json(serde_json::json!({"message": message, "type": kind})),
         )
             .into_response();
+        if matches!(self, ProfilesError::IdempotencyKeyReused(_)) {
+            response.headers_mut().insert(
+                rc_common::http::SHOULD_RETRY,
+                HeaderValue::from_static("false"),
+            );
+        }
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

@@ -92,10 +92,6 @@ impl Handler for IdentifyHandler {
             Err(reason) => return Outcome::Poison(reason),
         };
         let fields = crate::traits::profile_fields(&traits);
-        if fields.is_empty() {
-            metrics::counter!("profiles_identify_without_traits_total").increment(1);
-            return Outcome::Done;
-        }
         let Some(ts) = ts_ms(&envelope.timestamp).or_else(|| ts_ms(&envelope.received_at)) else {
             return Outcome::Poison("envelope has no timestamp".into());
         };
@@ -107,6 +103,11 @@ impl Handler for IdentifyHandler {
             store::object_fields(&fields),
         );
         write.max_bytes = self.max_profile_bytes;
+        if fields.is_empty() {
+            // The user exists, with no field (Courier's answer to an identify without traits).
+            metrics::counter!("profiles_identify_without_traits_total").increment(1);
+            write.cond = Cond::Touch;
+        }
         let applied = match store::apply(&self.redis, &ws, uid, &write).await {
             Ok(Applied::TooLarge(bytes)) => return too_large(bytes, self.max_profile_bytes),
             Ok(a) => a,

@@ -205,6 +205,10 @@ elseif rkind == 'r' then
   -- replaced by an empty profile: it exists, with no field
   new = '{}'
   if new ~= old then redis.call('SET', profile_key, new) end
+elseif cond == 'touch' and not (rts and newer(rts, rtb, ts, tb)) then
+  -- an identify without traits: the user exists, with no field (unless deleted after it)
+  new = '{}'
+  if new ~= old then redis.call('SET', profile_key, new) end
 elseif old then
   redis.call('DEL', profile_key)
 end
@@ -223,6 +227,8 @@ pub enum Cond {
     Soft,
     /// Only when the profile is empty now.
     Init,
+    /// No field: create the profile, empty, unless a later delete removed it.
+    Touch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +337,7 @@ pub async fn apply(
             Cond::Set => "set",
             Cond::Soft => "soft",
             Cond::Init => "init",
+            Cond::Touch => "touch",
         });
     match &write.marker {
         Some((_, ttl, value)) => invocation.arg(*ttl.max(&1)).arg(value.as_str()),

@@ -43,8 +43,9 @@ pub const MAX_CHANNELS: usize = 16;
 /// Where an inline automation sits in a track event.
 pub const INLINE_PATH: &str = "properties.courier.automation";
 
-pub const ACTIONS: [&str; 6] = [
+pub const ACTIONS: [&str; 7] = [
     "send",
+    "send-list",
     "delay",
     "cancel",
     "update-profile",
@@ -385,6 +386,19 @@ fn validate_step(step: &Value, path: &str) -> Result<(), String> {
                 object_or_ref("profile")?;
                 object_or_ref("override")?;
             }
+        }
+        // Courier's `AutomationSendListStep`: `list` required; without `template`, the run's.
+        "send-list" => {
+            match field("list") {
+                Some(v) if v.as_str().is_some_and(|s| !s.is_empty()) || is_ref(v) => {}
+                Some(_) => return Err(format!("{path}.list: must be a list id or a $ref")),
+                None => return Err(format!("{path}.list: required")),
+            }
+            string_or_ref("template", false)?;
+            string_or_ref("brand", false)?;
+            object_or_ref("data")?;
+            object_or_ref("override")?;
+            object_or_ref("data_source")?;
         }
         "delay" => match (field("duration"), field("until")) {
             (Some(d), None) => {

@@ -1,0 +1,82 @@
+//! The `send-list` step: one message per subscriber of a Courier list, each with its own id
+//! (`<run>-s<step>-<hash of the user id>`) and so its own statuses. Subscribers are read from
+//! the keys accounts writes ([`rc_common::lists`]), at most [`MAX_SUBSCRIBERS`] of them.
+//! A re-executed step (after a crash) republishes the same ids, which JetStream deduplicates.
+
+use rc_common::lists::{self, MAX_SUBSCRIBERS};
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, StepDone, Transient};
+use crate::refs::resolve_str_field;
+use crate::store::{Run, derive_id};
+
+impl Engine {
+    pub(crate) async fn send_list(
+        &self,
+        run: &Run,
+        index: usize,
+        step: &Value,
+    ) -> Result<StepDone, Transient> {
+        let list = step
+            .get("list")
+            .map(|v| resolve_str_field(v, &run.context))
+            .and_then(|v| v.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty());
+        let Some(list) = list else {
+            return Ok(StepDone::Fail(format!("steps[{index}].list: required")));
+        };
+        let Some(subscribers) = lists::subscribers(&self.redis, &run.workspace, &list).await?
+        else {
+            return Ok(StepDone::Fail(format!(
+                "steps[{index}].list: list {list:?} not found"
+            )));
+        };
+        let step_index = index.to_string();
+        let mut ids = Vec::with_capacity(subscribers.len());
+        for user in &subscribers {
+            let id = format!(
+                "{}-s{index}-{}",
+                run.id,
+                &derive_id(&[&run.id, &step_index, user])[..16]
+            );
+            self.request_message(run, step, Some(user), &id).await?;
+            ids.push(id);
+        }
+        Ok(StepDone::Next(
+            Some(format!(
+                "{} message(s) requested for the subscribers of list {list:?} (at most {MAX_SUBSCRIBERS})",
+                ids.len()
+            )),
+            Some(json!({"list": list, "messageIds": ids})),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate;
+    use serde_json::json;
+
+    fn check(step: serde_json::Value) -> Result<(), String> {
+        validate(step.as_object().unwrap(), "steps[0]")
+    }
+
+    #[test]
+    fn send_list_steps() {
+        assert!(check(json!({"action": "send-list", "list": "beta-users"})).is_ok());
+        assert!(
+            check(
+                json!({"action": "send-list", "list": {"$ref": "data.list"}, "template": "T",
+                "data": {"a": 1}})
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check(json!({"action": "send-list"})).unwrap_err(),
+            "steps[0].list: required"
+        );
+        assert!(check(json!({"action": "send-list", "list": ""})).is_err());
+        assert!(check(json!({"action": "send-list", "list": "l", "data": [1]})).is_err());
+        assert!(check(json!({"action": "send-list", "list": "l", "template": 5})).is_err());
+    }
+}
