@@ -201,6 +201,31 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Clean stop (`SHUTDOWN`: the AOF is flushed first), as an operator's restart would;
+    /// the port and the data directory stay for [`RedisServer::start_again`].
+    pub fn stop(&mut self) {
+        if let Ok(client) = redis::Client::open(self.url())
+            && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2))
+        {
+            // The server closes the connection instead of answering.
+            let _ = redis::cmd("SHUTDOWN").query::<()>(&mut conn);
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same data directory (AOF replayed).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is still running");
+        self.spawn();
+    }
+
     pub fn settings(&self) -> RedisSettings {
         RedisSettings {
             url: self.url(),

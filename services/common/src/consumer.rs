@@ -375,9 +375,14 @@ struct InFlight(Mutex<HashSet<u64>>);
 
 impl InFlight {
     fn enter(&self, sequence: u64) -> Option<InFlightGuard<'_>> {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        set.insert(sequence)
-            .then_some(InFlightGuard(self, sequence))
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sequence);
+        // Built only when fresh: a guard dropped for a duplicate would lock again (deadlock)
+        // and remove the running delivery's entry.
+        fresh.then(|| InFlightGuard(self, sequence))
     }
 }
 
@@ -597,4 +602,33 @@ pub async fn dead_letter(
     .await?
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_leaves_the_running_delivery_registered() {
+        let in_flight = InFlight::default();
+        let running = in_flight.enter(7).expect("first delivery");
+        // Neither deadlocks nor removes the running entry.
+        assert!(in_flight.enter(7).is_none());
+        assert!(in_flight.enter(7).is_none());
+        assert!(in_flight.enter(8).is_some());
+        drop(running);
+        assert!(in_flight.enter(7).is_some(), "free again once answered");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let spec = ConsumerSpec::new("t", "S", "s.>");
+        assert!(spec.backoff(1) <= Duration::from_millis(600));
+        assert!(spec.backoff(40) <= Duration::from_secs(72));
+        assert_eq!(
+            spec.consumer_config().max_deliver,
+            -1,
+            "never dead-letters by count"
+        );
+    }
 }
