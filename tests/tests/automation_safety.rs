@@ -533,3 +533,49 @@ async fn a_run_whose_claimers_keep_dying_is_quarantined_not_executed_again() {
         assert_eq!((score, count), (None, None), "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stored_with_an_exploit_if_fail_with_the_reason_instead_of_aborting() {
+    use automations::store::{DUE_KEY, due_member, now_ms, run_key};
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let js = stack.jetstream().await;
+    let svc = stack.automations().await;
+    // As an older version stored them (it validated nothing): due now, at a step whose `if` is
+    // one of the exploits. Before the bounds, evaluating it overflowed the stack.
+    let mut conn = stack.redis_conn().await;
+    let now = now_ms();
+    for (i, src) in exploits().into_iter().enumerate() {
+        let run = json!({"id": format!("old-{i}"), "workspace": "acme", "state": "running",
+            "template": "", "steps": [{"action": "send", "template": "T", "if": src}],
+            "cancelation_token": null, "context": {"data": {}, "recipient": "u_1"}, "step": 0,
+            "wake_at_ms": null, "event": "", "source_message_id": "", "timeline": [],
+            "created_at_ms": now, "updated_at_ms": now, "started_at_ms": now, "error": null});
+        let _: () = redis::pipe()
+            .set(run_key("acme", &format!("old-{i}")), run.to_string())
+            .zadd(DUE_KEY, due_member("acme", &format!("old-{i}")), now)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for (i, src) in exploits().into_iter().enumerate() {
+        let path = format!("/automations/runs/old-{i}");
+        eventually("the old run failed", Duration::from_secs(15), async || {
+            call(&svc, &key, reqwest::Method::GET, &path, None).await.1["state"] == "failed"
+        })
+        .await;
+        let (_, run) = call(&svc, &key, reqwest::Method::GET, &path, None).await;
+        assert_eq!(
+            run["error"],
+            format!(
+                "steps[0].if: expression is {} bytes; the limit is 1024",
+                src.len()
+            )
+        );
+    }
+    assert!(
+        stored_messages(&js, COURIER_STREAM, "courier.acme.message.requested")
+            .await
+            .is_empty()
+    );
+}

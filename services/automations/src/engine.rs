@@ -317,10 +317,8 @@ impl Engine {
             if run.wake_at_ms.is_none()
                 && let Some(cond) = step.get("if").and_then(Value::as_str)
             {
-                let ctx = run.context.clone();
-                let look = |p: &str| lookup(&ctx, p);
                 let keep = match expr::parse(cond) {
-                    Ok(e) => expr::eval(&e, &look),
+                    Ok(e) => expr::eval(&e, &|p: &str| lookup(&run.context, p)),
                     Err(e) => {
                         let reason = format!("steps[{index}].if: {e}");
                         self.finish(&mut run, "failed", index, action, Some(reason))

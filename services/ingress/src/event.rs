@@ -416,17 +416,18 @@ fn check_inline_automation(properties: &RawValue) -> Result<(), Rejection> {
     if !text.contains("courier") && !text.contains("\\u") {
         return Ok(());
     }
-    let invalid = |e: serde_json::Error| {
+    let invalid = |what: &str, e: serde_json::Error| {
         Rejection::Invalid(format!(
-            "invalid `properties.courier`: {}",
+            "invalid `{what}`: {}",
             strip_position(&e.to_string())
         ))
     };
-    let props: WireProperties = serde_json::from_str(text).map_err(invalid)?;
+    let props: WireProperties = serde_json::from_str(text).map_err(|e| invalid("properties", e))?;
     let Some(courier) = props.courier else {
         return Ok(());
     };
-    let courier: serde_json::Value = serde_json::from_str(courier.get()).map_err(invalid)?;
+    let courier: serde_json::Value =
+        serde_json::from_str(courier.get()).map_err(|e| invalid("properties.courier", e))?;
     match courier.get("automation").filter(|a| !a.is_null()) {
         Some(a) => rc_common::automation::validate_inline(a).map_err(Rejection::Invalid),
         None => Ok(()),
