@@ -354,6 +354,35 @@ async fn slow_header_clients_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start();
+    let key = stack.workspace("stall").await;
+    let mut settings = stack.ingress_settings();
+    settings.http.body_read_timeout_ms = 500;
+    let ingress = stack.ingress_with(settings).await;
+    let mut socket = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    let head = format!(
+        "POST /inbound/rudderstack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"type\":"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), socket.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#""type":"invalid_request_error""#),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_timeout_is_a_json_503_with_retry_after() {
     let stack = Stack::start();
     let key = stack.workspace("slow").await;
