@@ -74,7 +74,16 @@ async fn post(
     key: &str,
     body: impl Into<reqwest::Body>,
 ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let resp = reqwest::Client::new()
+    post_with(&reqwest::Client::new(), url, key, body).await
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let resp = client
         .post(url)
         .bearer_auth(key)
         .header("content-type", "application/json")
@@ -140,23 +149,27 @@ async fn concurrent_batches_at_the_limit_do_not_delay_other_workspaces() {
     let url = ingress.url("/inbound/rudderstack");
     let limit = ingress::IngressSettings::default().max_batch_events;
 
+    // One keep-alive client and bodies built up front: the test's own CPU (the ingress runs in
+    // this process) stays out of what is measured.
+    let client = reqwest::Client::new();
     let mut alone = Vec::new();
     for i in 0..20 {
         let started = Instant::now();
         let event = format!(r#"{{"type":"track","event":"e","userId":"u","messageId":"c0-{i}"}}"#);
-        assert_eq!(post(&url, &c, event).await.0, StatusCode::ACCEPTED);
+        assert_eq!(
+            post_with(&client, &url, &c, event).await.0,
+            StatusCode::ACCEPTED
+        );
         alone.push(started.elapsed());
     }
     alone.sort();
     eprintln!("single events alone: max {:?}", alone.last().unwrap());
 
+    let (body_a, body_b) = (batch("a", limit), batch("b", limit));
     let batches = {
         let (url, a, b) = (url.clone(), a.clone(), b.clone());
         tokio::spawn(async move {
-            let (one, two) = tokio::join!(
-                post(&url, &a, batch("a", limit)),
-                post(&url, &b, batch("b", limit))
-            );
+            let (one, two) = tokio::join!(post(&url, &a, body_a), post(&url, &b, body_b));
             (one.0, two.0)
         })
     };
@@ -165,7 +178,7 @@ async fn concurrent_batches_at_the_limit_do_not_delay_other_workspaces() {
     for i in 0..100 {
         let started = Instant::now();
         let event = format!(r#"{{"type":"track","event":"e","userId":"u","messageId":"c-{i}"}}"#);
-        let (status, body, _) = post(&url, &c, event).await;
+        let (status, body, _) = post_with(&client, &url, &c, event).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         latencies.push(started.elapsed());
         if batches.is_finished() {
@@ -351,6 +364,35 @@ async fn slow_header_clients_are_cut_off() {
     // The service still answers.
     let health = reqwest::get(ingress.url("/healthz")).await.unwrap();
     assert!(health.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start();
+    let key = stack.workspace("stall").await;
+    let mut settings = stack.ingress_settings();
+    settings.http.body_read_timeout_ms = 500;
+    let ingress = stack.ingress_with(settings).await;
+    let mut socket = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    let head = format!(
+        "POST /inbound/rudderstack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"type\":"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), socket.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#""type":"invalid_request_error""#),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,7 @@ impl HttpSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             request_timeout_ms: 10_000,
-            header_read_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 5_000,
         }
     }

@@ -329,7 +329,7 @@ async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<u64, Ing
         return Err(IngressError::Unavailable("NATS is not connected".into()));
     }
     let start = Instant::now();
-    let published = tokio::time::timeout(state.publish_deadline, publish_windowed(state, events))
+    let duplicates = tokio::time::timeout(state.publish_deadline, publish_windowed(state, events))
         .await
         .map_err(|_| {
             IngressError::Unavailable(format!(
@@ -337,32 +337,25 @@ async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<u64, Ing
                 state.publish_deadline.as_millis()
             ))
         })??;
-    if published.duplicates > 0 {
-        metrics::counter!("ingress_events_duplicate_total").increment(published.duplicates);
+    if duplicates > 0 {
+        metrics::counter!("ingress_events_duplicate_total").increment(duplicates);
     }
     metrics::histogram!("ingress_publish_duration_seconds").record(start.elapsed().as_secs_f64());
     Ok(published.duplicates)
 }
 
-struct Published {
-    duplicates: u64,
-}
-
 /// At most `state.window` acks pending for this request, each holding one process-wide slot:
 /// the client's pending-ack pool is never exhausted, and a request queued behind a batch waits
-/// for one slot, not for the batch.
-async fn publish_windowed(
-    state: &AppState,
-    events: &[Normalized],
-) -> Result<Published, IngressError> {
+/// for one slot, not for the batch. Answers how many were duplicates (stored before).
+async fn publish_windowed(state: &AppState, events: &[Normalized]) -> Result<u64, IngressError> {
     let mut pending: VecDeque<(PublishAckFuture, SemaphorePermit<'_>, &Normalized)> =
         VecDeque::with_capacity(state.window.min(events.len()));
-    let mut published = Published { duplicates: 0 };
+    let mut duplicates = 0;
     for event in events {
         if pending.len() >= state.window
             && let Some(oldest) = pending.pop_front()
         {
-            settle(oldest, &mut published).await?;
+            duplicates += settle(oldest).await?;
         }
         let slot = state
             .inflight
@@ -384,22 +377,19 @@ async fn publish_windowed(
         pending.push_back((ack, slot, event));
     }
     while let Some(oldest) = pending.pop_front() {
-        settle(oldest, &mut published).await?;
+        duplicates += settle(oldest).await?;
     }
-    Ok(published)
+    Ok(duplicates)
 }
 
+/// Awaits one ack (its slot is freed on return); 1 when it was a duplicate.
 async fn settle(
     (ack, _slot, event): (PublishAckFuture, SemaphorePermit<'_>, &Normalized),
-    published: &mut Published,
-) -> Result<(), IngressError> {
+) -> Result<u64, IngressError> {
     let ack = ack
         .await
         .map_err(|e| IngressError::Unavailable(format!("no JetStream ack: {e}")))?;
-    if ack.duplicate {
-        published.duplicates += 1;
-    }
     metrics::counter!("ingress_events_accepted_total", "type" => event.event_type().subject_token())
         .increment(1);
-    Ok(())
+    Ok(u64::from(ack.duplicate))
 }
