@@ -26,7 +26,7 @@ use crate::store::{Claim, Meta, ProviderEntry, StatusChange, Store, now_ms};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub lease: Duration,
-    /// First retry wait after a failed provider call (doubles per attempt, ±20 % jitter).
+    /// First retry wait after a failed provider call (doubles per attempt, up to 25 % jitter).
     pub retry_base: Duration,
     /// Longest wait between two attempts.
     pub max_backoff: Duration,
