@@ -471,3 +471,67 @@ async fn claimed_retries_are_leased_and_come_back() {
         .unwrap();
     assert_eq!(hint, None, "an empty index drops the workspace's hint");
 }
+
+/// Retries wait in Redis: a Redis outage while they are due is waited out (the scheduler backs
+/// off), nothing is dead-lettered, and each message is delivered once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_retries_survive_a_redis_outage() {
+    use rc_tests::delivery::{WebhookReceiver, wait_message};
+    let mut stack = Stack::start();
+    let key = stack.workspace("ws-r").await;
+    let js = stack.jetstream().await;
+    let client = stack.nats_client().await;
+    let mut settings = stack.delivery_settings();
+    // Due ~2 s after the first failure, i.e. while Redis is down.
+    settings.delivery.retry_base_ms = 2_000;
+    settings.delivery.max_backoff_ms = 2_000;
+    let svc = stack.delivery_with(settings).await;
+    let secret = "whsec_outage_test_secret_0123456789";
+    let hook = WebhookReceiver::start(secret).await;
+    put_provider(
+        &svc,
+        &key,
+        "hook",
+        json!({"type": "webhook", "config": {"url": hook.url(), "secret": secret}}),
+    )
+    .await;
+    let seen = watch_events(&client, "ws-r").await;
+    const N: usize = 5;
+    for _ in 0..N {
+        hook.answer(503, "down for maintenance", None);
+    }
+    for i in 0..N {
+        let id = format!("r-{i}");
+        publish_request(&js, &webhook_request("ws-r", &id), &format!("ws-r:{id}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hook.received_count() < N {
+        assert!(Instant::now() < deadline, "first attempts not made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past Redis's one-second AOF fsync, then down for 4 s across the retries' due time.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    stack.redis.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.redis.restart();
+
+    for i in 0..N {
+        wait_message(&svc, &key, &format!("r-{i}"), "DELIVERED", |m| {
+            m["status"] == "DELIVERED"
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = hook.received();
+    for i in 0..N {
+        let id = format!("r-{i}");
+        let calls = got.iter().filter(|r| r.body["data"]["id"] == id).count();
+        assert_eq!(calls, 2, "{id}: one 503, then one delivery");
+    }
+    assert!(
+        seen.lock().unwrap().values().all(|(n, _)| *n == 1),
+        "each status published once"
+    );
+    let dead = rc_tests::stored_messages(&js, "DLQ", "dlq.delivery.>").await;
+    assert!(dead.is_empty(), "{} dead letters", dead.len());
+}
