@@ -166,16 +166,6 @@ impl Worker {
             .publish_pending(&self.store, ws, id)
             .await
             .map_err(Error::Unavailable)?;
-        let Some(_slot) = self.limiter.try_acquire(ws) else {
-            // Its workspace is at its cap: park it in Redis and ack, rather than hold a
-            // shared handler (or the consumer's pending window) for it.
-            metrics::counter!("delivery_deferred_total", "cause" => "workspace_cap").increment(1);
-            let due = now_ms() + jittered(self.config.defer).as_millis() as i64;
-            self.store
-                .schedule(ws, id, Some(&message.payload), due)
-                .await?;
-            return Ok(());
-        };
         self.attempt(ws, id, &req, &prepared, &message.payload, Source::Stream)
             .await
     }
@@ -255,6 +245,29 @@ impl Worker {
             }
             Route::Targets(targets) => targets,
         };
+        // Third-party providers can hang: a workspace's calls to them share its cap (the
+        // scheduler takes the slot for due messages). The inbox is our own Redis, bounded by
+        // its response timeout, and needs none.
+        let _slot =
+            if source == Source::Stream && targets.iter().any(|t| t.provider.kind != Kind::Inbox) {
+                let Some(slot) = self.limiter.try_acquire(ws) else {
+                    // At its cap: park it in Redis and ack, rather than hold a shared handler (or
+                    // the consumer's pending window) for it.
+                    metrics::counter!("delivery_deferred_total", "cause" => "workspace_cap")
+                        .increment(1);
+                    let due = now_ms() + jittered(self.config.defer).as_millis() as i64;
+                    let fields = [
+                        ("phase", "scheduled".to_string()),
+                        ("not_before", due.to_string()),
+                    ];
+                    self.store.transition(ws, id, &fields, &[], &[]).await?;
+                    self.store.schedule(ws, id, keep, due).await?;
+                    return Ok(());
+                };
+                Some(slot)
+            } else {
+                None
+            };
         let record = self
             .store
             .load(ws, id)
