@@ -30,12 +30,23 @@ impl Scheduler {
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
         // A finished retry frees a slot: poll again at once instead of after `poll`.
         let wake = Arc::new(Notify::new());
+        // Backs off while Redis is down (the retries wait in Redis; nothing is lost).
+        let mut pause = self.poll;
         while !shutdown.is_triggered() {
-            if let Err(e) = self.poll_once(&permits, &wake).await {
-                tracing::warn!(error = %e, "Could not poll due retries");
-            }
+            let wait = match self.poll_once(&permits, &wake).await {
+                Ok(()) => {
+                    pause = self.poll;
+                    self.poll
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Could not poll due retries");
+                    let wait = pause;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    wait
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = wake.notified() => {}
                 _ = shutdown.triggered() => break,
             }

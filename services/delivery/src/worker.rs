@@ -26,7 +26,7 @@ use crate::store::{Claim, Meta, ProviderEntry, StatusChange, Store, now_ms};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub lease: Duration,
-    /// First retry wait after a failed provider call (doubles per attempt, ±20 % jitter).
+    /// First retry wait after a failed provider call (doubles per attempt, up to 25 % jitter).
     pub retry_base: Duration,
     /// Longest wait between two attempts.
     pub max_backoff: Duration,
@@ -62,27 +62,9 @@ impl std::fmt::Display for Error {
     }
 }
 
-/// True when Redis is unreachable or not serving (an outage), not a refused command.
-fn redis_outage(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_cluster_error()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Server(
-                redis::ServerErrorKind::BusyLoading
-                    | redis::ServerErrorKind::TryAgain
-                    | redis::ServerErrorKind::MasterDown
-                    | redis::ServerErrorKind::ReadOnly
-            )
-        )
-}
-
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if redis_outage(&e) {
+        if rc_common::redis::is_unavailable(&e) {
             Error::Unavailable(format!("redis: {e}"))
         } else {
             Error::Retry(format!("redis: {e}"))
@@ -166,16 +148,6 @@ impl Worker {
             .publish_pending(&self.store, ws, id)
             .await
             .map_err(Error::Unavailable)?;
-        let Some(_slot) = self.limiter.try_acquire(ws) else {
-            // Its workspace is at its cap: park it in Redis and ack, rather than hold a
-            // shared handler (or the consumer's pending window) for it.
-            metrics::counter!("delivery_deferred_total", "cause" => "workspace_cap").increment(1);
-            let due = now_ms() + jittered(self.config.defer).as_millis() as i64;
-            self.store
-                .schedule(ws, id, Some(&message.payload), due)
-                .await?;
-            return Ok(());
-        };
         self.attempt(ws, id, &req, &prepared, &message.payload, Source::Stream)
             .await
     }
@@ -255,6 +227,29 @@ impl Worker {
             }
             Route::Targets(targets) => targets,
         };
+        // Third-party providers can hang: a workspace's calls to them share its cap (the
+        // scheduler takes the slot for due messages). The inbox is our own Redis, bounded by
+        // its response timeout, and needs none.
+        let _slot =
+            if source == Source::Stream && targets.iter().any(|t| t.provider.kind != Kind::Inbox) {
+                let Some(slot) = self.limiter.try_acquire(ws) else {
+                    // At its cap: park it in Redis and ack, rather than hold a shared handler (or
+                    // the consumer's pending window) for it.
+                    metrics::counter!("delivery_deferred_total", "cause" => "workspace_cap")
+                        .increment(1);
+                    let due = now_ms() + jittered(self.config.defer).as_millis() as i64;
+                    let fields = [
+                        ("phase", "scheduled".to_string()),
+                        ("not_before", due.to_string()),
+                    ];
+                    self.store.transition(ws, id, &fields, &[], &[]).await?;
+                    self.store.schedule(ws, id, keep, due).await?;
+                    return Ok(());
+                };
+                Some(slot)
+            } else {
+                None
+            };
         let record = self
             .store
             .load(ws, id)
