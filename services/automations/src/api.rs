@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::engine::NewRun;
+use crate::engine::{Engine, NewRun};
 use crate::error::AutomationError as E;
 use crate::store::{self, now_ms};
 use crate::{AppState, catalog};
@@ -119,6 +119,10 @@ async fn invoke_adhoc(
         .get("steps")
         .ok_or_else(|| E::Invalid("automation.steps: required".into()))?;
     validate_steps(steps, "automation.steps").map_err(E::Invalid)?;
+    state
+        .engine
+        .check_fetch_urls(steps, "automation.steps")
+        .map_err(E::Invalid)?;
     check_recipient(&b)?;
     let steps = steps.as_array().cloned().unwrap_or_default();
     let token = cancelation_token(automation).map(str::to_string);
@@ -352,13 +356,21 @@ fn validate_id(id: &str, what: &str) -> Result<(), E> {
 }
 
 /// Validates and normalises an automation template body; `id` comes from the path or body.
-fn template_doc(mut b: Value, id: String, created_at: Option<Value>) -> Result<Value, E> {
+fn template_doc(
+    engine: &Engine,
+    mut b: Value,
+    id: String,
+    created_at: Option<Value>,
+) -> Result<Value, E> {
     validate_id(&id, "id")?;
     contract::check_document(&b, "body", contract::MAX_AUTOMATION_BYTES).map_err(E::Invalid)?;
     let steps = b
         .get("steps")
         .ok_or_else(|| E::Invalid("steps: required".into()))?;
     validate_steps(steps, "steps").map_err(E::Invalid)?;
+    engine
+        .check_fetch_urls(steps, "steps")
+        .map_err(E::Invalid)?;
     if let Some(n) = b.get("name")
         && !n.is_string()
     {
@@ -431,7 +443,7 @@ async fn create_template(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(store::random_id);
-    let doc = template_doc(b, id.clone(), None)?;
+    let doc = template_doc(&state.engine, b, id.clone(), None)?;
     let created: bool = state
         .engine
         .redis
@@ -466,6 +478,7 @@ async fn put_template(
     let b = body_object(&body)?;
     let old = store::hget_json(&state.engine.redis, &store::templates_key(&ws), &id).await?;
     let doc = template_doc(
+        &state.engine,
         b,
         id.clone(),
         old.and_then(|o| o.get("created_at").cloned()),
@@ -658,10 +671,11 @@ async fn create_mapping(
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(store::random_id);
-            let mut doc = template_doc(t.clone(), id.clone(), None).map_err(|e| match e {
-                E::Invalid(m) => E::Invalid(format!("template.{m}")),
-                other => other,
-            })?;
+            let mut doc =
+                template_doc(&state.engine, t.clone(), id.clone(), None).map_err(|e| match e {
+                    E::Invalid(m) => E::Invalid(format!("template.{m}")),
+                    other => other,
+                })?;
             doc["trigger"] = json!(key);
             let created: bool = redis
                 .clone()

@@ -29,6 +29,8 @@ pub struct Engine {
     pub lease_ms: i64,
     /// How long a finished (completed, failed, canceled) run stays readable.
     pub retention_ms: i64,
+    /// `outbound.allow_private_networks`: fetch-data URLs may name private addresses.
+    pub allow_private_networks: bool,
 }
 
 /// Transient trouble: leave the lease to expire and retry.
@@ -78,6 +80,16 @@ pub struct NewRun {
 }
 
 impl Engine {
+    /// Refuses a fetch-data URL the outbound guard would refuse, when the automation is
+    /// written (API) or received (inline), not only when the step runs.
+    pub fn check_fetch_urls(&self, steps: &Value, path: &str) -> Result<(), String> {
+        for (i, url) in rc_common::automation::fetch_data_urls(steps) {
+            rc_common::outbound::check_url_str(url, self.allow_private_networks)
+                .map_err(|e| format!("{path}[{i}].webhook.url: {e}"))?;
+        }
+        Ok(())
+    }
+
     async fn publish(
         &self,
         subject: String,

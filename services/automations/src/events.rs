@@ -81,7 +81,14 @@ impl EventHandler {
         } else {
             None
         };
-        let mut failure = inline.as_ref().and_then(|a| validate_inline(a).err());
+        let mut failure = inline.as_ref().and_then(|a| {
+            validate_inline(a)
+                .and_then(|()| match inline_steps(a) {
+                    Some(steps) => self.engine.check_fetch_urls(steps, "automation.steps"),
+                    None => Ok(()),
+                })
+                .err()
+        });
         // An inline template must exist (the event names it; unlike a mapping, nobody else
         // will see that it is missing).
         let inline_template = match (&failure, &inline) {

@@ -135,6 +135,7 @@ pub async fn run(
             .run_retention_secs
             .saturating_mul(1000)
             .min(i64::MAX as u64) as i64,
+        allow_private_networks: settings.outbound.allow_private_networks,
     };
 
     let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.track");

@@ -341,7 +341,7 @@ async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<u64, Ing
         metrics::counter!("ingress_events_duplicate_total").increment(duplicates);
     }
     metrics::histogram!("ingress_publish_duration_seconds").record(start.elapsed().as_secs_f64());
-    Ok(published.duplicates)
+    Ok(duplicates)
 }
 
 /// At most `state.window` acks pending for this request, each holding one process-wide slot:

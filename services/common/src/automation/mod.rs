@@ -279,6 +279,25 @@ pub fn validate_notification(b: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The literal fetch-data URLs of a validated step list, with their step index, for a caller
+/// that knows the outbound policy to check them against the private-address guard
+/// (`rc_common::outbound::check_url_str`). URLs built from the context (`{{…}}`) are left to
+/// the guard at connect time.
+pub fn fetch_data_urls(steps: &Value) -> impl Iterator<Item = (usize, &str)> {
+    steps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            if step.get("action")?.as_str()? != "fetch-data" {
+                return None;
+            }
+            let url = step.get("webhook")?.get("url")?.as_str()?;
+            (!url.contains("{{")).then_some((i, url))
+        })
+}
+
 /// Validates a step list; the error starts with the JSON path (`steps[2].duration: …`). The
 /// caller has bounded the document's nesting ([`check_document`]).
 pub fn validate_steps(steps: &Value, path: &str) -> Result<(), String> {
