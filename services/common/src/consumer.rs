@@ -154,9 +154,10 @@ impl ConsumerSpec {
 }
 
 /// Pulling paused while a shared dependency is unavailable. State changes are logged once
-/// (not per message); `consumer_paused{service}` is 1 while paused.
+/// (not per message); `consumer_paused{service,durable}` is 1 while paused.
 struct Gate {
     service: &'static str,
+    durable: String,
     state: Mutex<GateState>,
     resumed: Notify,
 }
@@ -168,16 +169,23 @@ struct GateState {
 }
 
 impl Gate {
-    fn new(service: &'static str, first: Duration) -> Self {
-        metrics::gauge!("consumer_paused", "service" => service).set(0.0);
-        Gate {
-            service,
+    fn new(spec: &ConsumerSpec) -> Self {
+        let gate = Gate {
+            service: spec.service,
+            durable: spec.durable.clone(),
             state: Mutex::new(GateState {
                 paused_since: None,
-                interval: first,
+                interval: spec.base_backoff,
             }),
             resumed: Notify::new(),
-        }
+        };
+        gate.set_gauge(0.0);
+        gate
+    }
+
+    fn set_gauge(&self, value: f64) {
+        metrics::gauge!("consumer_paused", "service" => self.service, "durable" => self.durable.clone())
+            .set(value);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
@@ -190,18 +198,18 @@ impl Gate {
         if state.paused_since.is_none() {
             state.paused_since = Some(Instant::now());
             state.interval = spec.base_backoff.min(spec.max_probe_interval);
-            metrics::gauge!("consumer_paused", "service" => self.service).set(1.0);
-            tracing::warn!(service = self.service, durable = %spec.durable, reason, "Consumer paused: a dependency is unavailable; probing with one message at a time");
+            self.set_gauge(1.0);
+            tracing::warn!(service = self.service, durable = %self.durable, reason, "Consumer paused: a dependency is unavailable; probing with one message at a time");
         }
     }
 
-    fn answered(&self, durable: &str) {
+    fn answered(&self) {
         let mut state = self.lock();
         if let Some(since) = state.paused_since.take() {
-            metrics::gauge!("consumer_paused", "service" => self.service).set(0.0);
+            self.set_gauge(0.0);
             tracing::info!(
                 service = self.service,
-                durable,
+                durable = %self.durable,
                 paused_ms = since.elapsed().as_millis() as u64,
                 "Consumer resumed"
             );
@@ -229,7 +237,7 @@ pub async fn run<H: Handler>(
 ) {
     let spec = Arc::new(spec);
     let permits = Arc::new(Semaphore::new(spec.concurrency));
-    let gate = Arc::new(Gate::new(spec.service, spec.base_backoff));
+    let gate = Arc::new(Gate::new(&spec));
     let in_flight = Arc::new(InFlight::default());
     // Handlers are owned by this future: if it is dropped (aborted), they stop with it, as
     // they would with the process.
@@ -517,11 +525,11 @@ async fn process<H: Handler>(
         .increment(1);
     let result = match outcome {
         Outcome::Done => {
-            gate.answered(&spec.durable);
+            gate.answered();
             message.ack().await
         }
         Outcome::Retry(reason) => {
-            gate.answered(&spec.durable);
+            gate.answered();
             let delay = spec.backoff(delivered);
             tracing::warn!(service = spec.service, subject = %message.subject, delivered, retry_in_ms = delay.as_millis() as u64, reason = %reason, "Message failed; will be redelivered");
             message.ack_with(AckKind::Nak(Some(delay))).await
@@ -534,7 +542,7 @@ async fn process<H: Handler>(
             message.ack_with(AckKind::Nak(Some(delay))).await
         }
         Outcome::Poison(reason) => {
-            gate.answered(&spec.durable);
+            gate.answered();
             dead_letter_then_ack(js, spec, &message, delivered, &reason).await
         }
     };
