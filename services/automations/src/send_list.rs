@@ -51,32 +51,3 @@ impl Engine {
         ))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::validate;
-    use serde_json::json;
-
-    fn check(step: serde_json::Value) -> Result<(), String> {
-        validate(step.as_object().unwrap(), "steps[0]")
-    }
-
-    #[test]
-    fn send_list_steps() {
-        assert!(check(json!({"action": "send-list", "list": "beta-users"})).is_ok());
-        assert!(
-            check(
-                json!({"action": "send-list", "list": {"$ref": "data.list"}, "template": "T",
-                "data": {"a": 1}})
-            )
-            .is_ok()
-        );
-        assert_eq!(
-            check(json!({"action": "send-list"})).unwrap_err(),
-            "steps[0].list: required"
-        );
-        assert!(check(json!({"action": "send-list", "list": ""})).is_err());
-        assert!(check(json!({"action": "send-list", "list": "l", "data": [1]})).is_err());
-        assert!(check(json!({"action": "send-list", "list": "l", "template": 5})).is_err());
-    }
-}

@@ -536,3 +536,32 @@ mod tests {
         assert!(validate_steps(&json!([{"action": "fly"}]), "steps").is_err());
     }
 }
+
+#[cfg(test)]
+mod send_list_tests {
+    use super::validate_steps;
+    use serde_json::{Value, json};
+
+    fn check(step: Value) -> Result<(), String> {
+        validate_steps(&json!([step]), "steps")
+    }
+
+    #[test]
+    fn send_list_steps() {
+        assert!(check(json!({"action": "send-list", "list": "beta-users"})).is_ok());
+        assert!(
+            check(
+                json!({"action": "send-list", "list": {"$ref": "data.list"}, "template": "T",
+                "data": {"a": 1}})
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check(json!({"action": "send-list"})).unwrap_err(),
+            "steps[0].list: required"
+        );
+        assert!(check(json!({"action": "send-list", "list": ""})).is_err());
+        assert!(check(json!({"action": "send-list", "list": "l", "data": [1]})).is_err());
+        assert!(check(json!({"action": "send-list", "list": "l", "template": 5})).is_err());
+    }
+}
