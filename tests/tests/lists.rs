@@ -229,6 +229,39 @@ async fn list_requests_are_bounded_and_malformed_ones_refused() {
     }
     assert_eq!(seen.len(), lists::MAX_SUBSCRIBERS);
 
+    // A send-list to the full list: one message request per subscriber, well inside the lease.
+    let automations = stack.automations().await;
+    let started = std::time::Instant::now();
+    let (s, b) = call(
+        &automations,
+        &key,
+        Method::POST,
+        "/automations/invoke",
+        Some(json!({
+        "automation": {"steps": [{"action": "send-list", "list": "big", "template": "T"}]}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let path = format!("/automations/runs/{}", b["runId"].as_str().unwrap());
+    rc_tests::forwarder::eventually(
+        "send-list to 10,000 completed",
+        Duration::from_secs(120),
+        async || call(&automations, &key, Method::GET, &path, None).await.1["state"] == "completed",
+    )
+    .await;
+    println!(
+        "send-list to {} subscribers: {:?}",
+        lists::MAX_SUBSCRIBERS,
+        started.elapsed()
+    );
+    let js = stack.jetstream().await;
+    let mut courier = js.get_stream("COURIER").await.unwrap();
+    let n = courier.info().await.unwrap().state.messages;
+    assert!(
+        n >= lists::MAX_SUBSCRIBERS as u64,
+        "{n} messages on COURIER"
+    );
+
     let long = "l".repeat(1_025);
     let url = accounts.url("/lists/ok");
     for (body, fragment) in [
