@@ -911,7 +911,7 @@ async fn invalid_inline_automations_are_dead_lettered_and_shown_in_the_catalog()
         (
             "Bad Action",
             json!({"steps": [{"action": "send", "template": "T"}, {"action": "fly"}]}),
-            "properties.courier.automation.steps[1].action: unknown action \"fly\" (one of send, delay, cancel, update-profile, invoke, fetch-data)",
+            "properties.courier.automation.steps[1].action: unknown action \"fly\" (one of send, send-list, delay, cancel, update-profile, invoke, fetch-data)",
         ),
         (
             "Bad Steps",
