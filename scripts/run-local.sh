@@ -22,7 +22,9 @@ BIN=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 echo "==> building ($PROFILE)"
 cargo build --profile "$PROFILE" --bins
 
-pids=()      # nginx (the front door), nats-server, redis-server, in stop order
+# The front door, NATS and Redis run in sessions of their own (setsid), so a terminal's Ctrl-C
+# reaches only this script and the services, and cleanup stops them in order.
+pids=()      # nats-server, redis-server, in stop order
 svc_pids=()  # the services
 proxy_pid=""
 cleanup() {
@@ -49,14 +51,14 @@ $( [ "${DURABLE:-0}" = 1 ] && echo '  sync_interval: always' )
 }
 CONF
   echo "==> nats-server on :$NATS_PORT (store $DATA/nats$( [ "${DURABLE:-0}" = 1 ] && echo ', fsync before ack'))"
-  nats-server -c "$DATA/nats.conf" >"$DATA/logs/nats.log" 2>&1 &
+  setsid nats-server -c "$DATA/nats.conf" >"$DATA/logs/nats.log" 2>&1 &
   pids+=($!)
   NATS_URL=nats://127.0.0.1:$NATS_PORT
 fi
 if [ -z "${REDIS_URL:-}" ]; then
   REDIS_PORT=${REDIS_PORT:-6379}
   echo "==> redis-server on :$REDIS_PORT (AOF in $DATA/redis)"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --dir "$DATA/redis" >"$DATA/logs/redis.log" 2>&1 &
+  setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --dir "$DATA/redis" >"$DATA/logs/redis.log" 2>&1 &
   pids+=($!)
   REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 fi
@@ -100,7 +102,7 @@ sed -e "s#@RUN_DIR@#$DATA/nginx#g" -e "s#@LISTEN@#127.0.0.1:$FRONT_DOOR_PORT#" \
     -e 's#@ACCOUNTS@#127.0.0.1:8082#' -e 's#@AUTOMATIONS@#127.0.0.1:8083#' \
     -e 's#@FORWARDER@#127.0.0.1:8084#' -e 's#@DELIVERY@#127.0.0.1:8085#' \
     scripts/front-door.conf.in > "$DATA/nginx/nginx.conf"
-"$NGINX" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf" -e "$DATA/logs/nginx.log" >>"$DATA/logs/nginx.log" 2>&1 &
+setsid "$NGINX" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf" -e "$DATA/logs/nginx.log" >>"$DATA/logs/nginx.log" 2>&1 &
 proxy_pid=$!
 echo "==> front door (nginx) on $BASE (log: .data/logs/nginx.log)"
 

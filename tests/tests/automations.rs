@@ -911,7 +911,7 @@ async fn invalid_inline_automations_are_dead_lettered_and_shown_in_the_catalog()
         (
             "Bad Action",
             json!({"steps": [{"action": "send", "template": "T"}, {"action": "fly"}]}),
-            "properties.courier.automation.steps[1].action: unknown action \"fly\" (one of send, delay, cancel, update-profile, invoke, fetch-data)",
+            "properties.courier.automation.steps[1].action: unknown action \"fly\" (one of send, send-list, delay, cancel, update-profile, invoke, fetch-data)",
         ),
         (
             "Bad Steps",
@@ -1429,4 +1429,41 @@ async fn count_stored(js: &async_nats::jetstream::Context, stream: &str, subject
     let subjects: std::collections::HashMap<String, usize> =
         info.try_collect().await.expect("subjects");
     subjects.get(subject).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_data_sends_a_string_body_as_is() {
+    use axum::routing::post;
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    // Echoes the raw body it got, so a second JSON encoding would show as a quoted string.
+    let app = axum::Router::new().route(
+        "/echo",
+        post(|body: String| async move { axum::Json(json!({"raw": body})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let a = api(&svc, &key);
+    for (body, raw) in [
+        (json!("{\"order\":7}"), "{\"order\":7}"),
+        (json!("plain text"), "plain text"),
+        (json!({"order": 7}), "{\"order\":7}"),
+    ] {
+        let (s, b) = a
+            .post(
+                "/automations/invoke",
+                json!({"automation": {"steps": [
+                {"action": "fetch-data", "webhook": {"url": format!("http://{addr}/echo"),
+                    "method": "POST", "body": body}}]}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let run = a
+            .run_until(b["runId"].as_str().unwrap(), &["completed", "failed"])
+            .await;
+        assert_eq!(run["context"]["data"]["raw"], raw, "{run}");
+    }
 }

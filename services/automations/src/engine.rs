@@ -660,13 +660,13 @@ impl Engine {
         message_id: &str,
     ) -> Result<String, Transient> {
         let ws = run.workspace.clone();
-        let ctx = run.context.clone();
+        let ctx = &run.context;
         let str_of = |v: Option<&Value>| {
-            v.map(|v| resolve_str_field(v, &ctx))
+            v.map(|v| resolve_str_field(v, ctx))
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default()
         };
-        let message = step.get("message").map(|m| resolve(m, &ctx));
+        let message = step.get("message").map(|m| resolve(m, ctx));
         let (recipient, template, brand, step_data, step_profile, channels, method, tenant) =
             match &message {
                 Some(m) => {
@@ -702,7 +702,7 @@ impl Engine {
                         (None, Some(r)) => str_of(Some(r)),
                         (None, None) => run.recipient(),
                     };
-                    let ov = step.get("override").map(|o| resolve(o, &ctx));
+                    let ov = step.get("override").map(|o| resolve(o, ctx));
                     let channels = ov
                         .as_ref()
                         .and_then(|o| o.get("channels"))
@@ -722,10 +722,10 @@ impl Engine {
                         },
                         str_of(step.get("brand")),
                         step.get("data")
-                            .map(|d| resolve(d, &ctx))
+                            .map(|d| resolve(d, ctx))
                             .unwrap_or(Value::Null),
                         step.get("profile")
-                            .map(|d| resolve(d, &ctx))
+                            .map(|d| resolve(d, ctx))
                             .unwrap_or(Value::Null),
                         channels,
                         String::new(),

@@ -10,6 +10,9 @@ use crate::engine::{Engine, StepDone, Transient};
 use crate::refs::resolve_str_field;
 use crate::store::{Run, derive_id};
 
+/// Message requests of one send-list step in flight at once.
+const IN_FLIGHT: usize = 64;
+
 impl Engine {
     pub(crate) async fn send_list(
         &self,
@@ -32,15 +35,27 @@ impl Engine {
             )));
         };
         let step_index = index.to_string();
-        let mut ids = Vec::with_capacity(subscribers.len());
-        for user in &subscribers {
-            let id = format!(
-                "{}-s{index}-{}",
-                run.id,
-                &derive_id(&[&run.id, &step_index, user])[..16]
-            );
-            self.request_message(run, step, Some(user), &id).await?;
-            ids.push(id);
+        let ids: Vec<String> = subscribers
+            .iter()
+            .map(|user| {
+                let hash = derive_id(&[&run.id, &step_index, user]);
+                format!("{}-s{index}-{}", run.id, &hash[..16])
+            })
+            .collect();
+        // A window of requests in flight at once, so a large list takes seconds, well inside
+        // the run's lease, instead of one publish round trip after another.
+        for chunk in subscribers
+            .iter()
+            .zip(&ids)
+            .collect::<Vec<_>>()
+            .chunks(IN_FLIGHT)
+        {
+            futures::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|(user, id)| self.request_message(run, step, Some(user), id)),
+            )
+            .await?;
         }
         Ok(StepDone::Next(
             Some(format!(
