@@ -7,7 +7,7 @@ use prost::Message;
 use rc_common::subjects::{COURIER_STREAM, DLQ_STREAM, dlq_headers};
 use rc_proto::{Envelope, EventType, TenantUpdated};
 use rc_tests::profiles::eventually;
-use rc_tests::{Stack, stored_messages};
+use rc_tests::{Service, Stack, stored_messages};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -411,7 +411,15 @@ async fn poison_group_is_dead_lettered_and_restart_loses_nothing() {
     let stack = Stack::start();
     let key = stack.workspace("acme").await;
     let js = stack.jetstream().await;
-    let accounts = stack.accounts().await;
+    // A short ack wait: handlers cut off by the kill (as in a real crash) are redelivered soon.
+    let spawn = || {
+        let mut settings = stack.accounts_settings();
+        settings.accounts.ack_wait_ms = 2_000;
+        Service::spawn(|listener, shutdown| async move {
+            accounts::run(settings, Some(listener), shutdown).await
+        })
+    };
+    let accounts = spawn().await;
     js.publish("events.acme.group", bytes::Bytes::from_static(b"garbage"))
         .await
         .unwrap()
@@ -433,7 +441,7 @@ async fn poison_group_is_dead_lettered_and_restart_loses_nothing() {
         .await;
     }
     accounts.kill();
-    let accounts = stack.accounts().await;
+    let accounts = spawn().await;
     let url = accounts.url("/tenants/big");
     eventually("all members", WAIT, || async {
         let t = get_ok(&url, &key).await?;
@@ -453,8 +461,16 @@ async fn poison_group_is_dead_lettered_and_restart_loses_nothing() {
         .as_str()
         .to_string();
     assert!(reason.contains("undecodable"), "{reason}");
-    // One TenantUpdated per event: redeliveries after the kill publish nothing new.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One TenantUpdated per event: a handler cut off after its write publishes on redelivery,
+    // and redeliveries of events already published add nothing (dedupe on the cause id).
+    eventually("one TenantUpdated per event", WAIT, || async {
+        let n = stored_messages(&js, COURIER_STREAM, "courier.acme.tenant.updated")
+            .await
+            .len();
+        (n >= N).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let updates = stored_messages(&js, COURIER_STREAM, "courier.acme.tenant.updated").await;
     assert_eq!(updates.len(), N);
 }

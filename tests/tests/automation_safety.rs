@@ -226,7 +226,7 @@ fn invalid_inline_automations() -> Vec<(Value, String)> {
     cases.push((
         json!({"steps": [{"action": "fly"}]}),
         format!(
-            "{p}.steps[0].action: unknown action \"fly\" (one of send, delay, cancel, update-profile, invoke, fetch-data)"
+            "{p}.steps[0].action: unknown action \"fly\" (one of send, send-list, delay, cancel, update-profile, invoke, fetch-data)"
         ),
     ));
     cases
