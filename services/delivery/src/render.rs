@@ -5,6 +5,9 @@
 //! booleans as text, objects/arrays as compact JSON, `null` as empty. There is no HTML escaping
 //! (bodies are sent as text). A `{{` without a closing `}}` is kept literally: rendering never
 //! fails and never panics.
+//!
+//! Bounded: a 64 KiB template repeating `{{profile.big}}` over a 256 KiB field would otherwise
+//! render a gigabyte. Output stops at [`MAX_RENDERED_BYTES`], ending with [`TRUNCATED`].
 
 use serde_json::Value;
 
@@ -48,28 +51,54 @@ fn to_text(value: &Value) -> String {
     }
 }
 
+/// Bound on one rendered title or body.
+pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
+/// Ends a rendering cut at [`MAX_RENDERED_BYTES`], so the cut is visible to the reader.
+pub const TRUNCATED: &str = "…[truncated: the rendered content passed 262144 bytes]";
+
 pub fn render(template: &str, vars: &Vars<'_>) -> String {
-    let mut out = String::with_capacity(template.len());
+    let mut out = String::with_capacity(template.len().min(MAX_RENDERED_BYTES));
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
+        if !push_bounded(&mut out, &rest[..start]) {
+            return out;
+        }
         let after = &rest[start + 2..];
         match after.find("}}") {
             Some(end) => {
                 let name = after[..end].trim();
-                if let Some(v) = resolve(vars, name) {
-                    out.push_str(&to_text(v));
+                if let Some(v) = resolve(vars, name)
+                    && !push_bounded(&mut out, &to_text(v))
+                {
+                    return out;
                 }
                 rest = &after[end + 2..];
             }
             None => {
-                out.push_str(&rest[start..]);
-                rest = "";
+                push_bounded(&mut out, &rest[start..]);
+                return out;
             }
         }
     }
-    out.push_str(rest);
+    push_bounded(&mut out, rest);
     out
+}
+
+/// Appends `s` when it fits under the bound; otherwise appends what fits (on a char boundary)
+/// and the truncation marker, and answers false.
+fn push_bounded(out: &mut String, s: &str) -> bool {
+    let room = MAX_RENDERED_BYTES.saturating_sub(out.len());
+    if s.len() <= room {
+        out.push_str(s);
+        return true;
+    }
+    let mut cut = room;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.push_str(&s[..cut]);
+    out.push_str(TRUNCATED);
+    false
 }
 
 #[cfg(test)]
@@ -107,5 +136,26 @@ mod tests {
         assert_eq!(render("{{}}{{.}}{{a..b}}}}", &v), "}}");
         assert_eq!(render("é{{a}}ü", &v), "é1ü");
         assert_eq!(render("", &v), "");
+    }
+
+    #[test]
+    fn amplification_is_bounded() {
+        let data = json!({});
+        let profile = json!({"big": "é".repeat(128 * 1024)});
+        let v = Vars {
+            data: &data,
+            profile: &profile,
+        };
+        // 64 KiB of template naming a 256 KiB field: a gigabyte unbounded.
+        let template = "{{profile.big}}".repeat(64 * 1024 / 15);
+        let out = render(&template, &v);
+        assert!(
+            out.len() <= MAX_RENDERED_BYTES + TRUNCATED.len(),
+            "{}",
+            out.len()
+        );
+        assert!(out.ends_with(TRUNCATED));
+        // Under the bound nothing changes.
+        assert_eq!(render("{{profile.big}}", &v).len(), 256 * 1024);
     }
 }
