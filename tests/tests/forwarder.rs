@@ -881,3 +881,50 @@ async fn a_disabled_integration_sends_nothing_and_keeps_events() {
     assert_eq!(st["state"], "active");
     assert_eq!(st["delivered"], 3, "{st}");
 }
+
+/// A partial PUT changes what it names and keeps the rest (it used to reset `enabled`, the
+/// statuses and the opt-ins to their defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_put_keeps_what_it_does_not_name() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let fwd = stack
+        .forwarder_with(stack.forwarder_settings(&new_encryption_key()))
+        .await;
+    let full = json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": false,
+        "events": {"statuses": ["SENT"], "profileUpdates": true, "tenantUpdates": true}});
+    let r = put_integration(&fwd, &key, full).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    let moved = format!("{}/moved", dp.url());
+    let r = put_integration(&fwd, &key, json!({"dataPlaneUrl": moved})).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (_, cfg) = get_json(&fwd, &key, "/integrations/rudderstack").await;
+    assert_eq!(cfg["dataPlaneUrl"], moved.as_str(), "{cfg}");
+    assert_eq!(cfg["enabled"], false, "{cfg}");
+    assert_eq!(cfg["events"]["statuses"], json!(["SENT"]), "{cfg}");
+    assert_eq!(cfg["events"]["profileUpdates"], true, "{cfg}");
+    assert_eq!(cfg["events"]["tenantUpdates"], true, "{cfg}");
+    assert_eq!(cfg["writeKey"], "••••9f2a", "{cfg}");
+
+    let r = put_integration(&fwd, &key, json!({"events": {"profileUpdates": false}})).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (_, cfg) = get_json(&fwd, &key, "/integrations/rudderstack").await;
+    assert_eq!(cfg["events"]["profileUpdates"], false, "{cfg}");
+    assert_eq!(cfg["events"]["tenantUpdates"], true, "{cfg}");
+    assert_eq!(cfg["enabled"], false, "{cfg}");
+
+    // The first PUT still needs what has no stored value.
+    let other = stack.workspace("other").await;
+    let r = put_integration(&fwd, &other, json!({"writeKey": WRITE_KEY})).await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("dataPlaneUrl is required"),
+        "{body}"
+    );
+}

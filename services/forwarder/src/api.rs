@@ -46,27 +46,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every field of a PUT may be omitted: it then keeps its stored value (the documented default
+/// on the first PUT). A partial PUT never resets what it does not name.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 struct EventKinds {
     statuses: Option<Vec<String>>,
-    profile_updates: bool,
-    tenant_updates: bool,
+    profile_updates: Option<bool>,
+    tenant_updates: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 struct PutBody {
     write_key: Option<String>,
-    data_plane_url: String,
-    #[serde(default = "yes")]
-    enabled: bool,
-    #[serde(default)]
+    data_plane_url: Option<String>,
+    enabled: Option<bool>,
     events: EventKinds,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn bad(m: impl Into<String>) -> ForwarderError {
@@ -148,16 +144,20 @@ async fn put_integration(
 ) -> Result<Json<Value>, ForwarderError> {
     let body: PutBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid body: {e}")))?;
-    let url = validate_url(
-        &body.data_plane_url,
-        state.ctx.settings.allow_http,
-        state.ctx.outbound.allow_private_networks,
-    )?;
     let cipher =
         state.ctx.cipher.as_ref().ok_or_else(|| {
             ForwarderError::Unavailable("secrets.encryption_key is not set".into())
         })?;
     let existing = state.ctx.store.get(&ws).await?;
+    let url = match (&body.data_plane_url, &existing) {
+        (Some(raw), _) => validate_url(
+            raw,
+            state.ctx.settings.allow_http,
+            state.ctx.outbound.allow_private_networks,
+        )?,
+        (None, Some(e)) => e.data_plane_url.clone(),
+        (None, None) => return Err(bad("dataPlaneUrl is required")),
+    };
     let sealed = match (body.write_key.as_deref().map(str::trim), &existing) {
         (Some(k), _) if !k.is_empty() => {
             if k.len() > 256 || k.chars().any(|c| c.is_control() || c == ':') {
@@ -169,10 +169,13 @@ async fn put_integration(
         _ => return Err(bad("writeKey is required")),
     };
     let statuses = match body.events.statuses {
-        None => mapping::SENDABLE_STATUSES
-            .iter()
-            .map(|(s, _)| s.to_string())
-            .collect(),
+        None => match &existing {
+            Some(e) => e.statuses.clone(),
+            None => mapping::SENDABLE_STATUSES
+                .iter()
+                .map(|(s, _)| s.to_string())
+                .collect(),
+        },
         Some(list) => {
             let mut out: Vec<String> = Vec::new();
             for s in list {
@@ -189,16 +192,22 @@ async fn put_integration(
             out
         }
     };
-    if statuses.is_empty() && !body.events.profile_updates && !body.events.tenant_updates {
+    let kept = |new: Option<bool>, old: fn(&Integration) -> bool, default: bool| {
+        new.or(existing.as_ref().map(old)).unwrap_or(default)
+    };
+    let enabled = kept(body.enabled, |e| e.enabled, true);
+    let profile_updates = kept(body.events.profile_updates, |e| e.profile_updates, false);
+    let tenant_updates = kept(body.events.tenant_updates, |e| e.tenant_updates, false);
+    if statuses.is_empty() && !profile_updates && !tenant_updates {
         return Err(bad("nothing to send: choose at least one status or kind"));
     }
     let integ = Integration {
         write_key_sealed: sealed,
         data_plane_url: url,
-        enabled: body.enabled,
+        enabled,
         statuses,
-        profile_updates: body.events.profile_updates,
-        tenant_updates: body.events.tenant_updates,
+        profile_updates,
+        tenant_updates,
         // A PUT is the fix for a refused key: it resumes.
         paused_reason: None,
         updated_at: mapping::rfc3339(time::OffsetDateTime::now_utc()),
