@@ -17,6 +17,28 @@ struct Api {
     key: String,
 }
 
+/// Links a new template `id` to the mapping `on` (`{"type"|"event"}`), then deletes the template:
+/// the mapping is left pointing at a missing template.
+async fn link_then_delete(api: &Api, id: &str, mut on: Value) {
+    let template = json!({"id": id, "steps": [{"action": "send", "template": "T"}]});
+    assert_eq!(api.post("/automations/templates", template).await.0, 201);
+    on["template_id"] = json!(id);
+    let (s, body) = api.post("/automations/mappings", on).await;
+    assert_eq!(
+        (s, body["template_status"].clone()),
+        (201, json!("ok")),
+        "{body}"
+    );
+    let (s, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/automations/templates/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+}
+
 impl Api {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
@@ -232,14 +254,16 @@ async fn mapped_track_event_runs_template_once_and_requests_a_message() {
         "mapped first, then newest"
     );
 
-    // A mapping to a template that does not exist shows as missing.
-    let (s, _) = api
+    // Linking a template that does not exist is refused; one deleted after linking shows as
+    // missing.
+    let (s, body) = api
         .post(
             "/automations/mappings",
             json!({"type": "identify", "template_id": "ghost"}),
         )
         .await;
-    assert_eq!(s, 201);
+    assert_eq!(s, 404, "{body}");
+    link_then_delete(&api, "ghost", json!({"type": "identify"})).await;
     let (_, entry) = api.get("/automations/events/identify").await;
     assert_eq!(entry["automations"][0]["status"], "missing");
 }
@@ -752,17 +776,9 @@ async fn mapped_identify_and_group_events_start_runs() {
         )
         .await;
     assert_eq!(s, 201);
-    // A second identify mapping to a template that does not exist: runs nothing, not an error.
-    let (s, body) = a
-        .post(
-            "/automations/mappings",
-            json!({"type": "identify", "template_id": "ghost"}),
-        )
-        .await;
-    assert_eq!(
-        (s, body["template_status"].clone()),
-        (201, json!("missing"))
-    );
+    // A second identify mapping whose template was deleted after linking: runs nothing, not an
+    // error.
+    link_then_delete(&a, "ghost", json!({"type": "identify"})).await;
 
     ingest(
         &ingress,

@@ -664,7 +664,17 @@ async fn create_mapping(
         b.get("template_id").and_then(Value::as_str),
         b.get("template"),
     ) {
-        (Some(t), None) => t.to_string(),
+        // Linking names an existing template: a typo must not answer 201 and run nothing.
+        // (A template deleted after linking still shows as `missing` in the catalog.)
+        (Some(t), None) => {
+            let exists: bool = redis.clone().hexists(store::templates_key(&ws), t).await?;
+            if !exists {
+                return Err(E::NotFound(format!(
+                    "template_id: automation template {t:?} not found; create it first or give `template`"
+                )));
+            }
+            t.to_string()
+        }
         (None, Some(t)) if t.is_object() => {
             let id = t
                 .get("id")
