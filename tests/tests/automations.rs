@@ -804,6 +804,11 @@ async fn mapped_identify_and_group_events_start_runs() {
     let mut reqs: Vec<MessageRequest> = msgs.iter().map(decode).collect();
     reqs.sort_by(|x, y| x.template.cmp(&y.template));
     assert_eq!(reqs[0].template, "TEAM_JOINED");
+    assert_eq!(
+        reqs[0].event, "group",
+        "a group run's messages name their event"
+    );
+    assert_eq!(reqs[1].event, "identify");
     assert_eq!(reqs[0].automation_template, "team");
     assert_eq!(reqs[0].recipient, "u_7");
     assert_eq!(

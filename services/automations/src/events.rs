@@ -43,6 +43,16 @@ impl Handler for EventHandler {
 }
 
 /// The ad-hoc steps of an inline automation: `steps`, or `automation.steps` (invoke's shape).
+/// The `event` a run (and its messages) carries: the event's name, or for the types without
+/// one (identify, group, unnamed page/screen) the type, so a message never says `""`.
+fn run_event(env: &Envelope) -> String {
+    if env.event.is_empty() {
+        env.r#type().subject_token().to_string()
+    } else {
+        env.event.clone()
+    }
+}
+
 fn inline_steps(a: &Value) -> Option<&Value> {
     a.get("steps")
         .filter(|v| !v.is_null())
@@ -176,7 +186,7 @@ impl EventHandler {
                     steps: steps.as_array().cloned().unwrap_or_default(),
                     cancelation_token: token,
                     context: context(a),
-                    event: env.event.clone(),
+                    event: run_event(env),
                     source_message_id: env.message_id.clone(),
                     depth: 0,
                 };
@@ -253,7 +263,7 @@ impl EventHandler {
                 .unwrap_or_default(),
             cancelation_token: token.or_else(|| cancelation_token(t).map(str::to_string)),
             context,
-            event: env.event.clone(),
+            event: run_event(env),
             source_message_id: env.message_id.clone(),
             depth: 0,
         };
