@@ -1488,3 +1488,74 @@ async fn fetch_data_sends_a_string_body_as_is() {
         assert_eq!(run["context"]["data"]["raw"], raw, "{run}");
     }
 }
+
+/// An anonymous track (anonymousId only) to a template sending to `refs.data.userId` goes to the
+/// anonymousId (it went to `""`, UNROUTABLE, while the run said completed); a send whose
+/// recipient names nothing fails the run with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_events_reach_the_anonymous_id_and_a_send_to_nobody_fails_the_run() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let svc = stack.automations().await;
+    let api = api(&svc, &key);
+    let js = stack.jetstream().await;
+    let (s, body) = api
+        .post(
+            "/automations/mappings",
+            json!({"event": "Visited", "template": {"id": "visit", "steps": [
+                {"action": "send", "recipient": "refs.data.userId", "template": "VISIT"}]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = api
+        .post(
+            "/automations/mappings",
+            json!({"event": "Nobody", "template": {"id": "nobody", "steps": [
+                {"action": "send", "recipient": "refs.data.email", "template": "VISIT"}]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    ingest(
+        &ingress,
+        &key,
+        json!({"type": "track", "event": "Visited", "anonymousId": "anon-7", "messageId": "v-1"}),
+    )
+    .await;
+    let msgs = wait_for_messages(
+        &js,
+        COURIER,
+        "courier.acme.message.requested",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(decode(&msgs[0]).recipient, "anon-7");
+
+    ingest(
+        &ingress,
+        &key,
+        json!({"type": "track", "event": "Nobody", "userId": "u_1", "messageId": "n-1"}),
+    )
+    .await;
+    let run_id = run_of_event(&js, "acme", "n-1").await;
+    let run = api.run_until(&run_id, &["failed", "completed"]).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("steps[0].recipient: resolves to no user"),
+        "{run}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stored_messages(&js, COURIER, "courier.acme.message.requested")
+            .await
+            .len(),
+        1,
+        "no message to nobody"
+    );
+}

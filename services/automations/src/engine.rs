@@ -642,6 +642,14 @@ impl Engine {
     }
 
     async fn send(&self, run: &mut Run, index: usize, step: &Value) -> Result<StepDone, Transient> {
+        // A template send to nobody would be UNROUTABLE to `""` while the run said completed:
+        // the run fails and says why. (A `message` send may go to a tenant or an address.)
+        if step.get("message").is_none() && step_recipient(run, step, None).is_empty() {
+            return Ok(StepDone::Fail(format!(
+                "steps[{index}].recipient: resolves to no user (the event has no userId or \
+                 anonymousId, or the path names nothing)"
+            )));
+        }
         let message_id = format!("{}-s{index}", run.id);
         let detail = self.request_message(run, step, None, &message_id).await?;
         Ok(StepDone::Next(
@@ -697,11 +705,7 @@ impl Engine {
                     )
                 }
                 None => {
-                    let recipient = match (to, step.get("recipient")) {
-                        (Some(to), _) => to.to_string(),
-                        (None, Some(r)) => str_of(Some(r)),
-                        (None, None) => run.recipient(),
-                    };
+                    let recipient = step_recipient(run, step, to);
                     let ov = step.get("override").map(|o| resolve(o, ctx));
                     let channels = ov
                         .as_ref()
@@ -948,4 +952,31 @@ fn step_action(step: Option<&Value>) -> &str {
     step.and_then(|s| s.get("action"))
         .and_then(Value::as_str)
         .unwrap_or("")
+}
+
+/// The recipient of a template send: `to` (send-list), the step's `recipient`, else the run's.
+/// A step naming the event's user (`refs.data.userId`, `{"$ref": "data.userId"}`) gets the
+/// event's anonymousId when it has no userId, as Courier does (userId, else anonymousId).
+fn step_recipient(run: &Run, step: &Value, to: Option<&str>) -> String {
+    let ctx = &run.context;
+    let str_of = |v: &Value| {
+        resolve_str_field(v, ctx)
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    match (to, step.get("recipient")) {
+        (Some(to), _) => to.to_string(),
+        (None, Some(r)) => {
+            let user = str_of(r);
+            let names_user = r.as_str() == Some("refs.data.userId")
+                || r.get("$ref").and_then(Value::as_str) == Some("data.userId");
+            if user.is_empty() && names_user {
+                str_of(&Value::from("refs.data.anonymousId"))
+            } else {
+                user
+            }
+        }
+        (None, None) => run.recipient(),
+    }
 }
