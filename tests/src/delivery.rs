@@ -1,10 +1,10 @@
 //! Harness for the delivery service: settings, a signed-webhook receiver and an SMTP sink
 //! (fakes of third-party endpoints that enforce their contract), and request helpers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -405,4 +405,49 @@ pub async fn lifecycle_events(
             (e.message_id == id).then(|| (m.subject.to_string(), e))
         })
         .collect()
+}
+
+/// `PUT /providers/{name}` on a delivery service; the answer must be 200.
+pub async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) {
+    let r = reqwest::Client::new()
+        .put(svc.url(&format!("/providers/{name}")))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "PUT provider {name}");
+}
+
+/// Lifecycle events seen on the core subject (every publish, JetStream duplicates included):
+/// (message id, status) → (count, first arrival).
+pub type SeenEvents = Arc<Mutex<HashMap<(String, String), (usize, Instant)>>>;
+
+/// Starts recording the lifecycle events of workspace `ws` (not `message.requested`).
+pub async fn watch_lifecycle(client: &async_nats::Client, ws: &str) -> SeenEvents {
+    use futures::StreamExt;
+    let seen: SeenEvents = Arc::default();
+    let mut sub = client
+        .subscribe(format!("courier.{ws}.message.*"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if m.subject.ends_with(".requested") {
+                continue;
+            }
+            let Ok(e) = rc_proto::MessageEvent::decode(m.payload) else {
+                continue;
+            };
+            let now = Instant::now();
+            s.lock()
+                .unwrap()
+                .entry((e.message_id, e.status))
+                .and_modify(|(n, _)| *n += 1)
+                .or_insert((1, now));
+        }
+    });
+    seen
 }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use futures::StreamExt;
-use prost::Message as _;
-use rc_tests::delivery::{inline_request, publish_request};
-use rc_tests::{Service, Stack};
+use rc_tests::Stack;
+use rc_tests::delivery::{
+    SeenEvents as Seen, inline_request, publish_request, put_provider, watch_lifecycle,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -52,48 +52,6 @@ async fn start_hanging_webhook() -> (String, Arc<HangState>) {
         let _ = axum::serve(listener, app).await;
     });
     (url, state)
-}
-
-async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) {
-    let r = reqwest::Client::new()
-        .put(svc.url(&format!("/providers/{name}")))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "PUT provider {name}");
-}
-
-/// Lifecycle events seen on the core subject (every publish, JetStream duplicates included):
-/// (message id, status) → (count, first arrival).
-type Seen = Arc<Mutex<HashMap<(String, String), (usize, Instant)>>>;
-
-async fn watch_events(client: &async_nats::Client, ws: &str) -> Seen {
-    let seen: Seen = Arc::default();
-    let mut sub = client
-        .subscribe(format!("courier.{ws}.message.*"))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let s = seen.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if m.subject.ends_with(".requested") {
-                continue;
-            }
-            let Ok(e) = rc_proto::MessageEvent::decode(m.payload) else {
-                continue;
-            };
-            let now = Instant::now();
-            s.lock()
-                .unwrap()
-                .entry((e.message_id, e.status))
-                .and_modify(|(n, _)| *n += 1)
-                .or_insert((1, now));
-        }
-    });
-    seen
 }
 
 fn inbox_request(ws: &str, id: &str) -> rc_proto::MessageRequest {
@@ -188,8 +146,8 @@ async fn a_hanging_webhook_never_stalls_another_workspace() {
     )
     .await;
     put_provider(&svc, &key_b, "inbox", json!({"type": "inbox"})).await;
-    let seen_a = watch_events(&client, "ws-a").await;
-    let seen_b = watch_events(&client, "ws-b").await;
+    let seen_a = watch_lifecycle(&client, "ws-a").await;
+    let seen_b = watch_lifecycle(&client, "ws-b").await;
 
     // B alone.
     let alone = b_latencies(&js, &seen_b, "alone", 40, Duration::from_millis(50)).await;

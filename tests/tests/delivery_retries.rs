@@ -3,58 +3,16 @@
 //! while retries are due. (The isolation test has its own binary, `delivery_isolation`, so it
 //! runs alone.)
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use futures::StreamExt;
-use prost::Message as _;
-use rc_tests::delivery::{inline_request, publish_request};
-use rc_tests::{Service, Stack};
+use rc_tests::Stack;
+use rc_tests::delivery::{inline_request, publish_request, put_provider, watch_lifecycle};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-
-async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) {
-    let r = reqwest::Client::new()
-        .put(svc.url(&format!("/providers/{name}")))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "PUT provider {name}");
-}
-
-/// Lifecycle events seen on the core subject (every publish, JetStream duplicates included):
-/// (message id, status) → count.
-type Seen = Arc<Mutex<HashMap<(String, String), usize>>>;
-
-async fn watch_events(client: &async_nats::Client, ws: &str) -> Seen {
-    let seen: Seen = Arc::default();
-    let mut sub = client
-        .subscribe(format!("courier.{ws}.message.*"))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let s = seen.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if m.subject.ends_with(".requested") {
-                continue;
-            }
-            if let Ok(e) = rc_proto::MessageEvent::decode(m.payload) {
-                *s.lock()
-                    .unwrap()
-                    .entry((e.message_id, e.status))
-                    .or_default() += 1;
-            }
-        }
-    });
-    seen
-}
 
 fn webhook_request(ws: &str, id: &str) -> rc_proto::MessageRequest {
     inline_request(
@@ -111,7 +69,7 @@ async fn a_workspace_over_its_cap_waits_in_redis_and_is_delivered() {
         json!({"type": "webhook", "config": {"url": url}}),
     )
     .await;
-    let seen = watch_events(&client, "ws-a").await;
+    let seen = watch_lifecycle(&client, "ws-a").await;
     const N: usize = 30;
     for i in 0..N {
         let id = format!("c-{i}");
@@ -141,7 +99,10 @@ async fn a_workspace_over_its_cap_waits_in_redis_and_is_delivered() {
     ids.dedup();
     assert_eq!(ids.len(), N, "every message sent");
     let seen = seen.lock().unwrap();
-    assert!(seen.values().all(|n| *n == 1), "each status published once");
+    assert!(
+        seen.values().all(|(n, _)| *n == 1),
+        "each status published once"
+    );
 }
 
 /// The due index against real Redis: a claimed retry is leased (not claimed twice) and comes
@@ -235,7 +196,7 @@ async fn scheduled_retries_survive_a_redis_outage() {
         json!({"type": "webhook", "config": {"url": hook.url(), "secret": secret}}),
     )
     .await;
-    let seen = watch_events(&client, "ws-r").await;
+    let seen = watch_lifecycle(&client, "ws-r").await;
     const N: usize = 5;
     for _ in 0..N {
         hook.answer(503, "down for maintenance", None);
@@ -269,7 +230,7 @@ async fn scheduled_retries_survive_a_redis_outage() {
         assert_eq!(calls, 2, "{id}: one 503, then one delivery");
     }
     assert!(
-        seen.lock().unwrap().values().all(|n| *n == 1),
+        seen.lock().unwrap().values().all(|(n, _)| *n == 1),
         "each status published once"
     );
     let dead = rc_tests::stored_messages(&js, "DLQ", "dlq.delivery.>").await;
