@@ -69,7 +69,7 @@ async fn publish(js: &async_nats::jetstream::Context, env: &Envelope) {
 async fn members(stack: &Stack, ws: &str, tid: &str) -> Vec<String> {
     let mut c = stack.redis_conn().await;
     redis::cmd("ZRANGE")
-        .arg(format!("{{ws:{ws}:tenant:{tid}}}:members"))
+        .arg(rc_common::keys::tenant_members(ws, tid))
         .arg(0)
         .arg(-1)
         .query_async(&mut c)

@@ -112,7 +112,7 @@ async fn mapped_track_event_runs_template_once_and_requests_a_message() {
     let js = stack.jetstream().await;
     // The recipient's stored profile (profiles service's read contract).
     redis::cmd("SET")
-        .arg("{ws:acme:user:u_1}:profile")
+        .arg(rc_common::keys::user_profile("acme", "u_1"))
         .arg(r#"{"email":"u1@example.com","name":"Ann"}"#)
         .query_async::<()>(&mut stack.redis_conn().await)
         .await
@@ -1287,7 +1287,7 @@ async fn finished_runs_expire_after_the_retention() {
     a.run_until(&canceler, &["completed"]).await;
     let mut redis = stack.redis_conn().await;
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("ws:{{acme}}:auto:run:{done}"))
+        .arg(rc_common::keys::automations_of("acme", "run", &done, ""))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -1307,7 +1307,7 @@ async fn finished_runs_expire_after_the_retention() {
     let later = invoke(json!([])).await;
     a.run_until(&later, &["completed"]).await;
     let mut indexed: Vec<String> = redis::cmd("ZRANGE")
-        .arg("ws:{acme}:auto:runs")
+        .arg(rc_common::keys::automations("acme", "runs"))
         .arg(0)
         .arg(-1)
         .query_async(&mut redis)
@@ -1333,7 +1333,7 @@ async fn finished_runs_expire_after_the_retention() {
     }
     assert_eq!(a.get(&format!("/automations/runs/{canceled}")).await.0, 404);
     let token_set: bool = redis::cmd("EXISTS")
-        .arg("ws:{acme}:auto:token:t-1")
+        .arg(rc_common::keys::automations_of("acme", "token", "t-1", ""))
         .query_async(&mut redis)
         .await
         .unwrap();

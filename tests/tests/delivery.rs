@@ -713,7 +713,7 @@ async fn tenant_send_fans_out_to_members() {
     // The accounts service's read contract: members set and member profiles.
     let mut conn = stack.redis_conn().await;
     let _: () = redis::cmd("ZADD")
-        .arg("{ws:acme:tenant:t1}:members")
+        .arg(rc_common::keys::tenant_members("acme", "t1"))
         .arg(1)
         .arg("u_a")
         .arg(2)
@@ -722,7 +722,7 @@ async fn tenant_send_fans_out_to_members() {
         .await
         .unwrap();
     let _: () = redis::cmd("SET")
-        .arg("{ws:acme:user:u_a}:profile")
+        .arg(rc_common::keys::user_profile("acme", "u_a"))
         .arg(r#"{"name":"Ann"}"#)
         .query_async(&mut conn)
         .await

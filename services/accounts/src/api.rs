@@ -12,9 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::store::{self, Applied, Reset, Stamp, Write};
 use crate::{AccountsError, AppState, Change};
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+use rc_common::clock::now_ms;
 
 fn api_stamp(cause: &str) -> Stamp {
     Stamp::Api {

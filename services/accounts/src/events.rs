@@ -19,8 +19,7 @@ pub struct GroupHandler {
 }
 
 fn ts_ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
-    ts.as_ref()
-        .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+    rc_common::clock::ms_of(ts.as_ref())
 }
 
 /// Tenant fields from group traits: `name` → name, everything else → properties (a `null`

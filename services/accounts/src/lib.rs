@@ -35,7 +35,7 @@ pub use error::AccountsError;
 
 pub const SERVICE: &str = "accounts";
 /// Durable consumer of `events.*.group`.
-pub const DURABLE_EVENTS: &str = "accounts";
+pub const DURABLE_EVENTS: &str = subjects::durables::ACCOUNTS_EVENTS;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -128,7 +128,6 @@ impl Publisher {
         ws: &str,
         change: Change<'_>,
     ) -> Result<(), async_nats::Error> {
-        let now = time::OffsetDateTime::now_utc();
         let message = rc_proto::TenantUpdated {
             schema_version: 1,
             workspace_id: ws.to_string(),
@@ -142,10 +141,7 @@ impl Publisher {
             member_removed: change.member_removed,
             source: change.source.to_string(),
             cause_id: change.cause_id.to_string(),
-            updated_at: Some(prost_types::Timestamp {
-                seconds: now.unix_timestamp(),
-                nanos: now.nanosecond() as i32,
-            }),
+            updated_at: Some(rc_common::clock::timestamp_now()),
         };
         let subject = subjects::courier_subject(ws, subjects::kinds::TENANT_UPDATED);
         let msg_id = format!(
@@ -199,7 +195,12 @@ pub async fn run(
 
 fn consumer_spec(settings: &Settings, redis: &RedisConn) -> ConsumerSpec {
     let p = &settings.accounts;
-    let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.group");
+    let mut spec = ConsumerSpec::new(
+        SERVICE,
+        subjects::EVENTS_STREAM,
+        subjects::events_of_type("group"),
+    );
+    spec.durable = DURABLE_EVENTS.to_string();
     spec.concurrency = p.concurrency.max(1);
     spec.quarantine = Some(Quarantine::new(redis.clone(), p.quarantine_after));
     spec.ack_wait = Duration::from_millis(p.ack_wait_ms.max(1000));

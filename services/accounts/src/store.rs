@@ -1,8 +1,8 @@
 //! Tenants and memberships in Redis: per-field last-writer-wins registers merged atomically by
 //! one Lua script, as in the profiles service.
 //!
-//! Keys of one tenant share the hash tag `{ws:<ws>:tenant:<tid>}` (`%`, `{`, `}` in the id
-//! percent-encoded):
+//! Keys of one tenant share the hash tag `{ws:<ws>:tenant:<tid>}` (every id escaped by
+//! `rc_common::keys`, which builds them all):
 //! - `…:fields` hash: `t:<name>` (name, parent_tenant_id, brand_id, default_preferences,
 //!   user_profile), `p:<key>` (properties), `x:seen` (the tenant exists), `m:<user id>` (a
 //!   membership, value = the member's tenant profile); each `<ts>|<tiebreak>|<JSON or empty>`
@@ -20,25 +20,18 @@ use sha2::{Digest, Sha256};
 
 use rc_common::redis::RedisConn;
 
-pub use rc_common::redis::escape_key_id as escape_id;
+use rc_common::keys::{self, tenant};
 
-fn tag(ws: &str, tid: &str) -> String {
-    format!("{{ws:{ws}:tenant:{}}}", escape_id(tid))
-}
+pub use rc_common::keys::{
+    member_tenants as user_tenants_key, tenant_members as members_key,
+    tenants_index as tenants_index_key,
+};
+
 pub fn doc_key(ws: &str, tid: &str) -> String {
-    format!("{}:doc", tag(ws, tid))
-}
-pub fn members_key(ws: &str, tid: &str) -> String {
-    format!("{}:members", tag(ws, tid))
+    tenant(ws, tid, "doc")
 }
 pub fn fields_key(ws: &str, tid: &str) -> String {
-    format!("{}:fields", tag(ws, tid))
-}
-pub fn tenants_index_key(ws: &str) -> String {
-    format!("{{ws:{ws}}}:tenants")
-}
-pub fn user_tenants_key(ws: &str, uid: &str) -> String {
-    format!("{{ws:{ws}:member:{}}}:tenants", escape_id(uid))
+    tenant(ws, tid, "fields")
 }
 
 pub fn tiebreak(cause: &str) -> String {
@@ -250,8 +243,8 @@ pub async fn apply(
     let mut inv = script.prepare_invoke();
     inv.key(fields_key(ws, tid))
         .key(doc_key(ws, tid))
-        .key(format!("{}:reset", tag(ws, tid)))
-        .key(format!("{}:mreset", tag(ws, tid)))
+        .key(keys::tenant(ws, tid, "reset"))
+        .key(keys::tenant(ws, tid, "mreset"))
         .key(members_key(ws, tid))
         .arg(mode)
         .arg(ts)

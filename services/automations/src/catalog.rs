@@ -2,10 +2,10 @@
 //! track event name, per page / screen name, and per identify / group / alias type, updated by the EVENTS consumer, counted once
 //! per message id (a marker with expiry makes redelivery a no-op).
 //!
-//! Keys: `ws:{<ws>}:auto:catalog` (entry key → JSON {first, last, payload}),
-//! `ws:{<ws>}:auto:catalog:count` (entry key → count), `ws:{<ws>}:auto:catalog:failed` (entry
-//! key → refused events), `ws:{<ws>}:auto:catalog:index` (zset by last time),
-//! `ws:{<ws>}:auto:seen:<message id>` (marker, 24 h).
+//! Keys: `{ws:<ws>}:auto:catalog` (entry key → JSON {first, last, payload}),
+//! `{ws:<ws>}:auto:catalog:count` (entry key → count), `{ws:<ws>}:auto:catalog:failed` (entry
+//! key → refused events), `{ws:<ws>}:auto:catalog:index` (zset by last time),
+//! `{ws:<ws>}:auto:seen:<message id>` (marker, 24 h).
 
 use rc_common::redis::RedisConn;
 use rc_proto::EventType;
@@ -116,7 +116,7 @@ pub async fn record(
 ) -> redis::RedisResult<()> {
     let mut conn = redis.clone();
     redis::Script::new(RECORD)
-        .key(key(ws, &format!("seen:{message_id}")))
+        .key(rc_common::keys::automations_of(ws, "seen", message_id, ""))
         .key(key(ws, "catalog"))
         .key(key(ws, "catalog:count"))
         .key(key(ws, "catalog:index"))

@@ -43,12 +43,7 @@ impl From<redis::RedisError> for Transient {
     }
 }
 
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+use rc_common::clock::timestamp_ms as ts;
 
 /// KEYS: run, canceled marker, run index, run expiry index, token set (all one workspace slot).
 /// ARGV: run JSON, retention ms, run id, now ms, "1" when the run has a token.

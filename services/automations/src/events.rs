@@ -69,11 +69,7 @@ impl EventHandler {
             return Ok(None);
         }
         let entry = catalog::entry_key(kind, &env.event);
-        let at = env
-            .received_at
-            .as_ref()
-            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-            .unwrap_or_else(now_ms);
+        let at = rc_common::clock::ms_of(env.received_at.as_ref()).unwrap_or_else(now_ms);
         let payload = String::from_utf8_lossy(&env.raw);
         let redis = &self.engine.redis;
 

@@ -59,7 +59,7 @@ impl Default for AutomationsSettings {
             lease_ms: 30_000,
             scheduler_concurrency: 256,
             consumer_concurrency: 64,
-            consumer_name: SERVICE.to_string(),
+            consumer_name: subjects::durables::AUTOMATIONS_EVENTS.to_string(),
             run_retention_secs: 7 * 24 * 3600,
         }
     }
@@ -138,7 +138,11 @@ pub async fn run(
         allow_private_networks: settings.outbound.allow_private_networks,
     };
 
-    let mut spec = ConsumerSpec::new(SERVICE, subjects::EVENTS_STREAM, "events.*.track");
+    let mut spec = ConsumerSpec::new(
+        SERVICE,
+        subjects::EVENTS_STREAM,
+        subjects::events_of_type("track"),
+    );
     spec.durable = cfg.consumer_name.clone();
     spec.filter_subjects = [
         EventType::Track,
@@ -149,7 +153,7 @@ pub async fn run(
         EventType::Alias,
     ]
     .into_iter()
-    .map(|t| subjects::event_subject("*", t.subject_token()))
+    .map(|t| subjects::events_of_type(t.subject_token()))
     .collect();
     spec.concurrency = cfg.consumer_concurrency;
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);

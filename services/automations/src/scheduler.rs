@@ -50,7 +50,10 @@ pub async fn claim(engine: &Engine, max: usize) -> redis::RedisResult<Vec<(Strin
 pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(concurrency));
     // While Redis is out: back off (doubling up to 5 s) and log the change, not every poll.
-    let max_delay = poll.max(Duration::from_secs(5));
+    let mut backoff = rc_common::backoff::Reconnect::new(rc_common::backoff::Backoff::new(
+        poll,
+        poll.max(Duration::from_secs(5)),
+    ));
     let mut delay = poll;
     let mut failing_since: Option<std::time::Instant> = None;
     while !shutdown.is_triggered() {
@@ -64,6 +67,7 @@ pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: S
                             "Polling due runs again"
                         );
                     }
+                    backoff.reset();
                     delay = poll;
                     for (member, claims) in members {
                         let Some((ws, id)) = member.split_once('/') else {
@@ -89,7 +93,7 @@ pub async fn run(engine: Engine, poll: Duration, concurrency: usize, shutdown: S
                     } else {
                         tracing::debug!(error = %e, "Could not poll due runs");
                     }
-                    delay = (delay * 2).min(max_delay);
+                    delay = backoff.next_delay();
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! Redis keys and records. Every key is `ws:{<ws>}:auto:…` (one cluster slot per workspace),
+//! Redis keys and records. Every key is `{ws:<ws>}:auto:…` (one cluster slot per workspace,
+//! built by `rc_common::keys`),
 //! except the scheduler's global due index `rc:automations:due` (members `<ws>/<run id>`) and
 //! its claim counts `{rc:automations:due}:claims`.
 
@@ -7,28 +8,25 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const DUE_KEY: &str = "rc:automations:due";
+use rc_common::keys::automations_of;
 /// Claims per due member since its last clean execution (hash; its hash tag is the due key's
 /// name, so both share a cluster slot for the claim script).
-pub const CLAIMS_KEY: &str = "{rc:automations:due}:claims";
+pub use rc_common::keys::{
+    AUTOMATIONS_DUE as DUE_KEY, AUTOMATIONS_DUE_CLAIMS as CLAIMS_KEY, automations as key,
+    notification_templates as notifications_key, user_profile as profile_key,
+};
 
-pub fn key(ws: &str, rest: &str) -> String {
-    format!("ws:{{{ws}}}:auto:{rest}")
-}
 pub fn templates_key(ws: &str) -> String {
     key(ws, "templates")
-}
-pub fn notifications_key(ws: &str) -> String {
-    key(ws, "notifications")
 }
 pub fn mappings_key(ws: &str) -> String {
     key(ws, "mappings")
 }
 pub fn run_key(ws: &str, id: &str) -> String {
-    key(ws, &format!("run:{id}"))
+    automations_of(ws, "run", id, "")
 }
 pub fn canceled_key(ws: &str, id: &str) -> String {
-    key(ws, &format!("run:{id}:canceled"))
+    automations_of(ws, "run", id, ":canceled")
 }
 /// Run index of a workspace: zset, score = created epoch ms (listing, newest first).
 pub fn runs_key(ws: &str) -> String {
@@ -40,22 +38,13 @@ pub fn runs_expiry_key(ws: &str) -> String {
     key(ws, "runs:expiry")
 }
 pub fn token_key(ws: &str, token: &str) -> String {
-    key(ws, &format!("token:{token}"))
-}
-/// The profiles service's read contract.
-pub fn profile_key(ws: &str, user: &str) -> String {
-    format!(
-        "{{ws:{ws}:user:{}}}:profile",
-        rc_common::redis::escape_key_id(user)
-    )
+    automations_of(ws, "token", token, "")
 }
 pub fn due_member(ws: &str, run_id: &str) -> String {
     format!("{ws}/{run_id}")
 }
 
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+pub use rc_common::clock::now_ms;
 pub fn iso(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()

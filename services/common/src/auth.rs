@@ -26,17 +26,10 @@ use crate::redis::RedisConn;
 pub type WorkspaceId = Arc<str>;
 
 const KEY_PREFIX: &str = "rck_";
-const WORKSPACES_SET: &str = "rc:workspaces";
-
-fn apikey_key(hash_hex: &str) -> String {
-    format!("rc:apikey:{hash_hex}")
-}
-fn meta_key(ws: &str) -> String {
-    format!("ws:{{{ws}}}:meta")
-}
-fn keys_key(ws: &str) -> String {
-    format!("ws:{{{ws}}}:apikeys")
-}
+use crate::keys::{
+    WORKSPACES as WORKSPACES_SET, apikey as apikey_key, workspace_apikeys as keys_key,
+    workspace_meta as meta_key,
+};
 
 /// Workspace ids appear in NATS subjects and Redis keys: lower-case letters, digits, `-`
 /// and `_`, 1–64 characters, starting with a letter or digit.

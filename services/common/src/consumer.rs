@@ -28,7 +28,6 @@ use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
-use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::Shutdown;
@@ -55,7 +54,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Crash-loop quarantine. On a redelivery (never on a first delivery: zero cost there) the
-/// consumer INCRs a Redis marker for the message ([`crate::redis::delivery_marker_key`]) before
+/// consumer INCRs a Redis marker for the message ([`crate::keys::delivery_marker`]) before
 /// handling it and DELs it once the handler answered. The counter is thus the number of
 /// deliveries since the last answer that started and never answered (the first delivery's
 /// death presumed: a nak'ed first delivery makes it one early). Reaching `after_deaths`
@@ -142,14 +141,8 @@ impl ConsumerSpec {
     }
 
     fn backoff(&self, delivered: i64) -> Duration {
-        let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-        let base = self
-            .base_backoff
-            .saturating_mul(1 << exp)
-            .min(self.max_backoff);
-        // ±20 % jitter so redeliveries of a burst do not arrive together.
-        let jitter = rand::rng().random_range(0.8..1.2);
-        base.mul_f64(jitter)
+        let attempt = u32::try_from(delivered.clamp(1, 17)).unwrap_or(17);
+        crate::backoff::Backoff::new(self.base_backoff, self.max_backoff).jittered(attempt)
     }
 }
 
@@ -242,20 +235,20 @@ pub async fn run<H: Handler>(
     // Handlers are owned by this future: if it is dropped (aborted), they stop with it, as
     // they would with the process.
     let mut tasks = tokio::task::JoinSet::new();
-    let mut retry_delay = Duration::from_millis(100);
+    let mut retry = crate::backoff::Reconnect::default();
     'supervise: while !shutdown.is_triggered() {
         let mut messages = match open(&js, &spec).await {
             Ok(m) => {
-                retry_delay = Duration::from_millis(100);
+                retry.reset();
                 m
             }
             Err(err) => {
+                let retry_delay = retry.next_delay();
                 tracing::warn!(service = spec.service, error = %err, retry_in_ms = retry_delay.as_millis() as u64, "Consumer could not start; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry_delay) => {}
                     _ = shutdown.triggered() => break 'supervise,
                 }
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -311,7 +304,7 @@ pub async fn run<H: Handler>(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(retry_delay) => {}
+            _ = tokio::time::sleep(retry.next_delay()) => {}
             _ = shutdown.triggered() => break 'supervise,
         }
     }
@@ -355,7 +348,7 @@ async fn count_unanswered(
     spec: &ConsumerSpec,
     stream_sequence: u64,
 ) -> redis::RedisResult<(String, u32)> {
-    let key = crate::redis::delivery_marker_key(spec.stream, &spec.durable, stream_sequence);
+    let key = crate::keys::delivery_marker(spec.stream, &spec.durable, stream_sequence);
     let mut conn = q.redis.clone();
     let (n,): (i64,) = redis::pipe()
         .atomic()

@@ -6,9 +6,13 @@
 
 pub mod auth;
 pub mod automation;
+pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod consumer;
+pub mod error;
 pub mod http;
+pub mod keys;
 pub mod lists;
 pub mod nats;
 pub mod ops;

@@ -3,10 +3,11 @@
 //!
 //! Every key of a workspace's lists shares the hash tag `{ws:<ws>}` (one Redis Cluster slot,
 //! so one script updates a list and its subscribers); list ids are escaped with
-//! [`escape_key_id`] and every per-list key ends in a fixed suffix, so no id reaches another
+//! [`crate::keys::escape`] and every per-list key ends in a fixed suffix, so no id reaches another
 //! list's keys.
 
-use crate::redis::{RedisConn, escape_key_id};
+use crate::keys;
+use crate::redis::RedisConn;
 
 /// Subscribers one list may have (a `send-list` step sends one message to each).
 pub const MAX_SUBSCRIBERS: usize = 10_000;
@@ -15,23 +16,23 @@ pub const MAX_LISTS: usize = 10_000;
 
 /// Hash: list id → the list JSON `{id, name, created, updated, preferences?}`.
 pub fn lists_key(ws: &str) -> String {
-    format!("{{ws:{ws}}}:lists")
+    keys::lists(ws)
 }
 
 /// Sorted set of list ids, scored by creation time (ms): the listing order.
 pub fn lists_index_key(ws: &str) -> String {
-    format!("{{ws:{ws}}}:lists:index")
+    keys::lists_index(ws)
 }
 
 /// Sorted set of a list's subscriber user ids, scored by subscription time (ms).
 /// **Read contract** of the `send-list` step.
 pub fn subscribers_key(ws: &str, list_id: &str) -> String {
-    format!("{{ws:{ws}}}:list:{}:subscribers", escape_key_id(list_id))
+    keys::list_subscribers(ws, list_id)
 }
 
 /// Hash: subscriber user id → the subscription's `preferences` JSON.
 pub fn subscription_preferences_key(ws: &str, list_id: &str) -> String {
-    format!("{{ws:{ws}}}:list:{}:preferences", escape_key_id(list_id))
+    keys::list_preferences(ws, list_id)
 }
 
 /// The subscribers of a list, oldest subscription first, at most [`MAX_SUBSCRIBERS`];

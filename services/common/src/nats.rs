@@ -93,8 +93,9 @@ pub async fn provision_streams_until_ready(
     settings: &NatsSettings,
     shutdown: &crate::Shutdown,
 ) -> bool {
-    let mut delay = Duration::from_millis(100);
+    let mut retry = crate::backoff::Reconnect::default();
     loop {
+        let delay = retry.next_delay();
         match ensure_streams(js, settings).await {
             Ok(()) => return true,
             Err(err) => {
@@ -105,6 +106,5 @@ pub async fn provision_streams_until_ready(
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.triggered() => return false,
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

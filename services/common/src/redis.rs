@@ -1,7 +1,7 @@
 //! Redis connection: one self-reconnecting handle over either a single node or a Redis Cluster.
 //!
-//! Every key the services write is prefixed `ws:{<workspace>}:…` (hash tag on the workspace)
-//! so multi-key operations of one workspace stay in one cluster slot.
+//! Every key the services write is built by [`crate::keys`] (`{ws:<workspace>}:…`, hash tag on
+//! the workspace) so multi-key operations of one workspace stay in one cluster slot.
 
 use std::time::Duration;
 
@@ -83,8 +83,9 @@ pub async fn connect_until_ready(
     settings: &RedisSettings,
     shutdown: &crate::Shutdown,
 ) -> Option<RedisConn> {
-    let mut delay = Duration::from_millis(100);
+    let mut retry = crate::backoff::Reconnect::default();
     loop {
+        let delay = retry.next_delay();
         match connect(settings).await {
             Ok(conn) => return Some(conn),
             Err(err) => {
@@ -95,7 +96,6 @@ pub async fn connect_until_ready(
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.triggered() => return None,
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -106,22 +106,6 @@ pub async fn ping(conn: &RedisConn) -> bool {
         .query_async::<String>(&mut conn)
         .await
         .is_ok()
-}
-
-/// Percent-encodes `%`, `{` and `}` in an id placed inside a key's hash tag, so no id can
-/// break the tag. Part of the documented Redis read contracts: every reader and writer of
-/// `{ws:<ws>:user:<uid>}:…` and `{ws:<ws>:tenant:<tid>}:…` keys encodes ids with this.
-pub fn escape_key_id(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for c in id.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -168,15 +152,4 @@ pub fn outcome(err: &redis::RedisError) -> crate::consumer::Outcome {
     } else {
         Outcome::Retry(format!("redis: {err}"))
     }
-}
-
-/// The crash-loop marker of one message of one durable consumer: how many deliveries of it
-/// started (since it was last answered) without an answer. Its own hash tag, so markers spread
-/// over a cluster's slots.
-pub fn delivery_marker_key(stream: &str, durable: &str, stream_sequence: u64) -> String {
-    format!(
-        "{{rc:consumer:{}:{}:{stream_sequence}}}:unanswered",
-        escape_key_id(stream),
-        escape_key_id(durable)
-    )
 }

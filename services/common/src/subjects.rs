@@ -50,6 +50,45 @@ pub mod kinds {
     }
 }
 
+/// `events.*.<type>`: one event type of every workspace (a consumer filter).
+pub fn events_of_type(event_type: &str) -> String {
+    event_subject("*", event_type)
+}
+
+/// `courier.*.<kind>`: one COURIER kind of every workspace (a consumer filter).
+pub fn courier_of_kind(kind: &str) -> String {
+    courier_subject("*", kind)
+}
+
+/// A `courier.<workspace>.<kind>` subject, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CourierSubject<'a> {
+    pub workspace: &'a str,
+    /// May hold dots (`message.delivered`).
+    pub kind: &'a str,
+}
+
+/// Parses `courier.<workspace>.<kind>`; `None` for any other subject or an empty part.
+pub fn parse_courier(subject: &str) -> Option<CourierSubject<'_>> {
+    let (workspace, kind) = subject.strip_prefix("courier.")?.split_once('.')?;
+    (!workspace.is_empty() && !kind.is_empty()).then_some(CourierSubject { workspace, kind })
+}
+
+/// Durable consumer names: one per service consumer, so a rename is one edit here (a renamed
+/// durable starts over from the stream's start, so never rename without a migration).
+pub mod durables {
+    pub const PROFILES_EVENTS: &str = "profiles";
+    pub const PROFILES_UPDATES: &str = "profiles-updates";
+    pub const ACCOUNTS_EVENTS: &str = "accounts";
+    pub const AUTOMATIONS_EVENTS: &str = "automations";
+    pub const DELIVERY_REQUESTS: &str = "delivery";
+
+    /// The forwarder's consumer of one workspace: `forwarder-<workspace>`.
+    pub fn forwarder(workspace: &str) -> String {
+        format!("forwarder-{workspace}")
+    }
+}
+
 /// `dlq.<service>.<workspace>`.
 pub fn dlq_subject(service: &str, workspace: &str) -> String {
     format!("dlq.{service}.{workspace}")
@@ -86,5 +125,26 @@ mod tests {
         assert_eq!(workspace_of("courier.acme.message.sent"), Some("acme"));
         assert_eq!(workspace_of(&dlq_subject("profiles", "acme")), Some("acme"));
         assert_eq!(workspace_of("other.acme"), None);
+        assert_eq!(events_of_type("group"), "events.*.group");
+        assert_eq!(
+            courier_of_kind(kinds::PROFILE_UPDATE),
+            "courier.*.profile.update"
+        );
+        assert_eq!(
+            parse_courier("courier.acme.message.delivered"),
+            Some(CourierSubject {
+                workspace: "acme",
+                kind: "message.delivered"
+            })
+        );
+        for bad in [
+            "courier.acme",
+            "courier..x",
+            "courier.acme.",
+            "events.acme.track",
+            "courierx.a.b",
+        ] {
+            assert_eq!(parse_courier(bad), None, "{bad}");
+        }
     }
 }

@@ -39,7 +39,7 @@ use tower_http::timeout::TimeoutLayer;
 pub use error::DeliveryError;
 
 pub const SERVICE: &str = "delivery";
-pub const DURABLE: &str = "delivery";
+pub const DURABLE: &str = subjects::durables::DELIVERY_REQUESTS;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -144,7 +144,7 @@ pub fn consumer_spec(settings: &DeliverySettings) -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(
         SERVICE,
         subjects::COURIER_STREAM,
-        format!("courier.*.{}", subjects::kinds::MESSAGE_REQUESTED),
+        subjects::courier_of_kind(subjects::kinds::MESSAGE_REQUESTED),
     );
     spec.durable = DURABLE.to_string();
     spec.concurrency = settings.concurrency.max(1);

@@ -12,9 +12,7 @@ use serde_json::{Map, Value, json};
 
 pub const CHANNELS: [&str; 6] = ["email", "sms", "push", "chat", "webhook", "inbox"];
 
-fn providers_key(ws: &str) -> String {
-    format!("{{ws:{ws}}}:providers")
-}
+use rc_common::keys::providers as providers_key;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

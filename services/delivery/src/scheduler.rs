@@ -31,17 +31,19 @@ impl Scheduler {
         // A finished retry frees a slot: poll again at once instead of after `poll`.
         let wake = Arc::new(Notify::new());
         // Backs off while Redis is down (the retries wait in Redis; nothing is lost).
-        let mut pause = self.poll;
+        let mut pause = rc_common::backoff::Reconnect::new(rc_common::backoff::Backoff::new(
+            self.poll,
+            Duration::from_secs(5),
+        ));
         while !shutdown.is_triggered() {
             let wait = match self.poll_once(&permits, &wake).await {
                 Ok(()) => {
-                    pause = self.poll;
+                    pause.reset();
                     self.poll
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Could not poll due retries");
-                    let wait = pause;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    let wait = pause.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Could not poll due retries");
                     wait
                 }
             };

@@ -145,12 +145,7 @@ impl Senders {
             }
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = rc_common::backoff::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         if status.is_success() {
             let reference = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
@@ -224,13 +219,7 @@ impl Senders {
     }
 }
 
-pub fn inbox_keys(ws: &str, user: &str) -> (String, String) {
-    let user = rc_common::redis::escape_key_id(user);
-    (
-        format!("{{ws:{ws}:inbox:{user}}}:items"),
-        format!("{{ws:{ws}:inbox:{user}}}:order"),
-    )
-}
+pub use rc_common::keys::inbox as inbox_keys;
 
 async fn smtp(provider: &Provider, out: &Outgoing, timeout: Duration) -> SendResult {
     let failed = |error: String| SendResult::Failed { error };

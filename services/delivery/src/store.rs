@@ -16,44 +16,29 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use rc_common::redis::escape_key_id;
+/// Keys (all built by `rc_common::keys`): accounts' read contract `tenant_members_key` (zset
+/// of user ids) and profiles' `profile_key` (a user's profile document) included; `due_key` is
+/// a workspace's retry index: zset of message ids, score = epoch ms when the message is due (a
+/// claimed one is pushed to the end of its lease, so a crashed claimer's work comes back).
+pub use rc_common::keys::{
+    delivery_due as due_key, messages_by_recipient as recipient_index_key,
+    messages_index as index_key, tenant_members as tenant_members_key, user_profile as profile_key,
+};
 
 pub fn msg_key(ws: &str, id: &str) -> String {
-    format!("{{ws:{ws}:msg:{}}}", escape_key_id(id))
+    rc_common::keys::message(ws, id, "")
 }
 fn history_key(ws: &str, id: &str) -> String {
-    format!("{{ws:{ws}:msg:{}}}:history", escape_key_id(id))
+    rc_common::keys::message(ws, id, ":history")
 }
 fn published_key(ws: &str, id: &str) -> String {
-    format!("{{ws:{ws}:msg:{}}}:published", escape_key_id(id))
-}
-pub fn index_key(ws: &str) -> String {
-    format!("{{ws:{ws}}}:messages")
-}
-pub fn recipient_index_key(ws: &str, recipient: &str) -> String {
-    format!(
-        "{{ws:{ws}}}:messages:recipient:{}",
-        escape_key_id(recipient)
-    )
-}
-/// Accounts' read contract: a tenant's members (zset of user ids).
-pub fn tenant_members_key(ws: &str, tenant: &str) -> String {
-    format!("{{ws:{ws}:tenant:{}}}:members", escape_key_id(tenant))
-}
-/// Profiles' read contract: a user's profile document.
-pub fn profile_key(ws: &str, user: &str) -> String {
-    format!("{{ws:{ws}:user:{}}}:profile", escape_key_id(user))
-}
-/// A workspace's retry index: zset of message ids, score = epoch ms when the message is due
-/// (a claimed one is pushed to the end of its lease, so a crashed claimer's work comes back).
-pub fn due_key(ws: &str) -> String {
-    format!("{{ws:{ws}}}:delivery:due")
+    rc_common::keys::message(ws, id, ":published")
 }
 /// Which workspaces have retries due: zset of workspace ids, score ≤ the earliest due time in
 /// that workspace's `due_key` (a hint kept by `Store::schedule` and `Store::claim_due`). The only
 /// key shared by all workspaces; it holds one member per workspace with pending retries.
 pub fn due_workspaces_key() -> &'static str {
-    "{rc:delivery}:due-workspaces"
+    rc_common::keys::DELIVERY_DUE_WORKSPACES
 }
 
 /// Courier statuses we produce, with their rank: a status never replaces one of higher rank.
@@ -227,9 +212,7 @@ pub struct Store {
     claim_due: Script,
 }
 
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+pub use rc_common::clock::now_ms;
 
 fn history_entry(status: &str, at: i64, reason: &str, error: &str) -> String {
     let mut v = json!({"status": status, "at": at});

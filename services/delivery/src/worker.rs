@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, Message, message::PublishMessage};
 use prost::Message as _;
-use rand::Rng;
 use rc_common::consumer::{Handler, Outcome};
 use rc_common::subjects::{self, courier_subject, kinds};
 use rc_proto::{MessageEvent, MessageRequest};
@@ -106,10 +105,7 @@ struct Later {
     attempts: u32,
 }
 
-/// Up to 25 % later (never earlier: a Retry-After is a minimum), so a burst's retries spread.
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(1.0..1.25))
-}
+use rc_common::backoff::later as jittered;
 
 impl Worker {
     async fn process(&self, message: &Message) -> Result<(), Error> {
@@ -405,11 +401,8 @@ impl Worker {
 
     /// `retry_base × 2^(attempts-1)`, at most `max_backoff`.
     fn backoff(&self, attempts: u32) -> Duration {
-        let exp = attempts.saturating_sub(1).min(20);
-        self.config
-            .retry_base
-            .saturating_mul(1 << exp)
-            .min(self.config.max_backoff)
+        rc_common::backoff::Backoff::new(self.config.retry_base, self.config.max_backoff)
+            .delay(attempts)
     }
 
     /// `to.tenant_id` without a user: one request per member of the tenant (accounts' read
@@ -587,10 +580,7 @@ impl Publisher {
                 error: h["error"].as_str().unwrap_or_default().to_string(),
                 tenant_id: record.meta.tenant_id.clone(),
                 event: record.meta.event.clone(),
-                status_at: Some(prost_types::Timestamp {
-                    seconds: at.div_euclid(1000),
-                    nanos: (at.rem_euclid(1000) * 1_000_000) as i32,
-                }),
+                status_at: Some(rc_common::clock::timestamp_ms(at)),
                 enqueued_ms: record.ts("enqueued"),
                 sent_ms: record.ts("sent"),
                 delivered_ms: record.ts("delivered"),

@@ -476,7 +476,7 @@ async fn replay_dead_letter(
 ) -> Result<Json<Value>, ForwarderError> {
     let msg = load_dead_letter(&state, &ws, seq).await?;
     let original = header(&msg.headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
-    if subjects::workspace_of(&original) != Some(&*ws) || !original.starts_with("courier.") {
+    if subjects::parse_courier(&original).map(|s| s.workspace) != Some(&*ws) {
         return Err(bad("the dead letter has no replayable original subject"));
     }
     // No Nats-Msg-Id: the original id is inside the dedupe window and would drop the replay.

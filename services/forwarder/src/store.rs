@@ -1,8 +1,9 @@
 //! Integration configuration and delivery statistics in Redis.
 //!
-//! - `ws:{<ws>}:forwarder:rudderstack` → JSON [`Integration`] (write key sealed with the
+//! Keys come from `rc_common::keys`:
+//! - `{ws:<ws>}:forwarder:rudderstack` → JSON [`Integration`] (write key sealed with the
 //!   workspace id as context, never in plain text);
-//! - `ws:{<ws>}:forwarder:stats` → hash of counters and the last error;
+//! - `{ws:<ws>}:forwarder:stats` → hash of counters and the last error;
 //! - `rc:forwarder:integrations` → set of workspace ids with an integration (for startup and
 //!   the reconcile loop of every replica).
 
@@ -10,14 +11,10 @@ use rc_common::redis::RedisConn;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-pub const INDEX_KEY: &str = "rc:forwarder:integrations";
-
-pub fn config_key(ws: &str) -> String {
-    format!("ws:{{{ws}}}:forwarder:rudderstack")
-}
-pub fn stats_key(ws: &str) -> String {
-    format!("ws:{{{ws}}}:forwarder:stats")
-}
+pub use rc_common::keys::{
+    FORWARDER_INTEGRATIONS as INDEX_KEY, forwarder_integration as config_key,
+    forwarder_stats as stats_key,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Integration {

@@ -13,7 +13,6 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::StreamExt;
 use prost::Message as _;
-use rand::Rng;
 use rc_common::Shutdown;
 use rc_common::consumer::ConsumerSpec;
 use rc_common::outbound::{ClientSpec, OutboundError, OutboundSettings};
@@ -29,9 +28,7 @@ use crate::store::{Integration, Store};
 /// RudderStack's gateway limit on a decompressed body.
 pub const GATEWAY_MAX_BYTES: usize = 4_096_000;
 
-pub fn consumer_name(ws: &str) -> String {
-    format!("forwarder-{ws}")
-}
+pub use rc_common::subjects::durables::forwarder as consumer_name;
 
 /// The explicit subjects a workspace's consumer reads (never `message.requested`).
 pub fn filter_subjects(ws: &str, integ: &Integration) -> Vec<String> {
@@ -306,7 +303,7 @@ async fn run_worker(
     };
     let max_events = ctx.settings.batch_max_events.clamp(1, 10_000);
     let linger = Duration::from_millis(ctx.settings.linger_ms);
-    let mut retry_delay = Duration::from_millis(100);
+    let mut retry = rc_common::backoff::Reconnect::default();
     'supervise: while !stop.is_triggered() {
         let consumer: Result<jetstream::consumer::PullConsumer, crate::BoxError> = async {
             let stream = ctx.js.get_stream(COURIER_STREAM).await?;
@@ -315,7 +312,7 @@ async fn run_worker(
         .await;
         let consumer = match consumer {
             Ok(c) => {
-                retry_delay = Duration::from_millis(100);
+                retry.reset();
                 c
             }
             Err(err) => {
@@ -324,10 +321,9 @@ async fn run_worker(
                     tracing::debug!(workspace = %ws, error = %err, "Consumer re-creation failed");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(retry_delay) => {}
+                    _ = tokio::time::sleep(retry.next_delay()) => {}
                     _ = stop.triggered() => break 'supervise,
                 }
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -344,7 +340,7 @@ async fn run_worker(
                     tracing::warn!(workspace = %ws, error = %err, "Pull failed; re-creating the consumer handle");
                     metrics::counter!("forwarder_consumer_restarts_total").increment(1);
                     tokio::select! {
-                        _ = tokio::time::sleep(retry_delay) => {}
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
                         _ = stop.triggered() => break 'supervise,
                     }
                     continue 'supervise;
@@ -457,11 +453,7 @@ impl Destination {
 
     fn map(&self, message: &Message, now: time::OffsetDateTime) -> Result<Option<Value>, String> {
         let subject = message.subject.as_str();
-        let kind = subject
-            .strip_prefix("courier.")
-            .and_then(|r| r.split_once('.'))
-            .map(|(_, k)| k)
-            .unwrap_or("");
+        let kind = subjects::parse_courier(subject).map_or("", |s| s.kind);
         let payload = &message.payload[..];
         let event = if kind.starts_with("message.") {
             let ev = rc_proto::MessageEvent::decode(payload)
@@ -642,11 +634,11 @@ impl Destination {
                         self.set_circuit(OPEN);
                         Duration::from_millis(s.circuit_cooldown_ms)
                     } else {
-                        let exp = (self.failures - 1).min(16);
-                        let base = Duration::from_millis(s.base_backoff_ms)
-                            .saturating_mul(1 << exp)
-                            .min(Duration::from_millis(s.max_backoff_ms));
-                        base.mul_f64(rand::rng().random_range(0.8..1.2))
+                        rc_common::backoff::Backoff::new(
+                            Duration::from_millis(s.base_backoff_ms),
+                            Duration::from_millis(s.max_backoff_ms),
+                        )
+                        .jittered(self.failures)
                     };
                     let delay = delay.max(after.unwrap_or_default().min(Duration::from_secs(300)));
                     tracing::warn!(workspace = %self.ws, error = %error, failures = self.failures, retry_in_ms = delay.as_millis() as u64, "Data plane delivery failed; retrying");
@@ -712,10 +704,7 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
     enc.finish().expect("in-memory write")
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
+use rc_common::backoff::retry_after;
 
 /// `POST <url>` with gzip and Basic auth; the data plane's answer, classified.
 async fn post_batch(http: &reqwest::Client, url: &str, write_key: &str, body: &[u8]) -> Answer {

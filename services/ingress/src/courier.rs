@@ -66,7 +66,10 @@ pub async fn inbound_courier(
     };
     let duplicates = publish_all(&state, std::slice::from_ref(&*event)).await?;
     if duplicates > 0 {
-        return Err(IngressError::Duplicate(event.envelope.message_id.clone()));
+        return Err(IngressError::Idempotency(format!(
+            "messageId {:?} was already received",
+            event.envelope.message_id
+        )));
     }
     Ok(accepted(
         serde_json::json!({"messageId": event.envelope.message_id}),

@@ -268,7 +268,7 @@ async fn buffered_body<'s>(
     let permit = state
         .body_budget
         .try_acquire_many(u32::try_from(reserve / 1024 + 1).unwrap_or(u32::MAX))
-        .map_err(|_| IngressError::Overloaded)?;
+        .map_err(|_| IngressError::Overloaded("ingress is at capacity; retry shortly".into()))?;
     let body = read_body(declared, body, state.max_body_bytes).await?;
     Ok((body, permit))
 }

@@ -14,9 +14,7 @@ use crate::{AppState, ProfilesError};
 
 const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+use rc_common::clock::now_ms;
 
 /// A write refused by the profile size bound answers 413.
 fn too_large(applied: Applied, max: usize) -> Result<Applied, ProfilesError> {
@@ -170,10 +168,10 @@ pub async fn post_profile(
         // Keys are unique per workspace (as Courier's): a retry for the same user replays the
         // first answer (whatever its body, as Courier does); the key reused for another user is
         // refused rather than answered with a success that wrote nothing.
-        let owner = store::escape_id(&uid);
+        let owner = rc_common::keys::escape(&uid).to_string();
         if let Err(other) = store::claim_idempotency_key(&state.redis, &ws, k, &owner, ttl).await? {
             tracing::debug!(user = %other, "Idempotency-Key reused for another user");
-            return Err(ProfilesError::IdempotencyKeyReused(format!(
+            return Err(ProfilesError::Idempotency(format!(
                 "Idempotency-Key {k:?} was already used in this workspace for another user"
             )));
         }

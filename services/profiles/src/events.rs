@@ -25,8 +25,7 @@ fn too_large(bytes: usize, max: usize) -> Outcome {
 }
 
 fn ts_ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
-    ts.as_ref()
-        .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+    rc_common::clock::ms_of(ts.as_ref())
 }
 
 fn workspace(message: &Message, declared: &str) -> Result<String, String> {

@@ -37,9 +37,9 @@ pub use error::ProfilesError;
 
 pub const SERVICE: &str = "profiles";
 /// Durable consumer of `events.*.identify`.
-pub const DURABLE_EVENTS: &str = "profiles";
+pub const DURABLE_EVENTS: &str = subjects::durables::PROFILES_EVENTS;
 /// Durable consumer of `courier.*.profile.update`.
-pub const DURABLE_UPDATES: &str = "profiles-updates";
+pub const DURABLE_UPDATES: &str = subjects::durables::PROFILES_UPDATES;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -145,7 +145,6 @@ impl Publisher {
         source: &str,
         cause_id: &str,
     ) -> Result<(), async_nats::Error> {
-        let now = time::OffsetDateTime::now_utc();
         let message = rc_proto::ProfileUpdated {
             schema_version: 1,
             workspace_id: ws.to_string(),
@@ -156,10 +155,7 @@ impl Publisher {
             deleted: profile.is_none(),
             source: source.to_string(),
             cause_id: cause_id.to_string(),
-            updated_at: Some(prost_types::Timestamp {
-                seconds: now.unix_timestamp(),
-                nanos: now.nanosecond() as i32,
-            }),
+            updated_at: Some(rc_common::clock::timestamp_now()),
         };
         let subject = subjects::courier_subject(ws, subjects::kinds::PROFILE_UPDATED);
         let msg_id = format!("{ws}:profile:{uid}:{source}:{cause_id}");
@@ -229,15 +225,16 @@ fn consumer_specs(settings: &Settings, redis: &RedisConn) -> [ConsumerSpec; 2] {
         spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
         spec
     };
-    let events_spec = tune(ConsumerSpec::new(
+    let mut events_spec = tune(ConsumerSpec::new(
         SERVICE,
         subjects::EVENTS_STREAM,
-        "events.*.identify",
+        subjects::events_of_type("identify"),
     ));
+    events_spec.durable = DURABLE_EVENTS.to_string();
     let mut updates_spec = tune(ConsumerSpec::new(
         SERVICE,
         subjects::COURIER_STREAM,
-        format!("courier.*.{}", subjects::kinds::PROFILE_UPDATE),
+        subjects::courier_of_kind(subjects::kinds::PROFILE_UPDATE),
     ));
     updates_spec.durable = DURABLE_UPDATES.to_string();
     [events_spec, updates_spec]

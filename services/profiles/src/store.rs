@@ -1,7 +1,7 @@
 //! Profiles in Redis: per-field last-writer-wins registers, merged atomically by one Lua script.
 //!
 //! Keys of one user share the hash tag `{ws:<ws>:user:<uid>}` (one Redis Cluster slot), with
-//! `%`, `{` and `}` in the user id percent-encoded so a user id can never end the hash tag:
+//! every id escaped by `rc_common::keys` (which builds them all) so an id can never end the tag:
 //! - `…:fields`  hash: field → `<ts ms>|<tiebreak>|<value JSON>` (empty value = tombstone)
 //! - `…:reset`   string `<ts ms>|<tiebreak>|<r or d>`: the latest whole-profile replace (`r`) or
 //!   delete (`d`); any field write stamped before it is ignored, fields stamped before it were
@@ -21,29 +21,22 @@ use sha2::{Digest, Sha256};
 
 use rc_common::redis::RedisConn;
 
-pub use rc_common::redis::escape_key_id as escape_id;
-
-fn tag(ws: &str, uid: &str) -> String {
-    format!("{{ws:{ws}:user:{}}}", escape_id(uid))
-}
+use rc_common::keys;
 
 /// The read contract: the materialized profile JSON of `uid` in `ws`.
-pub fn profile_key(ws: &str, uid: &str) -> String {
-    format!("{}:profile", tag(ws, uid))
-}
+pub use rc_common::keys::user_profile as profile_key;
+
 pub fn fields_key(ws: &str, uid: &str) -> String {
-    format!("{}:fields", tag(ws, uid))
+    keys::user(ws, uid, "fields")
 }
 pub fn reset_key(ws: &str, uid: &str) -> String {
-    format!("{}:reset", tag(ws, uid))
+    keys::user(ws, uid, "reset")
 }
 pub fn idem_key(ws: &str, uid: &str, key: &str) -> String {
-    format!("{}:idem:{key}", tag(ws, uid))
+    keys::user_marker(ws, uid, "idem", key)
 }
 /// Workspace-wide claim of an API Idempotency-Key: which user's request owns it.
-pub fn idem_claim_key(ws: &str, key: &str) -> String {
-    format!("{{ws:{ws}}}:profiles:idem:{}", escape_id(key))
-}
+pub use rc_common::keys::profiles_idempotency_claim as idem_claim_key;
 
 /// Claims `key` for `request` (the escaped user id) in the workspace for `ttl_secs`.
 /// Ok(()) when the key is new or already belongs to this user (a retry, which the per-user
@@ -80,7 +73,7 @@ pub async fn claim_idempotency_key(
 }
 
 pub fn request_key(ws: &str, uid: &str, request_id: &str) -> String {
-    format!("{}:req:{request_id}", tag(ws, uid))
+    keys::user_marker(ws, uid, "req", request_id)
 }
 
 /// A deterministic tiebreak for a cause id (an event's message id, …).
@@ -317,7 +310,7 @@ pub async fn apply(
     };
     let mark = match &write.marker {
         Some((key, _, _)) => key.clone(),
-        None => format!("{}:nomark", tag(ws, uid)),
+        None => keys::user(ws, uid, "nomark"),
     };
     let mut invocation = script.prepare_invoke();
     invocation
