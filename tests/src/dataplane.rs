@@ -106,6 +106,16 @@ impl DataPlane {
     pub fn gzip_requests(&self) -> usize {
         self.inner.lock().unwrap().gzip_requests
     }
+    /// How many received events match `f` (counts without cloning them).
+    pub fn count_where(&self, f: impl Fn(&Value) -> bool) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| f(e))
+            .count()
+    }
     /// Distinct `messageId`s received.
     pub fn message_ids(&self) -> std::collections::BTreeSet<String> {
         self.events()

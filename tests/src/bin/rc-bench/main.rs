@@ -1,0 +1,471 @@
+//! `make bench`: what an event costs, end to end and per process, next to the raw limits
+//! measured in the same run on the same machine.
+//!
+//! 1. Raw limits (their own nats-server and redis-server): JetStream async publish and pull
+//!    consume (nats-server CPU per message), Redis HSET and EVALSHA (redis-server CPU per
+//!    command), a bare parse-validate-publish-ack HTTP handler (its own process), and the
+//!    release `rc-ingress` under the same load (single events and batches of 20).
+//! 2. End to end (a fresh nats-server and redis-server): the six release service binaries and a
+//!    fake data plane; each scenario is offered at a fixed rate (CPU µs per event per process
+//!    from /proc, p50/p99 from the HTTP request to the effect), then as a burst (throughput at
+//!    saturation). Redis `INFO commandstats` splits redis-server's share per command.
+//!
+//! Prints Markdown (and writes it to `--out FILE`; scripts/bench.sh puts it into BENCHMARKS.md).
+//!
+//! Usage: rc-bench [--rate N] [--count N] [--scenario identify,group,track,inline] [--seconds N]
+//!        [--connections N] [--durable] [--skip-raw] [--skip-e2e] [--out FILE]
+
+mod e2e;
+mod load;
+mod procfs;
+mod raw;
+mod redis_stats;
+
+use std::fmt::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{Phase, PhaseResult, SERVICES, Scenario};
+use load::{Body, LoadResult};
+use procfs::{CpuSnapshot, Watched, memory_mib};
+use rc_tests::Stack;
+
+struct Args {
+    seconds: u64,
+    connections: usize,
+    durable: bool,
+    rate: f64,
+    count: u64,
+    scenarios: Vec<Scenario>,
+    raw: bool,
+    e2e: bool,
+    out: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 5,
+        connections: 64,
+        durable: false,
+        rate: 2_000.0,
+        count: 10_000,
+        scenarios: Scenario::ALL.to_vec(),
+        raw: true,
+        e2e: true,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--connections" => a.connections = value().parse().expect("--connections N"),
+            "--rate" => a.rate = value().parse().expect("--rate N"),
+            "--count" => a.count = value().parse().expect("--count N"),
+            "--scenario" => {
+                a.scenarios = value()
+                    .split(',')
+                    .map(|s| {
+                        Scenario::from_flag(s.trim()).unwrap_or_else(|| {
+                            panic!("unknown scenario {s} (identify, group, track, inline)")
+                        })
+                    })
+                    .collect()
+            }
+            "--durable" => a.durable = true,
+            "--skip-raw" => a.raw = false,
+            "--skip-e2e" => a.e2e = false,
+            "--out" => a.out = Some(value()),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// A ~1 KB track event, shaped like what the Courier destination sends.
+fn raw_event(i: u64, run: u64) -> String {
+    format!(
+        r#"{{"type":"track","event":"Order Completed","userId":"u_{u}","anonymousId":"0b6f3c2e-91d4-4a57-8e1f-5c2a7d90b318","channel":"server","messageId":"bench-{run}-{i}","rudderId":"d5c9a0f2-6b1e-4a37-9d84-0e7f3b2c1a59","request_ip":"203.0.113.24","originalTimestamp":"2026-03-02T09:14:05.120Z","sentAt":"2026-03-02T09:14:05.300Z","receivedAt":"2026-03-02T09:14:05.412Z","timestamp":"2026-03-02T09:14:05.232Z","context":{{"library":{{"name":"analytics-node","version":"1.3.0"}},"traits":{{"email":"ada@example.org","name":"Ada Byron","plan":"team"}},"ip":"203.0.113.24","userAgent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"}},"properties":{{"order_id":"ord_{i}","total":42.5,"currency":"EUR","products":[{{"sku":"sku-1","name":"Widget","price":20.0,"quantity":1}},{{"sku":"sku-2","name":"Gadget","price":22.5,"quantity":1}}],"coupon":"WELCOME10","courier":{{"automation":{{"data":{{"userId":"u_{u}","days_left":3}}}}}}}},"integrations":{{"All":true}}}}"#,
+        u = i % 10_000
+    )
+}
+
+fn raw_body(run: u64) -> Body {
+    Arc::new(move |i| raw_event(i, run))
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// This binary again, as the bare handler process.
+async fn start_bare_handler(stack: &Stack) -> (Killed, u16) {
+    let port = rc_tests::free_port();
+    let child = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "--bare-handler",
+            &format!("127.0.0.1:{port}"),
+            &stack.nats.url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start bare handler");
+    e2e::wait_ready(port, "bare handler").await;
+    (Killed(child), port)
+}
+
+fn num(v: f64) -> String {
+    let n = v.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (k, c) in s.chars().enumerate() {
+        if k > 0 && (s.len() - k).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// An HTTP closed-loop run with the CPU of `watched` over it.
+async fn measured_load(
+    watched: &[Watched],
+    ticks: f64,
+    run: impl std::future::Future<Output = LoadResult>,
+) -> (LoadResult, Vec<f64>) {
+    let cpu0 = CpuSnapshot::take(watched);
+    let r = run.await;
+    let cpu1 = CpuSnapshot::take(watched);
+    let per = cpu0.per_event_us(&cpu1, r.events, ticks);
+    (r, per)
+}
+
+async fn raw_limits(args: &Args, ticks: f64, md: &mut String) {
+    let stack = if args.durable {
+        Stack::start_durable()
+    } else {
+        Stack::start()
+    };
+    let key = stack.workspace("bench").await;
+    let nats = Watched {
+        name: "nats-server",
+        pid: stack.nats.pid().expect("nats pid"),
+    };
+    let redis = Watched {
+        name: "redis-server",
+        pid: stack.redis.pid().expect("redis pid"),
+    };
+    let (ingress, ingress_port) = e2e::start_service(
+        "ingress",
+        &[
+            ("RC_NATS__URL", stack.nats.url()),
+            ("RC_REDIS__URL", stack.redis.url()),
+        ],
+    )
+    .await;
+    let ingress = Killed(ingress);
+    let (bare, bare_port) = start_bare_handler(&stack).await;
+    eprintln!("raw limits: JetStream, Redis, bare handler, ingress …");
+
+    let payload = bytes::Bytes::from(raw_event(0, 0).into_bytes());
+    let publish = raw::jetstream_publish(
+        &stack,
+        payload.clone(),
+        "events.rawjs.track",
+        args.seconds,
+        ticks,
+    )
+    .await;
+    let consume = raw::jetstream_consume(
+        &stack,
+        "events.rawjs.track",
+        publish.ops.min(200_000),
+        ticks,
+    )
+    .await;
+    let hset = raw::redis_ops(&stack, raw::RedisOp::Hset, 100_000, ticks).await;
+    let evalsha = raw::redis_ops(&stack, raw::RedisOp::Evalsha, 50_000, ticks).await;
+
+    let bare_w = [
+        Watched {
+            name: "bare handler",
+            pid: bare.0.id(),
+        },
+        nats.clone(),
+    ];
+    let (bare_r, bare_cpu) = measured_load(
+        &bare_w,
+        ticks,
+        load::closed_loop(
+            &format!("http://127.0.0.1:{bare_port}/inbound/rudderstack"),
+            "",
+            args.connections,
+            args.seconds,
+            1,
+            raw_body(1),
+        ),
+    )
+    .await;
+    drop(bare);
+    let ingress_w = [
+        Watched {
+            name: "ingress",
+            pid: ingress.0.id(),
+        },
+        nats.clone(),
+        redis.clone(),
+    ];
+    let ingress_url = format!("http://127.0.0.1:{ingress_port}/inbound/rudderstack");
+    let (single, single_cpu) = measured_load(
+        &ingress_w,
+        ticks,
+        load::closed_loop(
+            &ingress_url,
+            &key,
+            args.connections,
+            args.seconds,
+            1,
+            raw_body(2),
+        ),
+    )
+    .await;
+    let (batch, batch_cpu) = measured_load(
+        &ingress_w,
+        ticks,
+        load::closed_loop(
+            &ingress_url,
+            &key,
+            args.connections.min(16),
+            args.seconds,
+            20,
+            raw_body(3),
+        ),
+    )
+    .await;
+
+    let _ = writeln!(
+        md,
+        "### Raw limits (own nats-server and redis-server, same run)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| what | ops/s | CPU µs per op (process) | p50 ms | p99 ms | non-2xx / errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| JetStream async publish, {} B, Nats-Msg-Id, 512 in flight | {} | nats-server {:.1} | | | |",
+        payload.len(),
+        num(publish.per_s()),
+        publish.cpu_us_per_op()
+    );
+    let _ = writeln!(
+        md,
+        "| JetStream pull consume + ack (durable, batches of 500) | {} | nats-server {:.1} | | | |",
+        num(consume.per_s()),
+        consume.cpu_us_per_op()
+    );
+    let _ = writeln!(
+        md,
+        "| Redis HSET, pipelined 64 | {} | redis-server {:.1} | | | |",
+        num(hset.per_s()),
+        hset.cpu_us_per_op()
+    );
+    let _ = writeln!(
+        md,
+        "| Redis EVALSHA (SET NX EX + HSET + EXPIRE), pipelined 64 | {} | redis-server {:.1} | | | |",
+        num(evalsha.per_s()),
+        evalsha.cpu_us_per_op()
+    );
+    let rows: [(&str, &LoadResult, &[Watched], &[f64]); 3] = [
+        (
+            "bare axum handler: parse, validate, publish, await ack (1 event/request, {c} connections)",
+            &bare_r,
+            &bare_w,
+            &bare_cpu,
+        ),
+        (
+            "rc-ingress, 1 event/request ({c} connections)",
+            &single,
+            &ingress_w,
+            &single_cpu,
+        ),
+        (
+            "rc-ingress, batches of 20 (16 connections)",
+            &batch,
+            &ingress_w,
+            &batch_cpu,
+        ),
+    ];
+    for (name, r, w, cpu) in rows {
+        let cpu_text: Vec<String> = w
+            .iter()
+            .zip(cpu)
+            .map(|(w, c)| format!("{} {c:.1}", w.name))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {:.2} | {} / {} |",
+            name.replace("{c}", &args.connections.to_string()),
+            num(r.events_per_s()),
+            cpu_text.join(", "),
+            r.p50,
+            r.p99,
+            r.non_2xx,
+            r.errors
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nIngress against the bare handler: **{:.2}** (single events; target ≥ 0.90). Ingress RSS after the load: {:.1} MiB.\n",
+        single.events_per_s() / bare_r.events_per_s(),
+        memory_mib(ingress.0.id(), "VmRSS"),
+    );
+}
+
+fn phase_label(p: Phase) -> String {
+    match p {
+        Phase::Paced { rate } => format!("{}/s", num(rate)),
+        Phase::Burst => "saturation (batches of 20, 16 connections)".into(),
+    }
+}
+
+async fn end_to_end(args: &Args, ticks: f64, md: &mut String) {
+    let stack = if args.durable {
+        Stack::start_durable()
+    } else {
+        Stack::start()
+    };
+    let d = e2e::deploy(&stack).await;
+    let watched = d.watched(&stack);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = watched.iter().map(|w| memory_mib(w.pid, "VmRSS")).collect();
+
+    let mut results: Vec<PhaseResult> = Vec::new();
+    for (k, scenario) in args.scenarios.iter().enumerate() {
+        for (p, phase) in [Phase::Paced { rate: args.rate }, Phase::Burst]
+            .into_iter()
+            .enumerate()
+        {
+            let tag = format!("s{k}p{p}");
+            eprintln!(
+                "end to end: {} at {} …",
+                scenario.title(),
+                phase_label(phase)
+            );
+            let r = e2e::run_phase(
+                &stack, &d, &watched, ticks, *scenario, phase, &tag, args.count,
+            )
+            .await;
+            results.push(r);
+        }
+    }
+
+    let _ = writeln!(
+        md,
+        "### End to end: CPU µs per event, per process\n\n{} events per phase; the six release services, nats-server, redis-server; a fake data plane and the load generator in the rc-bench process (not counted). CPU is utime+stime from /proc/<pid>/stat from the first request to the last effect, divided by the accepted events. Latency: HTTP request sent → effect seen on `courier.<ws>.profile.updated` / `tenant.updated` / `message.delivered` (a core NATS subscription). Sends also wait for `Message Delivered` at the data plane.\n",
+        num(args.count as f64)
+    );
+    let mut header = String::from("| scenario | offered |");
+    let mut rule = String::from("|---|---|");
+    for w in &watched {
+        let _ = write!(header, " {} |", w.name);
+        rule.push_str("---:|");
+    }
+    header.push_str(" **total** | events/s | p50 ms | p99 ms |");
+    rule.push_str("---:|---:|---:|---:|");
+    let _ = writeln!(md, "{header}\n{rule}");
+    for r in &results {
+        let mut row = format!("| {} | {} |", r.scenario.title(), phase_label(r.phase));
+        for c in &r.cpu_us {
+            let _ = write!(row, " {} |", num(*c));
+        }
+        let total: f64 = r.cpu_us.iter().sum();
+        let rate = r.accepted as f64 / r.seconds;
+        let (p50, p99) = match r.phase {
+            Phase::Paced { .. } => (format!("{:.1}", r.p50), format!("{:.1}", r.p99)),
+            Phase::Burst => (String::new(), String::new()),
+        };
+        let mut note = String::new();
+        if !r.complete() {
+            note = format!(
+                " (incomplete: {}/{} effects, {} at the data plane)",
+                r.effects, r.accepted, r.forwarded
+            );
+        }
+        if r.rejected_requests > 0 {
+            let _ = write!(note, " ({} requests failed)", r.rejected_requests);
+        }
+        let _ = writeln!(
+            md,
+            "{row} **{}** | {}{note} | {p50} | {p99} |",
+            num(total),
+            num(rate)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRedis commands per event (`INFO commandstats`: calls per event × µs per call inside redis-server, top 4), at the fixed rate:\n"
+    );
+    let _ = writeln!(md, "| scenario | commands |\n|---|---|");
+    for r in results
+        .iter()
+        .filter(|r| matches!(r.phase, Phase::Paced { .. }))
+    {
+        let _ = writeln!(md, "| {} | {} |", r.scenario.title(), r.redis);
+    }
+    let _ = writeln!(
+        md,
+        "\nMemory:\n\n| process | idle RSS MiB | peak RSS (VmHWM) MiB |\n|---|---:|---:|"
+    );
+    for (w, idle) in watched.iter().zip(idle) {
+        let _ = writeln!(
+            md,
+            "| {} | {idle:.1} | {:.1} |",
+            w.name,
+            memory_mib(w.pid, "VmHWM")
+        );
+    }
+    let _ = writeln!(md);
+    debug_assert_eq!(watched.len(), SERVICES.len() + 2);
+}
+
+#[tokio::main]
+async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--bare-handler") {
+        raw::bare_handler(&argv[2], &argv[3]).await;
+        return;
+    }
+    let args = args();
+    let ticks = procfs::clock_ticks();
+    let mut md = String::new();
+    let load_start = procfs::load_average();
+    if args.raw {
+        raw_limits(&args, ticks, &mut md).await;
+    }
+    if args.e2e {
+        end_to_end(&args, ticks, &mut md).await;
+    }
+    let head = format!(
+        "Load average (1/5/15 min) at the start: {load_start}; at the end: {}. nats-server {}.\n\n",
+        procfs::load_average(),
+        if args.durable {
+            "durable (sync_interval: always)"
+        } else {
+            "default fsync"
+        }
+    );
+    let md = head + &md;
+    println!("{md}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &md).expect("write --out");
+    }
+}
