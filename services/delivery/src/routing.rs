@@ -4,7 +4,7 @@
 use rc_proto::MessageRequest;
 use serde_json::{Map, Value, json};
 
-use crate::providers::{Kind, Provider};
+use crate::providers::Provider;
 use crate::render::{Vars, render};
 
 pub const DEFAULT_CHANNELS: [&str; 6] = ["email", "push", "sms", "inbox", "chat", "webhook"];
@@ -356,17 +356,10 @@ pub fn route(p: &Prepared, providers: &[Provider]) -> Route {
     }
 }
 
-/// Whether a provider kind can serve a channel at all (inbox stores anything; SMTP needs email).
-pub fn kind_supports(kind: Kind, channel: &str) -> bool {
-    match kind {
-        Kind::Smtp => channel == "email",
-        Kind::Webhook | Kind::Inbox => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Kind;
 
     fn provider(name: &str, kind: Kind, channels: &[&str]) -> Provider {
         Provider {
