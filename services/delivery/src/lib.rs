@@ -189,6 +189,7 @@ pub async fn run(
         registry: registry.clone(),
         senders: send::Senders {
             http,
+            allow_private_networks: settings.outbound.allow_private_networks,
             redis: rt.redis.clone(),
             default_timeout: provider_timeout,
         },
