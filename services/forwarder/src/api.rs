@@ -262,7 +262,17 @@ async fn test_integration(
     let body = serde_json::to_vec(&json!({"batch": [event]})).expect("serializable");
     let url = format!("{}/v1/batch", integ.data_plane_url);
     Ok(Json(
-        match worker::raw_post(&state.ctx.http, &url, &key, &body).await {
+        match worker::raw_post(
+            &state.ctx.http,
+            &worker::dataplane::Target {
+                url: &url,
+                write_key: &key,
+                allow_private_networks: state.ctx.outbound.allow_private_networks,
+            },
+            &body,
+        )
+        .await
+        {
             Ok((status, text, _)) => json!({
                 "ok": (200..300).contains(&status),
                 "status": status,

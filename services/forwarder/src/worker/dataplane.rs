@@ -81,8 +81,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// `POST <url>` with gzip and Basic auth; the data plane's answer, classified.
-pub async fn post_batch(http: &reqwest::Client, url: &str, write_key: &str, body: &[u8]) -> Answer {
-    match raw_post(http, url, write_key, body).await {
+pub async fn post_batch(http: &reqwest::Client, to: &Target<'_>, body: &[u8]) -> Answer {
+    match raw_post(http, to, body).await {
         Ok((status, text, after)) => Answer::classify(status, &text, after),
         // The SSRF guard's refusal lasts until the URL (or the setting) changes: pause.
         Err(blocked @ PostError::Blocked(_)) => Answer::Refused(blocked.to_string()),
@@ -100,16 +100,29 @@ pub enum PostError {
     Transport(String),
 }
 
+/// Where a batch goes.
+pub struct Target<'a> {
+    /// `…/v1/batch`.
+    pub url: &'a str,
+    pub write_key: &'a str,
+    /// `outbound.allow_private_networks`: off, a literal private IP is refused before connecting.
+    pub allow_private_networks: bool,
+}
+
 /// One request; `(status, body, Retry-After)` or why there was no answer.
 pub async fn raw_post(
     http: &reqwest::Client,
-    url: &str,
-    write_key: &str,
+    to: &Target<'_>,
     body: &[u8],
 ) -> Result<(u16, String, Option<Duration>), PostError> {
+    let url = url::Url::parse(to.url)
+        .map_err(|e| PostError::Transport(format!("data plane URL is invalid: {e}")))?;
+    // Literal IPs never reach the guard's resolver: checked here, before any connection.
+    rc_common::outbound::check_destination(&url, to.allow_private_networks)
+        .map_err(|b| PostError::Blocked(b.to_string()))?;
     let response = http
         .post(url)
-        .basic_auth(write_key, Some(""))
+        .basic_auth(to.write_key, Some(""))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(reqwest::header::CONTENT_ENCODING, "gzip")
         .body(gzip(body))

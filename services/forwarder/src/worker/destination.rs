@@ -162,8 +162,12 @@ impl Destination {
             let started = Instant::now();
             let body = dataplane::batch_body(chunk.iter().map(|i| i.json.as_slice()));
             metrics::histogram!("forwarder_batch_bytes").record(body.len() as f64);
-            let answer =
-                dataplane::post_batch(&self.ctx.http, &self.url, &self.write_key, &body).await;
+            let to = dataplane::Target {
+                url: &self.url,
+                write_key: &self.write_key,
+                allow_private_networks: self.ctx.outbound.allow_private_networks,
+            };
+            let answer = dataplane::post_batch(&self.ctx.http, &to, &body).await;
             metrics::histogram!("forwarder_dataplane_request_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("forwarder_dataplane_requests_total", "workspace" => self.ws.clone(), "outcome" => answer.label()).increment(1);
