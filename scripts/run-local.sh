@@ -73,6 +73,8 @@ export RC_NATS__URL=$NATS_URL RC_REDIS__URL=$REDIS_URL RC_LOG__FORMAT=${RC_LOG__
 # Local webhooks, data planes and fetch-data endpoints usually live on localhost: let outbound
 # calls reach private addresses here (the SSRF guard stays on by default everywhere else).
 export RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS=${RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS:-true}
+# ...and a local data plane usually speaks plain http (the forwarder requires https by default).
+export RC_FORWARDER__ALLOW_HTTP=${RC_FORWARDER__ALLOW_HTTP:-true}
 
 
 for _ in $(seq 1 100); do

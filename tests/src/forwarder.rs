@@ -27,6 +27,8 @@ impl Stack {
                 circuit_failures: 4,
                 circuit_cooldown_ms: 600,
                 reconcile_interval_ms: 300,
+                // The fake data planes speak plain http.
+                allow_http: true,
                 ..forwarder::ForwarderSettings::default()
             },
             // The fake data planes listen on 127.0.0.1.

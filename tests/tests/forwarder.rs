@@ -376,6 +376,7 @@ async fn a_killed_forwarder_loses_nothing() {
     env.extend([
         ("RC_SECRETS__ENCRYPTION_KEY", encryption_key.clone()),
         ("RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS", "true".into()),
+        ("RC_FORWARDER__ALLOW_HTTP", "true".into()),
         ("RC_FORWARDER__LINGER_MS", "50".into()),
         ("RC_FORWARDER__REQUEST_TIMEOUT_MS", "1000".into()),
         ("RC_FORWARDER__ACK_WAIT_MS", "3000".into()),

@@ -577,6 +577,18 @@ pub async fn dead_letter(
     delivered: i64,
     reason: &str,
 ) -> Result<(), async_nats::Error> {
+    dead_letter_for(js, spec.service, message, delivered, reason).await
+}
+
+/// [`dead_letter`] for a consumer that is not run by [`run`] (the forwarder's per-workspace
+/// consumers): `service` names the `dlq.<service>.<workspace>` subject and header.
+pub async fn dead_letter_for(
+    js: &jetstream::Context,
+    service: &'static str,
+    message: &Message,
+    delivered: i64,
+    reason: &str,
+) -> Result<(), async_nats::Error> {
     let workspace = subjects::workspace_of(&message.subject).unwrap_or("unknown");
     let mut headers = HeaderMap::new();
     headers.insert(dlq_headers::ORIGINAL_SUBJECT, message.subject.as_str());
@@ -594,9 +606,9 @@ pub async fn dead_letter(
         .take(1024)
         .collect();
     headers.insert(dlq_headers::REASON, one_line.as_str());
-    headers.insert(dlq_headers::SERVICE, spec.service);
+    headers.insert(dlq_headers::SERVICE, service);
     js.publish_with_headers(
-        subjects::dlq_subject(spec.service, workspace),
+        subjects::dlq_subject(service, workspace),
         headers,
         message.payload.clone(),
     )

@@ -5,12 +5,15 @@
 //! The guard refuses loopback, private (RFC 1918), link-local (cloud metadata), CGNAT,
 //! unique-local IPv6, multicast and unspecified addresses unless `allow_private_networks` is set:
 //! - at configuration time, [`check_url`] rejects such literal IPs and `localhost` names;
-//! - at connect time, a DNS resolver drops such addresses from every answer (a name resolving only
-//!   to 10.x is refused before any connection) and a connector layer checks the peer address of
-//!   every new connection (redirects are covered too). The check is on the address actually
-//!   connected to, so there is no time-of-check gap. An IP literal (in any spelling the URL
-//!   standard accepts: `2130706433`, `0x7f.1`, `127.1`, `[::ffff:127.0.0.1]`) never reaches
-//!   the resolver, so the same layer refuses it before connecting at all.
+//! - at call time, [`check_destination`] refuses such literal IPs (in any spelling the URL
+//!   standard accepts: `2130706433`, `0x7f.1`, `127.1`, `[::ffff:127.0.0.1]`) before any
+//!   connection: literals never reach a resolver, so callers check the URL they send to, and
+//!   the redirect policy checks every hop's URL the same way;
+//! - at connect time, a DNS resolver ([`reqwest::dns::Resolve`]) drops such addresses from every
+//!   answer (a name resolving only to 10.x is refused before any connection), and a connector
+//!   layer checks the peer address of every new connection (from hyper's `HttpInfo`), so even a
+//!   literal that skipped the call-time check gets no request byte. Both checks are on the
+//!   addresses actually connected to, so there is no time-of-check gap.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -96,17 +99,32 @@ pub fn client(
         .user_agent(spec.user_agent)
         .timeout(spec.timeout)
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .redirect(if spec.follow_redirects {
-            reqwest::redirect::Policy::limited(5)
-        } else {
-            reqwest::redirect::Policy::none()
-        });
+        .redirect(redirect_policy(
+            spec.follow_redirects,
+            settings.allow_private_networks,
+        ));
     if !settings.allow_private_networks {
         builder = builder
             .dns_resolver(Arc::new(GuardedResolver))
             .connector_layer(PeerGuardLayer);
     }
     Ok(builder.build()?)
+}
+
+/// Up to 5 redirects (or none), each hop's URL checked like the first by [`check_destination`].
+fn redirect_policy(follow: bool, allow_private_networks: bool) -> reqwest::redirect::Policy {
+    if !follow {
+        return reqwest::redirect::Policy::none();
+    }
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("too many redirects");
+        }
+        match check_destination(attempt.url(), allow_private_networks) {
+            Ok(()) => attempt.follow(),
+            Err(blocked) => attempt.error(blocked),
+        }
+    })
 }
 
 fn tls_config(settings: &OutboundSettings) -> Result<rustls::ClientConfig, OutboundError> {
@@ -223,6 +241,26 @@ pub fn check_url_str(raw: &str, allow_private_networks: bool) -> Result<url::Url
     Ok(url)
 }
 
+/// Call-time check of the URL a request is about to go to: unless private networks are
+/// allowed, a literal non-public IP is refused before any connection (names are left to the
+/// resolver, which sees what they resolve to).
+pub fn check_destination(url: &url::Url, allow_private_networks: bool) -> Result<(), Blocked> {
+    if allow_private_networks {
+        return Ok(());
+    }
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        _ => return Ok(()),
+    };
+    match forbidden_reason(ip) {
+        Some(r) => Err(Blocked(format!(
+            "{ip} is {r}, which outbound calls may not reach"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// True when the request failed because the guard refused the destination (permanent until the
 /// configuration changes; callers should not retry).
 pub fn is_blocked(err: &reqwest::Error) -> Option<&Blocked> {
@@ -296,27 +334,8 @@ struct PeerGuard<S> {
     inner: S,
 }
 
-/// The literal IP a connector request is for, before any connection: reqwest hands layers its
-/// sealed `Unnameable(<uri>)`, whose only window is `Debug`. Literals never reach the resolver,
-/// so without this the peer check would refuse only after a TCP (and TLS) handshake. `None` for
-/// a name (the resolver filters it) or an unexpected shape (the peer check still runs).
-fn literal_ip(request: &impl std::fmt::Debug) -> Option<IpAddr> {
-    let text = format!("{request:?}");
-    let uri: http::Uri = text
-        .strip_prefix("Unnameable(")?
-        .strip_suffix(')')?
-        .parse()
-        .ok()?;
-    match url::Host::parse(uri.host()?).ok()? {
-        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-        url::Host::Domain(_) => None,
-    }
-}
-
 impl<S, R> tower::Service<R> for PeerGuard<S>
 where
-    R: std::fmt::Debug,
     S: tower::Service<R, Error = BoxError>,
     S::Response: Connection + Send + 'static,
     S::Future: Send + 'static,
@@ -330,12 +349,6 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        if let Some(ip) = literal_ip(&req)
-            && let Some(r) = forbidden_reason(ip)
-        {
-            let refused = Blocked(format!("{ip} is {r}, which outbound calls may not reach"));
-            return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
-        }
         let connecting = self.inner.call(req);
         Box::pin(async move {
             let conn = connecting.await?;
@@ -532,18 +545,25 @@ mod tests {
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
-    /// Every spelling of a private literal is refused before any TCP connection: the listener
-    /// never accepts one.
+    /// Every spelling of a private literal is refused by the call-time check, before any
+    /// connection; a client used without it still sends no request byte (the peer check).
     #[tokio::test]
-    async fn private_literals_are_refused_without_connecting() {
+    async fn private_literals_are_refused_without_a_request() {
         use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = received.clone();
         let acceptor = tokio::spawn(async move {
-            while let Ok((_socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        counter.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
             }
         });
         for host in [
@@ -556,18 +576,38 @@ mod tests {
             "[::1]",
             "[::ffff:127.0.0.1]",
             "[::127.0.0.1]",
+            "[64:ff9b::a00:1]",
         ] {
             for scheme in ["http", "https"] {
-                let url = format!("{scheme}://{host}:{port}/");
-                let err = guarded().get(&url).send().await.unwrap_err();
-                assert!(is_blocked(&err).is_some(), "{url}: {err:?}");
+                let url = url::Url::parse(&format!("{scheme}://{host}:{port}/")).unwrap();
+                let blocked = check_destination(&url, false).expect_err(url.as_str());
+                assert!(blocked.0.contains("may not reach"), "{blocked}");
+                assert!(check_destination(&url, true).is_ok());
             }
+        }
+        for good in [
+            "https://8.8.8.8/",
+            "https://[2606:4700::1111]/",
+            "https://x.example/",
+        ] {
+            assert!(check_destination(&url::Url::parse(good).unwrap(), false).is_ok());
+        }
+        // Without the call-time check: the spellings that reach the listener connect, and the
+        // peer check refuses them before the request is written.
+        for host in ["127.0.0.1", "2130706433", "0x7f.1", "0177.0.0.1", "127.1"] {
+            let url = format!("http://{host}:{port}/");
+            let err = guarded().get(&url).send().await.unwrap_err();
+            let blocked = is_blocked(&err).unwrap_or_else(|| panic!("{url}: {err:?}"));
+            assert!(
+                blocked.0.contains("127.0.0.1 is a loopback address"),
+                "{blocked}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            accepted.load(Ordering::SeqCst),
+            received.load(Ordering::SeqCst),
             0,
-            "no connection was opened"
+            "no request byte was sent"
         );
         acceptor.abort();
     }

@@ -140,17 +140,20 @@ impl FromRef<AppState> for Arc<Authenticator> {
 
 pub use rc_common::service::BoxError;
 
-pub fn consumer_spec(settings: &DeliverySettings) -> ConsumerSpec {
+/// The `message.requested` consumer, with the shutdown drain bound shared by the scheduler.
+pub fn consumer_spec(settings: &Settings) -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(
         SERVICE,
         subjects::COURIER_STREAM,
         subjects::courier_of_kind(subjects::kinds::MESSAGE_REQUESTED),
     );
+    let d = &settings.delivery;
     spec.durable = DURABLE.to_string();
-    spec.concurrency = settings.concurrency.max(1);
-    spec.ack_wait = Duration::from_millis(settings.ack_wait_ms);
-    spec.base_backoff = Duration::from_millis(settings.base_backoff_ms);
-    spec.max_backoff = Duration::from_millis(settings.max_backoff_ms);
+    spec.concurrency = d.concurrency.max(1);
+    spec.ack_wait = Duration::from_millis(d.ack_wait_ms);
+    spec.base_backoff = Duration::from_millis(d.base_backoff_ms);
+    spec.max_backoff = Duration::from_millis(d.max_backoff_ms);
+    spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec
 }
 
@@ -186,6 +189,7 @@ pub async fn run(
         registry: registry.clone(),
         senders: send::Senders {
             http,
+            allow_private_networks: settings.outbound.allow_private_networks,
             redis: rt.redis.clone(),
             default_timeout: provider_timeout,
         },
@@ -207,7 +211,7 @@ pub async fn run(
             provider_timeout,
         ),
     });
-    let mut spec = consumer_spec(&settings.delivery);
+    let mut spec = consumer_spec(&settings);
     spec.quarantine = Some(rc_common::consumer::Quarantine::new(rt.redis.clone(), 3));
     let scheduler = scheduler::Scheduler {
         worker: worker.clone(),
@@ -256,4 +260,19 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_drains_within_the_configured_shutdown_bound() {
+        let mut settings = Settings::default();
+        settings.shutdown.drain_timeout_ms = 1_234;
+        assert_eq!(
+            consumer_spec(&settings).drain_timeout,
+            Duration::from_millis(1_234)
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use rc_proto::MessageRequest;
 use serde_json::{Map, Value, json};
 
-use crate::providers::{Kind, Provider};
+use crate::providers::Provider;
 use crate::render::{Vars, render};
 
 pub const DEFAULT_CHANNELS: [&str; 6] = ["email", "push", "sms", "inbox", "chat", "webhook"];
@@ -37,6 +37,27 @@ fn channel_list(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Courier's routing `method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The first channel that works, in order: a channel without an address or provider is
+    /// skipped, and one whose provider fails for good falls back to the next.
+    Single,
+    /// Every routable channel.
+    All,
+}
+
+impl Method {
+    /// `"all"` (any case) is [`Method::All`]; anything else Courier's default, `single`.
+    fn parse(s: &str) -> Self {
+        if s.trim().eq_ignore_ascii_case("all") {
+            Method::All
+        } else {
+            Method::Single
+        }
+    }
+}
+
 /// The request, both forms (legacy and `message`) folded into one view.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -53,8 +74,9 @@ pub struct Prepared {
     pub inline: Option<Map<String, Value>>,
     pub data: Value,
     pub profile: Value,
+    /// In the author's order (the order of preference for [`Method::Single`]).
     pub channels: Vec<String>,
-    pub method: String,
+    pub method: Method,
 }
 
 impl Prepared {
@@ -114,6 +136,8 @@ impl Prepared {
             "missing".into()
         };
         let routing = message.get("routing").and_then(Value::as_object);
+        // A Courier notification template may carry its own routing (`{method, channels}`).
+        let template_routing = notification.get("routing").and_then(Value::as_object);
         let mut channels: Vec<String> = req
             .channels
             .iter()
@@ -123,10 +147,14 @@ impl Prepared {
             channels = channel_list(routing.and_then(|r| r.get("channels")));
         }
         if channels.is_empty() {
+            channels = channel_list(template_routing.and_then(|r| r.get("channels")));
+        }
+        if channels.is_empty() {
             channels = channel_list(notification.get("channels"));
         }
         // The automations service stores content per channel under `channels` (its documented
-        // notification template shape); Courier's own shape puts it under `content`.
+        // notification template shape); Courier's own shape puts it under `content`. The
+        // author's key order is the preference order (serde_json keeps it: `preserve_order`).
         for key in ["channels", "content"] {
             if channels.is_empty()
                 && let Some(Value::Object(content)) = notification.get(key)
@@ -143,14 +171,11 @@ impl Prepared {
         }
         let mut seen = std::collections::HashSet::new();
         channels.retain(|c| seen.insert(c.clone()));
-        let method = if !req.routing_method.is_empty() {
-            req.routing_method.to_ascii_lowercase()
-        } else {
-            routing
-                .and_then(|r| str_of(r, "method"))
-                .unwrap_or("single")
-                .to_ascii_lowercase()
-        };
+        let method = Some(req.routing_method.as_str())
+            .filter(|m| !m.trim().is_empty())
+            .or_else(|| routing.and_then(|r| str_of(r, "method")))
+            .or_else(|| template_routing.and_then(|r| str_of(r, "method")))
+            .map_or(Method::Single, Method::parse);
         Prepared {
             recipient,
             email,
@@ -274,10 +299,9 @@ pub enum Route {
     /// UNMAPPED: no notification template matched.
     Unmapped(String),
     /// UNROUTABLE with a Courier reason.
-    Unroutable {
-        reason: &'static str,
-        error: String,
-    },
+    Unroutable { reason: &'static str, error: String },
+    /// Every routable channel in order; for [`Method::Single`] the first is tried first and
+    /// the others are fallbacks.
     Targets(Vec<Target>),
 }
 
@@ -329,9 +353,6 @@ pub fn route(p: &Prepared, providers: &[Provider]) -> Route {
                 address,
                 provider: provider.clone(),
             });
-            if p.method != "all" {
-                break;
-            }
         }
     }
     if !targets.is_empty() {
@@ -356,17 +377,10 @@ pub fn route(p: &Prepared, providers: &[Provider]) -> Route {
     }
 }
 
-/// Whether a provider kind can serve a channel at all (inbox stores anything; SMTP needs email).
-pub fn kind_supports(kind: Kind, channel: &str) -> bool {
-    match kind {
-        Kind::Smtp => channel == "email",
-        Kind::Webhook | Kind::Inbox => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Kind;
 
     fn provider(name: &str, kind: Kind, channels: &[&str]) -> Provider {
         Provider {
@@ -403,9 +417,8 @@ mod tests {
         .into();
         let p = Prepared::from_request(&r);
         assert_eq!(p.template_status, "found");
-        let mut channels = p.channels.clone();
-        channels.sort();
-        assert_eq!(channels, ["email", "webhook"]);
+        assert_eq!(p.channels, ["webhook", "email"], "the author's order");
+        assert_eq!(p.method, Method::Single);
         assert_eq!(p.content("webhook"), ("Hi Ada".into(), "b".into()));
         assert_eq!(p.content("email"), ("Mail Ada".into(), "t".into()));
     }
@@ -505,5 +518,55 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_template_routing_gives_order_and_method_unless_the_message_says() {
+        let mut r = req(
+            json!({"to": {"user_id": "u1", "email": "a@x.org"}}),
+            json!({}),
+        );
+        r.template = "T".into();
+        r.notification = json!({"published": true,
+            "routing": {"method": "ALL", "channels": ["inbox", "email"]},
+            "channels": {"email": {"body": "e"}, "inbox": {"body": "i"}}})
+        .to_string()
+        .into_bytes()
+        .into();
+        let p = Prepared::from_request(&r);
+        assert_eq!(p.channels, ["inbox", "email"]);
+        assert_eq!(p.method, Method::All);
+        // The send's own routing wins.
+        r.routing_method = "single".into();
+        r.channels = vec!["EMAIL".into()];
+        let p = Prepared::from_request(&r);
+        assert_eq!(p.channels, ["email"]);
+        assert_eq!(p.method, Method::Single);
+    }
+
+    #[test]
+    fn single_lists_every_routable_channel_as_a_fallback() {
+        let r = req(
+            json!({"to": {"user_id": "u1", "email": "a@x.org"}, "content": {"body": "x"},
+                   "routing": {"method": "single", "channels": ["sms", "webhook", "email", "inbox"]}}),
+            json!({}),
+        );
+        let p = Prepared::from_request(&r);
+        let providers = vec![
+            provider("mail", Kind::Smtp, &["email"]),
+            provider("hook", Kind::Webhook, &["webhook"]),
+        ];
+        match route(&p, &providers) {
+            // sms: no address; inbox: no provider.
+            Route::Targets(t) => assert_eq!(
+                t.iter().map(|t| t.channel.as_str()).collect::<Vec<_>>(),
+                ["webhook", "email"]
+            ),
+            other => panic!("{other:?}"),
+        }
+        for m in ["", "single", "bogus"] {
+            assert_eq!(Method::parse(m), Method::Single, "{m}");
+        }
+        assert_eq!(Method::parse(" All "), Method::All);
     }
 }

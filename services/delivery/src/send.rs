@@ -63,6 +63,8 @@ pub fn signature(secret: &str, t_ms: i64, body: &[u8]) -> String {
 #[derive(Clone)]
 pub struct Senders {
     pub http: reqwest::Client,
+    /// `outbound.allow_private_networks`: off, a literal private IP is refused before connecting.
+    pub allow_private_networks: bool,
     pub redis: RedisConn,
     pub default_timeout: Duration,
 }
@@ -86,6 +88,22 @@ impl Senders {
                 error: "webhook provider has no url".into(),
             };
         };
+        let url = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => {
+                return SendResult::Failed {
+                    error: format!("webhook url is invalid: {e}"),
+                };
+            }
+        };
+        // Literal IPs never reach the guard's resolver: checked here, before any connection.
+        if let Err(blocked) =
+            rc_common::outbound::check_destination(&url, self.allow_private_networks)
+        {
+            return SendResult::Failed {
+                error: format!("webhook destination refused: {blocked}"),
+            };
+        }
         let payload = json!({
             "type": "message:send",
             "data": {

@@ -18,7 +18,7 @@ use rc_proto::{MessageEvent, MessageRequest};
 
 use crate::limits::{Circuits, Gate, WorkspaceLimiter};
 use crate::providers::{Kind, Registry, RegistryError};
-use crate::routing::{Prepared, Route, route};
+use crate::routing::{Method, Prepared, Route, route};
 use crate::send::{Outgoing, SendResult, Senders};
 use crate::store::{Claim, Meta, ProviderEntry, StatusChange, Store, now_ms};
 
@@ -253,7 +253,12 @@ impl Worker {
             .ok_or_else(|| Error::Retry("message record vanished".into()))?;
         let mut entries = record.providers.clone();
         let mut later: Option<Later> = None;
+        let single = prepared.method == Method::Single;
         for target in &targets {
+            // `single`: one channel goes out; the next is only a fallback for one that failed.
+            if single && entries.iter().any(|e| e.sent.is_some()) {
+                break;
+            }
             let pos = entries
                 .iter()
                 .position(|e| e.channel == target.channel && e.provider == target.provider.name)
@@ -288,6 +293,10 @@ impl Worker {
                 // per `max_backoff`, not at every cooldown.
                 let wait = wait.max(self.backoff(record.claims));
                 later = merge(later, error, wait, entry.attempts);
+                if single {
+                    // Waits for its channel rather than skip to a lower preference.
+                    break;
+                }
                 continue;
             }
             let (title, body) = prepared.content(&target.channel);
@@ -337,6 +346,9 @@ impl Worker {
                     let wait = retry_after.unwrap_or_default().max(backoff);
                     entry.error = Some(error.clone());
                     later = merge(later, error, wait, entry.attempts);
+                    if single {
+                        break;
+                    }
                 }
             }
         }

@@ -262,7 +262,17 @@ async fn test_integration(
     let body = serde_json::to_vec(&json!({"batch": [event]})).expect("serializable");
     let url = format!("{}/v1/batch", integ.data_plane_url);
     Ok(Json(
-        match worker::raw_post(&state.ctx.http, &url, &key, &body).await {
+        match worker::raw_post(
+            &state.ctx.http,
+            &worker::dataplane::Target {
+                url: &url,
+                write_key: &key,
+                allow_private_networks: state.ctx.outbound.allow_private_networks,
+            },
+            &body,
+        )
+        .await
+        {
             Ok((status, text, _)) => json!({
                 "ok": (200..300).contains(&status),
                 "status": status,
@@ -290,11 +300,7 @@ async fn status(
     };
     let text = |k: &str| stats.get(k).filter(|v| !v.is_empty()).cloned();
     let (pending, ack_pending) = state.ctx.pending(&ws).await.unwrap_or((0, 0));
-    let circuit = state
-        .ctx
-        .runtime(&ws)
-        .circuit
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let circuit = state.ctx.runtime(&ws).circuit();
     let dead_letters = async {
         let stream = state.ctx.js.get_stream(DLQ_STREAM).await.ok()?;
         let mut info = stream
@@ -328,7 +334,7 @@ async fn status(
         "lastError": text("last_error"),
         "lastErrorAt": text("last_error_at"),
         "lastDeliveredAt": text("last_delivered_at"),
-        "circuit": worker::circuit_name(circuit),
+        "circuit": circuit.as_str(),
     })))
 }
 
@@ -548,5 +554,13 @@ mod tests {
         ] {
             assert!(validate_url(bad, false, true).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn default_settings_accept_only_https() {
+        let s = crate::ForwarderSettings::default();
+        let err = validate_url("http://dp.example.com", s.allow_http, false).unwrap_err();
+        assert!(err.to_string().contains("must use https"), "{err}");
+        assert!(validate_url("https://dp.example.com", s.allow_http, false).is_ok());
     }
 }

@@ -56,7 +56,8 @@ pub struct ForwarderSettings {
     pub circuit_cooldown_ms: u64,
     /// How often every replica re-reads the integrations from Redis.
     pub reconcile_interval_ms: u64,
-    /// Data-plane URLs must be https unless this is true (local and test setups).
+    /// Accept `http://` data-plane URLs (local and test setups); off, only https is accepted,
+    /// so a write key never crosses the network in clear by default.
     pub allow_http: bool,
 }
 
@@ -74,7 +75,7 @@ impl Default for ForwarderSettings {
             circuit_failures: 5,
             circuit_cooldown_ms: 30_000,
             reconcile_interval_ms: 2_000,
-            allow_http: true,
+            allow_http: false,
         }
     }
 }
