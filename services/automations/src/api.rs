@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use crate::engine::{Engine, NewRun};
 use crate::error::AutomationError as E;
-use crate::store::{self, now_ms};
+use crate::store::{self, RunState, now_ms};
 use crate::{AppState, catalog};
-use rc_common::automation::{self as contract, cancelation_token, validate_steps};
+use rc_common::automation::{self as contract, cancelation_token, parse_steps};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -118,10 +118,10 @@ async fn invoke_adhoc(
     let steps = automation
         .get("steps")
         .ok_or_else(|| E::Invalid("automation.steps: required".into()))?;
-    validate_steps(steps, "automation.steps").map_err(E::Invalid)?;
+    let parsed = parse_steps(steps, "automation.steps").map_err(E::Invalid)?;
     state
         .engine
-        .check_fetch_urls(steps, "automation.steps")
+        .check_fetch_urls(&parsed, "automation.steps")
         .map_err(E::Invalid)?;
     check_recipient(&b)?;
     let steps = steps.as_array().cloned().unwrap_or_default();
@@ -202,14 +202,6 @@ async fn get_run(
     Ok(Json(run.view(canceled)))
 }
 
-const RUN_STATES: [&str; 6] = [
-    "pending",
-    "running",
-    "waiting",
-    "completed",
-    "failed",
-    "canceled",
-];
 /// Index entries looked at per page at most (a `status` filter may leave a page short).
 const MAX_SCAN: usize = 1000;
 
@@ -263,14 +255,16 @@ async fn list_runs(
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Value>, E> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    if let Some(st) = &q.status
-        && !RUN_STATES.contains(&st.as_str())
-    {
-        return Err(E::Invalid(format!(
-            "status: one of {}",
-            RUN_STATES.join(", ")
-        )));
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            RunState::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+                E::Invalid(format!("status: one of {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
     let mut after = q.cursor.as_deref().map(parse_run_cursor).transpose()?;
     let key = store::runs_key(&ws);
     let mut conn = state.engine.redis.clone();
@@ -278,7 +272,7 @@ async fn list_runs(
     let mut scanned = 0;
     let mut exhausted = false;
     'scan: while items.len() < limit && scanned < MAX_SCAN {
-        let want = if q.status.is_some() {
+        let want = if status.is_some() {
             100
         } else {
             limit - items.len()
@@ -304,7 +298,7 @@ async fn list_runs(
                 conn.zrem::<_, _, ()>(&key, &id).await?;
                 continue;
             };
-            if q.status.as_deref().is_none_or(|s| s == run.state) {
+            if status.is_none_or(|s| s == run.state) {
                 items.push(run.summary());
                 if items.len() == limit {
                     break 'scan;
@@ -321,10 +315,8 @@ async fn list_runs(
     let cursor = has_more
         .then(|| after.as_ref().map(|(s, id)| format!("{s}_{id}")))
         .flatten();
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| format!("&status={s}"))
+    let status = status
+        .map(|s| format!("&status={}", s.as_str()))
         .unwrap_or_default();
     let path = "/automations/runs";
     let url = match &q.cursor {
@@ -367,9 +359,9 @@ fn template_doc(
     let steps = b
         .get("steps")
         .ok_or_else(|| E::Invalid("steps: required".into()))?;
-    validate_steps(steps, "steps").map_err(E::Invalid)?;
+    let parsed = parse_steps(steps, "steps").map_err(E::Invalid)?;
     engine
-        .check_fetch_urls(steps, "steps")
+        .check_fetch_urls(&parsed, "steps")
         .map_err(E::Invalid)?;
     if let Some(n) = b.get("name")
         && !n.is_string()

@@ -80,12 +80,67 @@ pub fn random_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// Where a run is (the wire strings of `state` in run documents, events and the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Pending,
+    Running,
+    Waiting,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 6] = [
+        RunState::Pending,
+        RunState::Running,
+        RunState::Waiting,
+        RunState::Completed,
+        RunState::Failed,
+        RunState::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Waiting => "waiting",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunState> {
+        RunState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Completed | RunState::Failed | RunState::Canceled
+        )
+    }
+}
+
+/// What happened to a step (timeline entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Done,
+    Skipped,
+    Waiting,
+    Failed,
+    Canceled,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TimelineEntry {
     pub index: usize,
     pub action: String,
-    /// done | skipped | waiting | failed | canceled
-    pub status: String,
+    pub status: StepStatus,
     pub at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -95,8 +150,7 @@ pub struct TimelineEntry {
 pub struct Run {
     pub id: String,
     pub workspace: String,
-    /// pending | running | waiting | completed | failed | canceled
-    pub state: String,
+    pub state: RunState,
     /// Automation template id; empty for ad-hoc runs.
     pub template: String,
     pub steps: Vec<Value>,
@@ -116,11 +170,19 @@ pub struct Run {
     /// Invoke nesting: 0 for a run started by an event or the API, parent + 1 for `invoke`.
     #[serde(default)]
     pub depth: u32,
+    /// Executions of the current step that ended transiently (fetch-data: the endpoint was
+    /// unavailable); sets how long the run waits before the next. Zero once a step is done.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Run {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.state.as_str(), "completed" | "failed" | "canceled")
+        self.state.is_terminal()
     }
     pub fn recipient(&self) -> String {
         self.context
@@ -148,10 +210,9 @@ impl Run {
     }
     /// The public view (`GET /automations/runs/{id}`).
     pub fn view(&self, canceled_flag: bool) -> Value {
-        let state = &self.state;
         serde_json::json!({
             "runId": self.id,
-            "state": state,
+            "state": self.state,
             "template": self.template,
             "recipient": self.recipient(),
             "event": self.event,
