@@ -1559,3 +1559,143 @@ async fn anonymous_events_reach_the_anonymous_id_and_a_send_to_nobody_fails_the_
         "no message to nobody"
     );
 }
+
+/// An unavailable endpoint is not bad data: 5xx, 429 and refused connections are tried again
+/// (within the execution, then after the run waited) until it answers; a 404 fails the step
+/// at once with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_data_retries_an_unavailable_endpoint_and_fails_on_a_refusal() {
+    use axum::routing::get;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    // Fails its first four requests (503, 503, 429, 502), then answers.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/flaky",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let status = [503, 503, 429, 502].get(n).copied().unwrap_or(200);
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        axum::Json(json!({"plan": "pro", "attempt": n + 1})),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/gone",
+            get(|| async { (axum::http::StatusCode::NOT_FOUND, "no such user") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let a = api(&svc, &key);
+    let (s, body) = a
+        .post(
+            "/automations/invoke",
+            json!({"automation": {"steps": [
+            {"action": "fetch-data", "merge_strategy": "overwrite",
+             "webhook": {"url": format!("http://{addr}/flaky")}}]},
+            "recipient": "u_1", "data": {"id": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run_id = body["runId"].as_str().unwrap().to_string();
+    // Three attempts in the first execution, all unavailable: the run waits, with the reason.
+    let waiting = a
+        .run_until(&run_id, &["waiting", "completed", "failed"])
+        .await;
+    assert_eq!(waiting["state"], "waiting", "{waiting}");
+    let detail = waiting["timeline"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("answered 429") && detail.contains("tried 3 times"),
+        "{waiting}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let (_, run) = a.get(&format!("/automations/runs/{run_id}")).await;
+        if run["state"] != "waiting" || Instant::now() > deadline {
+            break run;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(run["state"], "completed", "{run}");
+    assert_eq!(
+        run["context"]["data"],
+        json!({"id": 1, "plan": "pro", "attempt": 5})
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    let statuses: Vec<&str> = run["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["waiting", "done"], "{run}");
+
+    // A 4xx other than 408/429 is the endpoint's answer: the step fails, once, with it.
+    let (_, body) = a
+        .post(
+            "/automations/invoke",
+            json!({"automation": {"steps": [
+            {"action": "fetch-data", "webhook": {"url": format!("http://{addr}/gone")}}]}}),
+        )
+        .await;
+    let run = a
+        .run_until(body["runId"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(
+        run["error"], "steps[0].webhook: answered 404 Not Found",
+        "{run}"
+    );
+}
+
+/// A template linked to an event (not created with the mapping) gets the event as its
+/// `trigger` too; a trigger it already has is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_templates_get_the_event_as_their_trigger() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let svc = stack.automations().await;
+    let a = api(&svc, &key);
+    let template = json!({"id": "welcome", "steps": [{"action": "send", "template": "T"}]});
+    assert_eq!(a.post("/automations/templates", template).await.0, 201);
+    let (s, body) = a
+        .post(
+            "/automations/mappings",
+            json!({"event": "Signed Up", "template_id": "welcome"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (_, t) = a.get("/automations/templates/welcome").await;
+    assert_eq!(t["trigger"], body["key"], "{t}");
+    assert_eq!(t["steps"], json!([{"action": "send", "template": "T"}]));
+    // Created with a mapping: the same field, from the same place.
+    let (s, created) = a
+        .post(
+            "/automations/mappings",
+            json!({"type": "identify", "template": {"id": "on-identify", "steps": []}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let (_, t) = a.get("/automations/templates/on-identify").await;
+    assert_eq!(t["trigger"], created["key"], "{t}");
+    // Linked to a second event: the first trigger stays.
+    let (s, _) = a
+        .post(
+            "/automations/mappings",
+            json!({"event": "Upgraded", "template_id": "welcome"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, t) = a.get("/automations/templates/welcome").await;
+    assert_eq!(t["trigger"], body["key"], "{t}");
+}

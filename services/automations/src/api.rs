@@ -4,18 +4,17 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use rc_common::auth::Workspace;
-use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, NewRun};
 use crate::error::AutomationError as E;
-use crate::store::{self, now_ms};
+use crate::store::{self, RunState, now_ms};
 use crate::{AppState, catalog};
-use rc_common::automation::{self as contract, cancelation_token, validate_steps};
+use rc_common::automation::{self as contract, cancelation_token, parse_steps};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -26,11 +25,13 @@ pub fn routes() -> Router<AppState> {
         .route("/automations/runs/{run_id}", get(get_run))
         .route(
             "/automations/templates",
-            get(list_templates).post(create_template),
+            get(list_docs::<Templates>).post(create_doc::<Templates>),
         )
         .route(
             "/automations/templates/{id}",
-            get(get_template).put(put_template).delete(delete_template),
+            get(get_doc::<Templates>)
+                .put(put_doc::<Templates>)
+                .delete(delete_doc::<Templates>),
         )
         .route(
             "/automations/mappings",
@@ -42,13 +43,13 @@ pub fn routes() -> Router<AppState> {
         .route("/automations/events/{key}", get(get_event))
         .route(
             "/notifications/templates",
-            get(list_notifications).post(create_notification),
+            get(list_docs::<Notifications>).post(create_doc::<Notifications>),
         )
         .route(
             "/notifications/templates/{id}",
-            get(get_notification)
-                .put(put_notification)
-                .delete(delete_notification),
+            get(get_doc::<Notifications>)
+                .put(put_doc::<Notifications>)
+                .delete(delete_doc::<Notifications>),
         )
 }
 
@@ -118,10 +119,10 @@ async fn invoke_adhoc(
     let steps = automation
         .get("steps")
         .ok_or_else(|| E::Invalid("automation.steps: required".into()))?;
-    validate_steps(steps, "automation.steps").map_err(E::Invalid)?;
+    let parsed = parse_steps(steps, "automation.steps").map_err(E::Invalid)?;
     state
         .engine
-        .check_fetch_urls(steps, "automation.steps")
+        .check_fetch_urls(&parsed, "automation.steps")
         .map_err(E::Invalid)?;
     check_recipient(&b)?;
     let steps = steps.as_array().cloned().unwrap_or_default();
@@ -193,23 +194,10 @@ async fn get_run(
     let run = store::load_run(&state.engine.redis, &ws, &id)
         .await?
         .ok_or_else(|| E::NotFound(format!("run {id:?} not found")))?;
-    let canceled: bool = state
-        .engine
-        .redis
-        .clone()
-        .exists(store::canceled_key(&ws, &id))
-        .await?;
+    let canceled = store::cancel_requested(&state.engine.redis, &ws, &id).await?;
     Ok(Json(run.view(canceled)))
 }
 
-const RUN_STATES: [&str; 6] = [
-    "pending",
-    "running",
-    "waiting",
-    "completed",
-    "failed",
-    "canceled",
-];
 /// Index entries looked at per page at most (a `status` filter may leave a page short).
 const MAX_SCAN: usize = 1000;
 
@@ -229,82 +217,50 @@ fn parse_run_cursor(c: &str) -> Result<(i64, String), E> {
         .ok_or_else(|| E::Invalid("cursor: not a cursor from this API".into()))
 }
 
-/// Up to `n` index entries older than `(score, id)` (or the newest ones), newest first.
-async fn index_page(
-    conn: &mut rc_common::redis::RedisConn,
-    key: &str,
-    after: Option<&(i64, String)>,
-    n: usize,
-) -> redis::RedisResult<Vec<(String, i64)>> {
-    let mut out = Vec::new();
-    let max = match after {
-        None => "+inf".to_string(),
-        Some((score, id)) => {
-            // Same-millisecond entries not yet seen, then strictly older ones.
-            let ties: Vec<String> = conn.zrangebyscore(key, score, score).await?;
-            let mut ties: Vec<String> = ties.into_iter().filter(|t| t < id).collect();
-            ties.sort_unstable_by(|a, b| b.cmp(a));
-            out.extend(ties.into_iter().take(n).map(|t| (t, *score)));
-            format!("({score}")
-        }
-    };
-    if out.len() < n {
-        let more: Vec<(String, f64)> = conn
-            .zrevrangebyscore_limit_withscores(key, max, "-inf", 0, (n - out.len()) as isize)
-            .await?;
-        out.extend(more.into_iter().map(|(id, score)| (id, score as i64)));
-    }
-    Ok(out)
-}
-
 async fn list_runs(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Value>, E> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    if let Some(st) = &q.status
-        && !RUN_STATES.contains(&st.as_str())
-    {
-        return Err(E::Invalid(format!(
-            "status: one of {}",
-            RUN_STATES.join(", ")
-        )));
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            RunState::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+                E::Invalid(format!("status: one of {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
     let mut after = q.cursor.as_deref().map(parse_run_cursor).transpose()?;
-    let key = store::runs_key(&ws);
-    let mut conn = state.engine.redis.clone();
+    let redis = &state.engine.redis;
     let mut items = Vec::new();
     let mut scanned = 0;
     let mut exhausted = false;
     'scan: while items.len() < limit && scanned < MAX_SCAN {
-        let want = if q.status.is_some() {
+        let want = if status.is_some() {
             100
         } else {
             limit - items.len()
         };
-        let page = index_page(
-            &mut conn,
-            &key,
-            after.as_ref(),
-            want.min(MAX_SCAN - scanned),
-        )
-        .await?;
+        let page =
+            store::runs_page(redis, &ws, after.as_ref(), want.min(MAX_SCAN - scanned)).await?;
         if page.is_empty() {
             exhausted = true;
             break;
         }
-        let ids: Vec<String> = page.iter().map(|(id, _)| store::run_key(&ws, id)).collect();
-        let raws: Vec<Option<String>> = conn.mget(&ids).await?;
-        for ((id, score), raw) in page.into_iter().zip(raws) {
+        let ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
+        let runs = store::load_runs(redis, &ws, &ids).await?;
+        for ((id, score), run) in page.iter().zip(runs) {
             scanned += 1;
-            after = Some((score, id.clone()));
-            let Some(run) = raw.and_then(|r| serde_json::from_str::<store::Run>(&r).ok()) else {
+            after = Some((*score, id.clone()));
+            let Some(run) = run else {
                 // Expired: forget it here too.
-                conn.zrem::<_, _, ()>(&key, &id).await?;
+                store::forget_run(redis, &ws, id).await?;
                 continue;
             };
-            if q.status.as_deref().is_none_or(|s| s == run.state) {
+            if status.is_none_or(|s| s == run.state) {
                 items.push(run.summary());
                 if items.len() == limit {
                     break 'scan;
@@ -316,15 +272,13 @@ async fn list_runs(
     let has_more = !exhausted
         && match &after {
             None => false,
-            Some(a) => !index_page(&mut conn, &key, Some(a), 1).await?.is_empty(),
+            Some(a) => !store::runs_page(redis, &ws, Some(a), 1).await?.is_empty(),
         };
     let cursor = has_more
         .then(|| after.as_ref().map(|(s, id)| format!("{s}_{id}")))
         .flatten();
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| format!("&status={s}"))
+    let status = status
+        .map(|s| format!("&status={}", s.as_str()))
         .unwrap_or_default();
     let path = "/automations/runs";
     let url = match &q.cursor {
@@ -367,9 +321,9 @@ fn template_doc(
     let steps = b
         .get("steps")
         .ok_or_else(|| E::Invalid("steps: required".into()))?;
-    validate_steps(steps, "steps").map_err(E::Invalid)?;
+    let parsed = parse_steps(steps, "steps").map_err(E::Invalid)?;
     engine
-        .check_fetch_urls(steps, "steps")
+        .check_fetch_urls(&parsed, "steps")
         .map_err(E::Invalid)?;
     if let Some(n) = b.get("name")
         && !n.is_string()
@@ -385,19 +339,6 @@ fn template_doc(
     o.insert("created_at".into(), created_at.unwrap_or(json!(now)));
     o.insert("updated_at".into(), json!(now));
     Ok(b)
-}
-
-async fn list_templates(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-) -> Result<Json<Value>, E> {
-    let mut all: Vec<Value> = store::hall_json(&state.engine.redis, &store::templates_key(&ws))
-        .await?
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    Ok(Json(json!({"results": all})))
 }
 
 /// `GET /automations`: the templates in Courier's `AutomationTemplateListResponse` shape. Every
@@ -432,81 +373,111 @@ struct AutomationsQuery {
     version: Option<String>,
 }
 
-async fn create_template(
+/// A kind of document stored by id (automation or notification templates): one CRUD for both.
+trait DocKind {
+    /// In messages: "automation template".
+    const NOUN: &'static str;
+    fn key(ws: &str) -> String;
+    /// Validates and normalises a body; `old` is the stored document it replaces.
+    fn document(engine: &Engine, body: Value, id: String, old: Option<Value>) -> Result<Value, E>;
+}
+
+struct Templates;
+
+impl DocKind for Templates {
+    const NOUN: &'static str = "automation template";
+    fn key(ws: &str) -> String {
+        store::templates_key(ws)
+    }
+    fn document(engine: &Engine, body: Value, id: String, old: Option<Value>) -> Result<Value, E> {
+        template_doc(
+            engine,
+            body,
+            id,
+            old.and_then(|o| o.get("created_at").cloned()),
+        )
+    }
+}
+
+struct Notifications;
+
+impl DocKind for Notifications {
+    const NOUN: &'static str = "notification template";
+    fn key(ws: &str) -> String {
+        store::notifications_key(ws)
+    }
+    fn document(_: &Engine, body: Value, id: String, _: Option<Value>) -> Result<Value, E> {
+        notification_doc(body, id)
+    }
+}
+
+async fn list_docs<K: DocKind>(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
-    body: axum::body::Bytes,
-) -> Result<(axum::http::StatusCode, Json<Value>), E> {
-    let b = body_object(&body)?;
-    let id = b
-        .get("id")
+) -> Result<Json<Value>, E> {
+    let all = store::list_docs(&state.engine.redis, &K::key(&ws)).await?;
+    Ok(Json(json!({"results": all})))
+}
+
+/// The body's `id`, or a random one.
+fn body_id(b: &Value) -> String {
+    b.get("id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(store::random_id);
-    let doc = template_doc(&state.engine, b, id.clone(), None)?;
-    let created: bool = state
-        .engine
-        .redis
-        .clone()
-        .hset_nx(store::templates_key(&ws), &id, doc.to_string())
-        .await?;
-    if !created {
-        return Err(E::Invalid(format!(
-            "id: automation template {id:?} already exists (use PUT to replace it)"
-        )));
-    }
-    Ok((axum::http::StatusCode::CREATED, Json(doc)))
+        .unwrap_or_else(store::random_id)
 }
 
-async fn get_template(
+async fn create_doc<K: DocKind>(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), E> {
+    let b = body_object(&body)?;
+    let id = body_id(&b);
+    let doc = K::document(&state.engine, b, id.clone(), None)?;
+    if !store::create_doc(&state.engine.redis, &K::key(&ws), &id, &doc).await? {
+        return Err(E::Invalid(format!(
+            "id: {} {id:?} already exists (use PUT to replace it)",
+            K::NOUN
+        )));
+    }
+    Ok((StatusCode::CREATED, Json(doc)))
+}
+
+async fn get_doc<K: DocKind>(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, E> {
-    store::hget_json(&state.engine.redis, &store::templates_key(&ws), &id)
+    store::hget_json(&state.engine.redis, &K::key(&ws), &id)
         .await?
         .map(Json)
-        .ok_or_else(|| E::NotFound(format!("automation template {id:?} not found")))
+        .ok_or_else(|| E::NotFound(format!("{} {id:?} not found", K::NOUN)))
 }
 
-async fn put_template(
+async fn put_doc<K: DocKind>(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, E> {
     let b = body_object(&body)?;
-    let old = store::hget_json(&state.engine.redis, &store::templates_key(&ws), &id).await?;
-    let doc = template_doc(
-        &state.engine,
-        b,
-        id.clone(),
-        old.and_then(|o| o.get("created_at").cloned()),
-    )?;
-    state
-        .engine
-        .redis
-        .clone()
-        .hset::<_, _, _, ()>(store::templates_key(&ws), &id, doc.to_string())
-        .await?;
+    let key = K::key(&ws);
+    let old = store::hget_json(&state.engine.redis, &key, &id).await?;
+    let doc = K::document(&state.engine, b, id.clone(), old)?;
+    store::put_doc(&state.engine.redis, &key, &id, &doc).await?;
     Ok(Json(doc))
 }
 
-async fn delete_template(
+async fn delete_doc<K: DocKind>(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     Path(id): Path<String>,
-) -> Result<axum::http::StatusCode, E> {
-    let n: i64 = state
-        .engine
-        .redis
-        .clone()
-        .hdel(store::templates_key(&ws), &id)
-        .await?;
-    if n == 0 {
-        return Err(E::NotFound(format!("automation template {id:?} not found")));
+) -> Result<StatusCode, E> {
+    if !store::delete_doc(&state.engine.redis, &K::key(&ws), &id).await? {
+        return Err(E::NotFound(format!("{} {id:?} not found", K::NOUN)));
     }
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- notification templates -----------------------------------------------------------------
@@ -521,118 +492,12 @@ fn notification_doc(mut b: Value, id: String) -> Result<Value, E> {
     Ok(b)
 }
 
-async fn list_notifications(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-) -> Result<Json<Value>, E> {
-    let mut all: Vec<Value> = store::hall_json(&state.engine.redis, &store::notifications_key(&ws))
-        .await?
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    Ok(Json(json!({"results": all})))
-}
-
-async fn create_notification(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    body: axum::body::Bytes,
-) -> Result<(axum::http::StatusCode, Json<Value>), E> {
-    let b = body_object(&body)?;
-    let id = b
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(store::random_id);
-    let doc = notification_doc(b, id.clone())?;
-    let created: bool = state
-        .engine
-        .redis
-        .clone()
-        .hset_nx(store::notifications_key(&ws), &id, doc.to_string())
-        .await?;
-    if !created {
-        return Err(E::Invalid(format!(
-            "id: notification template {id:?} already exists (use PUT to replace it)"
-        )));
-    }
-    Ok((axum::http::StatusCode::CREATED, Json(doc)))
-}
-
-async fn get_notification(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, E> {
-    store::hget_json(&state.engine.redis, &store::notifications_key(&ws), &id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| E::NotFound(format!("notification template {id:?} not found")))
-}
-
-async fn put_notification(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, E> {
-    let doc = notification_doc(body_object(&body)?, id.clone())?;
-    state
-        .engine
-        .redis
-        .clone()
-        .hset::<_, _, _, ()>(store::notifications_key(&ws), &id, doc.to_string())
-        .await?;
-    Ok(Json(doc))
-}
-
-async fn delete_notification(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Path(id): Path<String>,
-) -> Result<axum::http::StatusCode, E> {
-    let n: i64 = state
-        .engine
-        .redis
-        .clone()
-        .hdel(store::notifications_key(&ws), &id)
-        .await?;
-    if n == 0 {
-        return Err(E::NotFound(format!(
-            "notification template {id:?} not found"
-        )));
-    }
-    Ok(axum::http::StatusCode::NO_CONTENT)
-}
-
 // ---- mappings ---------------------------------------------------------------------------------
 
 /// The catalog / mapping key of a request (see [`catalog::request_key`]).
 fn mapping_key(event: Option<&str>, kind: Option<&str>) -> Result<String, E> {
     catalog::request_key(event, kind).map_err(E::Invalid)
 }
-
-const LINK: &str = r"
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-local list = {}
-if raw then list = cjson.decode(raw) end
-for _, v in ipairs(list) do if v == ARGV[2] then return 0 end end
-table.insert(list, ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(list))
-return 1
-";
-
-const UNLINK: &str = r"
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local list = cjson.decode(raw)
-local out = {}
-local found = 0
-for _, v in ipairs(list) do if v == ARGV[2] then found = 1 else table.insert(out, v) end end
-if #out == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(out)) end
-return found
-";
 
 async fn list_mappings(
     State(state): State<AppState>,
@@ -653,22 +518,22 @@ async fn create_mapping(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     body: axum::body::Bytes,
-) -> Result<(axum::http::StatusCode, Json<Value>), E> {
+) -> Result<(StatusCode, Json<Value>), E> {
     let b = body_object(&body)?;
     let key = mapping_key(
         b.get("event").and_then(Value::as_str),
         b.get("type").and_then(Value::as_str),
     )?;
-    let redis = state.engine.redis.clone();
+    let redis = &state.engine.redis;
     let tid = match (
         b.get("template_id").and_then(Value::as_str),
         b.get("template"),
     ) {
         // Linking names an existing template: a typo must not answer 201 and run nothing.
         // (A template deleted after linking still shows as `missing` in the catalog.)
+        // It gets the event as its `trigger` (unless it has one), like a template created here.
         (Some(t), None) => {
-            let exists: bool = redis.clone().hexists(store::templates_key(&ws), t).await?;
-            if !exists {
+            if !store::add_trigger(redis, &ws, t, &key).await? {
                 return Err(E::NotFound(format!(
                     "template_id: automation template {t:?} not found; create it first or give `template`"
                 )));
@@ -676,22 +541,14 @@ async fn create_mapping(
             t.to_string()
         }
         (None, Some(t)) if t.is_object() => {
-            let id = t
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(store::random_id);
+            let id = body_id(t);
             let mut doc =
                 template_doc(&state.engine, t.clone(), id.clone(), None).map_err(|e| match e {
                     E::Invalid(m) => E::Invalid(format!("template.{m}")),
                     other => other,
                 })?;
             doc["trigger"] = json!(key);
-            let created: bool = redis
-                .clone()
-                .hset_nx(store::templates_key(&ws), &id, doc.to_string())
-                .await?;
-            if !created {
+            if !store::create_doc(redis, &store::templates_key(&ws), &id, &doc).await? {
                 return Err(E::Invalid(format!(
                     "template.id: automation template {id:?} already exists"
                 )));
@@ -704,16 +561,10 @@ async fn create_mapping(
             ));
         }
     };
-    let mut conn = redis.clone();
-    redis::Script::new(LINK)
-        .key(store::mappings_key(&ws))
-        .arg(&key)
-        .arg(&tid)
-        .invoke_async::<i64>(&mut conn)
-        .await?;
-    let exists: bool = conn.hexists(store::templates_key(&ws), &tid).await?;
+    store::link(redis, &ws, &key, &tid).await?;
+    let exists = store::doc_exists(redis, &store::templates_key(&ws), &tid).await?;
     Ok((
-        axum::http::StatusCode::CREATED,
+        StatusCode::CREATED,
         Json(
             json!({"key": key, "template_id": tid, "template_status": if exists {"ok"} else {"missing"}}),
         ),
@@ -731,22 +582,15 @@ async fn delete_mapping(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     Query(q): Query<MappingQuery>,
-) -> Result<axum::http::StatusCode, E> {
+) -> Result<StatusCode, E> {
     let key = mapping_key(q.event.as_deref(), q.r#type.as_deref())?;
-    let mut conn = state.engine.redis.clone();
-    let found: i64 = redis::Script::new(UNLINK)
-        .key(store::mappings_key(&ws))
-        .arg(&key)
-        .arg(&q.template_id)
-        .invoke_async(&mut conn)
-        .await?;
-    if found == 0 {
+    if !store::unlink(&state.engine.redis, &ws, &key, &q.template_id).await? {
         return Err(E::NotFound(format!(
             "no mapping of {key:?} to {:?}",
             q.template_id
         )));
     }
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- catalog ----------------------------------------------------------------------------------

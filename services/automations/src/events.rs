@@ -7,7 +7,7 @@
 
 use async_nats::jetstream::Message;
 use prost::Message as _;
-use rc_common::automation::{cancelation_token, validate_inline};
+use rc_common::automation::{cancelation_token, parse_inline};
 use rc_common::consumer::{Handler, Outcome};
 use rc_proto::{Envelope, EventType};
 use serde_json::{Map, Value, json};
@@ -88,9 +88,9 @@ impl EventHandler {
             None
         };
         let mut failure = inline.as_ref().and_then(|a| {
-            validate_inline(a)
-                .and_then(|()| match inline_steps(a) {
-                    Some(steps) => self.engine.check_fetch_urls(steps, "automation.steps"),
+            parse_inline(a)
+                .and_then(|steps| match steps {
+                    Some(steps) => self.engine.check_fetch_urls(&steps, "automation.steps"),
                     None => Ok(()),
                 })
                 .err()

@@ -8,7 +8,7 @@ pub mod error;
 pub mod events;
 pub mod refs;
 pub mod scheduler;
-pub mod send_list;
+pub mod steps;
 pub mod store;
 
 use std::sync::Arc;

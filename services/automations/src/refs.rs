@@ -5,6 +5,7 @@
 //! as numbers: `data.items.0.sku`), optionally prefixed `refs.`.
 
 use rc_common::automation::MAX_JSON_DEPTH;
+use rc_common::automation::steps::{MergeStrategy, Object, Text};
 use serde_json::{Map, Value};
 
 /// The value at `path` in `ctx`, `null` when any segment is missing.
@@ -65,35 +66,53 @@ pub fn resolve_str_field(v: &Value, ctx: &Value) -> Value {
     }
 }
 
+/// A typed string field's value in `ctx`: the literal, or the string at its path (empty when
+/// the path names nothing or no string).
+pub fn text(t: &Text, ctx: &Value) -> String {
+    match (t, t.path()) {
+        (Text::Literal(s), _) => s.clone(),
+        (_, Some(p)) => lookup(ctx, p).as_str().unwrap_or_default().to_string(),
+        (_, None) => String::new(),
+    }
+}
+
+/// An optional typed string field: None when absent or resolving to "".
+pub fn opt_text(t: Option<&Text>, ctx: &Value) -> Option<String> {
+    t.map(|t| text(t, ctx)).filter(|s| !s.is_empty())
+}
+
+/// An optional object field with its `$ref`s resolved (null when absent).
+pub fn object(o: Option<&Object>, ctx: &Value) -> Value {
+    o.map(|o| resolve(o.as_value(), ctx)).unwrap_or(Value::Null)
+}
+
 /// Courier merge strategies, applied to `old` with `new`.
-pub fn merge(old: &Value, new: &Value, strategy: &str) -> Value {
+pub fn merge(old: &Value, new: &Value, strategy: MergeStrategy) -> Value {
+    use MergeStrategy as M;
     let empty = |v: &Value| v.is_null() || v.as_object().is_some_and(Map::is_empty);
     match (strategy, old, new) {
-        ("none", o, n) => {
+        (M::None, o, n) => {
             if empty(o) {
                 n.clone()
             } else {
                 o.clone()
             }
         }
-        ("soft-merge", Value::Object(o), Value::Object(n)) => {
+        (M::SoftMerge, Value::Object(o), Value::Object(n)) => {
             let mut out = o.clone();
             for (k, v) in n {
                 out.entry(k.clone()).or_insert_with(|| v.clone());
             }
             Value::Object(out)
         }
-        ("overwrite", Value::Object(o), Value::Object(n)) => {
+        (M::Overwrite, Value::Object(o), Value::Object(n)) => {
             let mut out = o.clone();
             for (k, v) in n {
                 out.insert(k.clone(), v.clone());
             }
             Value::Object(out)
         }
-        ("soft-merge", o, n) if !empty(o) => {
-            let _ = n;
-            o.clone()
-        }
+        (M::SoftMerge, o, _) if !empty(o) => o.clone(),
         (_, _, n) => n.clone(),
     }
 }
@@ -111,7 +130,7 @@ pub fn overlay(old: &Value, new: &Value) -> Value {
         } else {
             Value::Object(Map::new())
         },
-        "overwrite",
+        MergeStrategy::Overwrite,
     )
 }
 
@@ -138,16 +157,17 @@ mod tests {
     #[test]
     fn merge_strategies() {
         let (old, new) = (json!({"a": 1, "b": 1}), json!({"b": 2, "c": 2}));
-        assert_eq!(merge(&old, &new, "replace"), new);
+        use MergeStrategy as M;
+        assert_eq!(merge(&old, &new, M::Replace), new);
         assert_eq!(
-            merge(&old, &new, "soft-merge"),
+            merge(&old, &new, M::SoftMerge),
             json!({"a": 1, "b": 1, "c": 2})
         );
         assert_eq!(
-            merge(&old, &new, "overwrite"),
+            merge(&old, &new, M::Overwrite),
             json!({"a": 1, "b": 2, "c": 2})
         );
-        assert_eq!(merge(&old, &new, "none"), old);
-        assert_eq!(merge(&json!({}), &new, "none"), new);
+        assert_eq!(merge(&old, &new, M::None), old);
+        assert_eq!(merge(&json!({}), &new, M::None), new);
     }
 }

@@ -4,14 +4,18 @@
 //!
 //! The ingress calls [`validate_inline`] so that it refuses with a 400 what the automations
 //! consumer would later dead-letter; automations calls the same functions on its API and again
-//! on every event (older or hostile producers publish to NATS directly). Step execution stays
-//! in the automations service.
+//! on every event (older or hostile producers publish to NATS directly). The typed steps are in
+//! [`steps`] (parsing them is their validation); their execution stays in the automations
+//! service.
 //!
 //! Every check is bounded and non-recursive, and runs before any other work: document size and
 //! nesting, step count, `$ref` paths, expressions ([`expr`]), durations. Errors start with the
 //! JSON path of the problem (`properties.courier.automation.steps[2].duration: …`).
 
 pub mod expr;
+pub mod steps;
+
+pub use steps::{Action, Step, fetch_data_urls, parse_steps};
 
 use std::io;
 
@@ -42,18 +46,6 @@ pub const MAX_CHANNELS: usize = 16;
 
 /// Where an inline automation sits in a track event.
 pub const INLINE_PATH: &str = "properties.courier.automation";
-
-pub const ACTIONS: [&str; 7] = [
-    "send",
-    "send-list",
-    "delay",
-    "cancel",
-    "update-profile",
-    "invoke",
-    "fetch-data",
-];
-
-pub const MERGE_STRATEGIES: [&str; 4] = ["replace", "soft-merge", "overwrite", "none"];
 
 /// Counts bytes and gives up once past the limit, so measuring a huge value stops early.
 struct Budget {
@@ -206,20 +198,27 @@ pub fn cancelation_token(v: &Value) -> Option<&str> {
 /// Validates an inline automation (`properties.courier.automation`, the ad-hoc invoke shape):
 /// size and nesting first, then its steps or template, data and tokens.
 pub fn validate_inline(a: &Value) -> Result<(), String> {
+    parse_inline(a).map(drop)
+}
+
+/// [`validate_inline`], giving the parsed steps when the automation has its own (rather than
+/// naming a template).
+pub fn parse_inline(a: &Value) -> Result<Option<Vec<Step>>, String> {
     const P: &str = INLINE_PATH;
     let o = a
         .as_object()
         .ok_or_else(|| format!("{P}: must be an object"))?;
     check_document(a, P, MAX_AUTOMATION_BYTES)?;
     let present = |k: &str| o.get(k).filter(|v| !v.is_null());
+    let mut parsed = None;
     if let Some(steps) = present("steps") {
-        validate_steps(steps, &format!("{P}.steps"))?;
+        parsed = Some(parse_steps(steps, &format!("{P}.steps"))?);
     } else if let Some(inner) = present("automation") {
         let steps = inner
             .as_object()
             .and_then(|i| i.get("steps"))
             .ok_or_else(|| format!("{P}.automation.steps: required"))?;
-        validate_steps(steps, &format!("{P}.automation.steps"))?;
+        parsed = Some(parse_steps(steps, &format!("{P}.automation.steps"))?);
     }
     for k in ["template", "recipient", "brand"] {
         if let Some(v) = present(k)
@@ -247,7 +246,7 @@ pub fn validate_inline(a: &Value) -> Result<(), String> {
             return Err(format!("{P}.{k}: must be a non-empty string"));
         }
     }
-    Ok(())
+    Ok(parsed)
 }
 
 /// Validates a notification template body: size, nesting, `channels` (an object of at most
@@ -279,226 +278,10 @@ pub fn validate_notification(b: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The literal fetch-data URLs of a validated step list, with their step index, for a caller
-/// that knows the outbound policy to check them against the private-address guard
-/// (`rc_common::outbound::check_url_str`). URLs built from the context (`{{…}}`) are left to
-/// the guard at connect time.
-pub fn fetch_data_urls(steps: &Value) -> impl Iterator<Item = (usize, &str)> {
-    steps
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .filter_map(|(i, step)| {
-            if step.get("action")?.as_str()? != "fetch-data" {
-                return None;
-            }
-            let url = step.get("webhook")?.get("url")?.as_str()?;
-            (!url.contains("{{")).then_some((i, url))
-        })
-}
-
-/// Validates a step list; the error starts with the JSON path (`steps[2].duration: …`). The
-/// caller has bounded the document's nesting ([`check_document`]).
+/// Validates a step list by parsing it ([`parse_steps`]); the error starts with the JSON path
+/// (`steps[2].duration: …`). The caller has bounded the document's nesting ([`check_document`]).
 pub fn validate_steps(steps: &Value, path: &str) -> Result<(), String> {
-    let list = steps
-        .as_array()
-        .ok_or_else(|| format!("{path}: must be an array of steps"))?;
-    if list.len() > MAX_STEPS {
-        return Err(format!(
-            "{path}: {} steps; the limit is {MAX_STEPS}",
-            list.len()
-        ));
-    }
-    for (i, step) in list.iter().enumerate() {
-        validate_step(step, &format!("{path}[{i}]"))?;
-    }
-    Ok(())
-}
-
-/// Every `{"$ref": path}` anywhere in `step` (walked without recursion) has a bounded path.
-fn check_refs(step: &Value, path: &str) -> Result<(), String> {
-    let mut stack = vec![step];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Object(o) => {
-                if is_ref(v)
-                    && let Some(Value::String(r)) = o.get("$ref")
-                {
-                    check_ref_path(r.strip_prefix("refs.").unwrap_or(r))
-                        .map_err(|e| format!("{path}: $ref {e}"))?;
-                }
-                stack.extend(o.values());
-            }
-            Value::Array(a) => stack.extend(a),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn validate_step(step: &Value, path: &str) -> Result<(), String> {
-    let obj = step
-        .as_object()
-        .ok_or_else(|| format!("{path}: must be an object"))?;
-    let action = obj
-        .get("action")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{path}.action: required string"))?;
-    if !ACTIONS.contains(&action) {
-        return Err(format!(
-            "{path}.action: unknown action {action:?} (one of {})",
-            ACTIONS.join(", ")
-        ));
-    }
-    if let Some(cond) = obj.get("if") {
-        let src = cond
-            .as_str()
-            .ok_or_else(|| format!("{path}.if: must be a string expression"))?;
-        expr::parse(src).map_err(|e| format!("{path}.if: {e}"))?;
-    }
-    if let Some(r) = obj.get("ref")
-        && !r
-            .as_str()
-            .is_some_and(|s| !s.is_empty() && s.len() <= MAX_REF_BYTES && !s.contains('.'))
-    {
-        return Err(format!(
-            "{path}.ref: must be a non-empty name without dots, at most {MAX_REF_BYTES} bytes"
-        ));
-    }
-    check_refs(step, path)?;
-    // Designer-style string fields read from the context when they start with `refs.`.
-    for k in ["recipient", "recipient_id", "template", "brand"] {
-        if let Some(Value::String(s)) = obj.get(k)
-            && let Some(p) = s.strip_prefix("refs.")
-        {
-            check_ref_path(p).map_err(|e| format!("{path}.{k}: {e}"))?;
-        }
-    }
-    let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
-    let string_or_ref = |name: &str, required: bool| -> Result<(), String> {
-        match field(name) {
-            None if required => Err(format!("{path}.{name}: required")),
-            None => Ok(()),
-            Some(v) if v.is_string() || is_ref(v) => Ok(()),
-            Some(_) => Err(format!("{path}.{name}: must be a string or a $ref")),
-        }
-    };
-    let object_or_ref = |name: &str| -> Result<(), String> {
-        match field(name) {
-            None => Ok(()),
-            Some(v) if v.is_object() => Ok(()),
-            Some(_) => Err(format!("{path}.{name}: must be an object")),
-        }
-    };
-    match action {
-        "send" => {
-            if let Some(m) = field("message") {
-                if !m.is_object() {
-                    return Err(format!("{path}.message: must be an object"));
-                }
-            } else {
-                string_or_ref("template", true)?;
-                string_or_ref("recipient", false)?;
-                string_or_ref("brand", false)?;
-                object_or_ref("data")?;
-                object_or_ref("profile")?;
-                object_or_ref("override")?;
-            }
-        }
-        // Courier's `AutomationSendListStep`: `list` required; without `template`, the run's.
-        "send-list" => {
-            match field("list") {
-                Some(v) if v.as_str().is_some_and(|s| !s.is_empty()) || is_ref(v) => {}
-                Some(_) => return Err(format!("{path}.list: must be a list id or a $ref")),
-                None => return Err(format!("{path}.list: required")),
-            }
-            string_or_ref("template", false)?;
-            string_or_ref("brand", false)?;
-            object_or_ref("data")?;
-            object_or_ref("override")?;
-            object_or_ref("data_source")?;
-        }
-        "delay" => match (field("duration"), field("until")) {
-            (Some(d), None) => {
-                let d = d
-                    .as_str()
-                    .ok_or_else(|| format!("{path}.duration: must be a string"))?;
-                parse_duration(d).map_err(|e| format!("{path}.duration: {e}"))?;
-            }
-            (None, Some(u)) => {
-                let u = u
-                    .as_str()
-                    .ok_or_else(|| format!("{path}.until: must be a string"))?;
-                parse_until(u).map_err(|e| format!("{path}.until: {e}"))?;
-            }
-            (Some(_), Some(_)) => {
-                return Err(format!("{path}: give either duration or until, not both"));
-            }
-            (None, None) => return Err(format!("{path}.duration: required (or until)")),
-        },
-        "cancel" => {
-            if cancelation_token(step).is_none_or(str::is_empty) {
-                return Err(format!("{path}.cancelation_token: required string"));
-            }
-        }
-        "update-profile" => {
-            string_or_ref("recipient_id", false)?;
-            match field("profile") {
-                Some(v) if v.is_object() => {}
-                _ => return Err(format!("{path}.profile: required object")),
-            }
-            if let Some(m) = field("merge")
-                && !m.as_str().is_some_and(|m| MERGE_STRATEGIES.contains(&m))
-            {
-                return Err(format!(
-                    "{path}.merge: must be one of {}",
-                    MERGE_STRATEGIES.join(", ")
-                ));
-            }
-        }
-        "invoke" => {
-            string_or_ref("template", true)?;
-            object_or_ref("context")?;
-        }
-        "fetch-data" => {
-            let hook = field("webhook")
-                .and_then(Value::as_object)
-                .ok_or_else(|| format!("{path}.webhook: required object"))?;
-            match hook.get("url").and_then(Value::as_str) {
-                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-                _ => return Err(format!("{path}.webhook.url: required http(s) URL")),
-            }
-            if let Some(m) = hook.get("method") {
-                let ok = m.as_str().is_some_and(|m| {
-                    ["GET", "POST", "PUT", "PATCH", "DELETE"]
-                        .contains(&m.to_ascii_uppercase().as_str())
-                });
-                if !ok {
-                    return Err(format!(
-                        "{path}.webhook.method: must be GET, POST, PUT, PATCH or DELETE"
-                    ));
-                }
-            }
-            for k in ["headers", "params"] {
-                if let Some(h) = hook.get(k)
-                    && !h.is_object()
-                {
-                    return Err(format!("{path}.webhook.{k}: must be an object"));
-                }
-            }
-            if let Some(m) = field("merge_strategy")
-                && !m.as_str().is_some_and(|m| MERGE_STRATEGIES.contains(&m))
-            {
-                return Err(format!(
-                    "{path}.merge_strategy: must be one of {}",
-                    MERGE_STRATEGIES.join(", ")
-                ));
-            }
-        }
-        _ => unreachable!("checked above"),
-    }
-    Ok(())
+    parse_steps(steps, path).map(drop)
 }
 
 #[cfg(test)]
