@@ -8,6 +8,7 @@ pub mod auth;
 pub mod automation;
 pub mod config;
 pub mod consumer;
+pub mod deadletters;
 pub mod http;
 pub mod lists;
 pub mod nats;
