@@ -267,6 +267,11 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             "/lists/{id}/subscriptions/{user_id}",
             axum::routing::put(lists::subscribe_user).delete(lists::unsubscribe_user),
         )
+        .merge(rc_common::deadletters::router(
+            rc_common::deadletters::DlqService::Accounts,
+            state.publisher.js.clone(),
+            state.auth.clone(),
+        ))
         .with_state(state)
         .merge(rc_common::ops::router(readiness))
         .layer(axum::middleware::from_fn(rc_common::ops::track_http))

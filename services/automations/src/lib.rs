@@ -183,6 +183,11 @@ pub async fn run(
 
 pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
     api::routes()
+        .merge(rc_common::deadletters::router(
+            rc_common::deadletters::DlqService::Automations,
+            state.engine.js.clone(),
+            state.auth.clone(),
+        ))
         .with_state(state)
         .merge(rc_common::ops::router(readiness))
         .layer(axum::middleware::from_fn(rc_common::ops::track_http))

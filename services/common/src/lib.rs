@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod consumer;
+pub mod deadletters;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -253,6 +253,11 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
         .route("/messages/{id}/history", get(api::get_history))
         .route("/messages/{id}/events", post(api::post_event))
         .route("/inbox/{user_id}", get(api::get_inbox))
+        .merge(rc_common::deadletters::router(
+            rc_common::deadletters::DlqService::Delivery,
+            state.publisher.js.clone(),
+            state.auth.clone(),
+        ))
         .with_state(state)
         .merge(rc_common::ops::router(readiness))
         .layer(axum::middleware::from_fn(rc_common::ops::track_http))

@@ -1,25 +1,20 @@
 //! `/integrations/rudderstack…`: configuration, test, status and dead letters. Every route
 //! authenticates the workspace API key and only touches that workspace's data.
 
-use std::time::Duration;
-
-use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 use prost::Message as _;
 use rc_common::auth::Workspace;
+use rc_common::deadletters::{self, DeadLetters, DlqService, PayloadKind, Scope};
 use rc_common::secrets::mask;
-use rc_common::subjects::{self, DLQ_STREAM, dlq_headers};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ForwarderError;
 use crate::store::Integration;
-use crate::{AppState, SERVICE, mapping, worker};
+use crate::{AppState, mapping, worker};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -31,19 +26,31 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/integrations/rudderstack/test", post(test_integration))
         .route("/integrations/rudderstack/status", get(status))
-        .route(
+        // The shared dead-letter API, also under its older integration path.
+        .merge(deadletters::routes_at(
             "/integrations/rudderstack/dead-letters",
-            get(list_dead_letters).delete(purge_dead_letters),
-        )
-        .route(
-            "/integrations/rudderstack/dead-letters/{seq}",
-            get(get_dead_letter),
-        )
-        .route(
-            "/integrations/rudderstack/dead-letters/{seq}/replay",
-            post(replay_dead_letter),
-        )
+            DlqService::Forwarder,
+            state.ctx.js.clone(),
+            state.auth.clone(),
+            Some(rudderstack_detail),
+        ))
+        .merge(deadletters::router_with(
+            DlqService::Forwarder,
+            state.ctx.js.clone(),
+            state.auth.clone(),
+            Some(rudderstack_detail),
+        ))
         .with_state(state)
+}
+
+/// `show` adds the RudderStack event the dead-lettered message would have been sent as.
+fn rudderstack_detail(subject: &str, payload: &[u8]) -> Option<(&'static str, Value)> {
+    if PayloadKind::of_subject(subject) != PayloadKind::MessageEvent {
+        return None;
+    }
+    let ev = rc_proto::MessageEvent::decode(payload).ok()?;
+    let event = mapping::message_event(&ev, time::OffsetDateTime::now_utc());
+    Some(("rudderstackEvent", event.unwrap_or(Value::Null)))
 }
 
 /// Every field of a PUT may be omitted: it then keeps its stored value (the documented default
@@ -301,20 +308,13 @@ async fn status(
     let text = |k: &str| stats.get(k).filter(|v| !v.is_empty()).cloned();
     let (pending, ack_pending) = state.ctx.pending(&ws).await.unwrap_or((0, 0));
     let circuit = state.ctx.runtime(&ws).circuit();
-    let dead_letters = async {
-        let stream = state.ctx.js.get_stream(DLQ_STREAM).await.ok()?;
-        let mut info = stream
-            .info_with_subjects(subjects::dlq_subject(SERVICE, &ws))
-            .await
-            .ok()?;
-        let mut total = 0u64;
-        while let Some(Ok((_, n))) = info.next().await {
-            total += n as u64;
-        }
-        Some(total)
-    }
-    .await
-    .unwrap_or(0);
+    let dead_letters = DeadLetters::new(state.ctx.js.clone())
+        .count(Scope {
+            service: DlqService::Forwarder,
+            workspace: Some(&ws),
+        })
+        .await
+        .unwrap_or(0);
     let state_name = if !integ.enabled {
         "disabled"
     } else if integ.paused_reason.is_some() {
@@ -336,190 +336,6 @@ async fn status(
         "lastDeliveredAt": text("last_delivered_at"),
         "circuit": circuit.as_str(),
     })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct ListQuery {
-    limit: usize,
-}
-
-impl Default for ListQuery {
-    fn default() -> Self {
-        Self { limit: 100 }
-    }
-}
-
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).map(|v| v.as_str().to_string())
-}
-
-fn describe(subject: &str, payload: &[u8]) -> Value {
-    let kind = subject.splitn(3, '.').nth(2).unwrap_or("");
-    if kind.starts_with("message.")
-        && let Ok(ev) = rc_proto::MessageEvent::decode(payload)
-    {
-        return json!({"messageId": ev.message_id, "status": ev.status, "recipient": ev.recipient});
-    }
-    json!({"bytes": payload.len()})
-}
-
-fn dead_letter_json(seq: u64, headers: &HeaderMap, payload: &[u8], at: Option<String>) -> Value {
-    let original = header(headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
-    json!({
-        "seq": seq,
-        "originalSubject": original,
-        "originalSequence": header(headers, dlq_headers::ORIGINAL_SEQUENCE),
-        "deliveryCount": header(headers, dlq_headers::DELIVERY_COUNT),
-        "reason": header(headers, dlq_headers::REASON),
-        "deadLetteredAt": at,
-        "event": describe(&original, payload),
-    })
-}
-
-fn unavailable(e: impl std::fmt::Display) -> ForwarderError {
-    ForwarderError::Unavailable(format!("nats: {e}"))
-}
-
-async fn list_dead_letters(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ForwarderError> {
-    let limit = q.limit.clamp(1, 1_000);
-    let stream = state
-        .ctx
-        .js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(unavailable)?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: subjects::dlq_subject(SERVICE, &ws),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(10),
-            ..Default::default()
-        })
-        .await
-        .map_err(unavailable)?;
-    let total = consumer.cached_info().num_pending as usize;
-    let mut out = Vec::new();
-    if total > 0 {
-        let mut messages = consumer
-            .fetch()
-            .max_messages(limit.min(total))
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .map_err(unavailable)?;
-        while let Some(Ok(m)) = messages.next().await {
-            let info = m.info().ok();
-            let seq = info.as_ref().map_or(0, |i| i.stream_sequence);
-            let at = info.and_then(|i| mapping::rfc3339(i.published).into());
-            let empty = HeaderMap::new();
-            out.push(dead_letter_json(
-                seq,
-                m.headers.as_ref().unwrap_or(&empty),
-                &m.payload,
-                at,
-            ));
-            if out.len() >= limit.min(total) {
-                break;
-            }
-        }
-    }
-    Ok(Json(json!({"total": total, "deadLetters": out})))
-}
-
-async fn load_dead_letter(
-    state: &AppState,
-    ws: &str,
-    seq: u64,
-) -> Result<async_nats::jetstream::message::StreamMessage, ForwarderError> {
-    let stream = state
-        .ctx
-        .js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(unavailable)?;
-    let not_found = || ForwarderError::NotFound(format!("no dead letter {seq} in this workspace"));
-    let msg = stream.get_raw_message(seq).await.map_err(|_| not_found())?;
-    // Only the caller's own dead letters.
-    if msg.subject.as_str() != subjects::dlq_subject(SERVICE, ws) {
-        return Err(not_found());
-    }
-    Ok(msg)
-}
-
-async fn get_dead_letter(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Path(seq): Path<u64>,
-) -> Result<Json<Value>, ForwarderError> {
-    let msg = load_dead_letter(&state, &ws, seq).await?;
-    let mut v = dead_letter_json(
-        seq,
-        &msg.headers,
-        &msg.payload,
-        Some(mapping::rfc3339(msg.time)),
-    );
-    // The whole original event, decoded.
-    let original = header(&msg.headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
-    if original.contains(".message.")
-        && let Ok(ev) = rc_proto::MessageEvent::decode(&msg.payload[..])
-    {
-        v["rudderstackEvent"] =
-            mapping::message_event(&ev, time::OffsetDateTime::now_utc()).unwrap_or(Value::Null);
-    }
-    Ok(Json(v))
-}
-
-async fn replay_dead_letter(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Path(seq): Path<u64>,
-) -> Result<Json<Value>, ForwarderError> {
-    let msg = load_dead_letter(&state, &ws, seq).await?;
-    let original = header(&msg.headers, dlq_headers::ORIGINAL_SUBJECT).unwrap_or_default();
-    if subjects::parse_courier(&original).map(|s| s.workspace) != Some(&*ws) {
-        return Err(bad("the dead letter has no replayable original subject"));
-    }
-    // No Nats-Msg-Id: the original id is inside the dedupe window and would drop the replay.
-    state
-        .ctx
-        .js
-        .publish(original.clone(), msg.payload.clone())
-        .await
-        .map_err(unavailable)?
-        .await
-        .map_err(unavailable)?;
-    let stream = state
-        .ctx
-        .js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(unavailable)?;
-    let _ = stream.delete_message(seq).await;
-    Ok(Json(json!({"replayed": seq, "subject": original})))
-}
-
-async fn purge_dead_letters(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-) -> Result<Json<Value>, ForwarderError> {
-    let stream = state
-        .ctx
-        .js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(unavailable)?;
-    let purged = stream
-        .purge()
-        .filter(subjects::dlq_subject(SERVICE, &ws))
-        .await
-        .map_err(unavailable)?;
-    Ok(Json(json!({"purged": purged.purged})))
 }
 
 #[cfg(test)]

@@ -250,6 +250,11 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
                 .patch(api::patch_profile)
                 .delete(api::delete_profile),
         )
+        .merge(rc_common::deadletters::router(
+            rc_common::deadletters::DlqService::Profiles,
+            state.publisher.js.clone(),
+            state.auth.clone(),
+        ))
         .with_state(state)
         .merge(rc_common::ops::router(readiness))
         .layer(axum::middleware::from_fn(rc_common::ops::track_http))
