@@ -2,7 +2,8 @@
 //! under the step's `ref`).
 //!
 //! An unavailable endpoint is not bad data: a connect error, a timeout, a 408, a 429 or a 5xx
-//! is tried again within the execution ([`ATTEMPTS`] in all, with backoff), then the run waits
+//! is tried again within the execution ([`ATTEMPTS`] in all, with backoff, within
+//! [`EXECUTION_BUDGET`]), then the run waits
 //! and the step is executed again later (backoff from [`RETRY_AFTER_MS`], at most
 //! [`MAX_RETRY_AFTER_MS`]); it ends only by an answer or a cancel. Any other 4xx, a response
 //! over the size limit or not JSON, and a destination the outbound guard refuses fail the step
@@ -34,6 +35,9 @@ pub const RETRY_AFTER_MS: i64 = 5_000;
 pub const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
 /// Bound on one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one execution's attempts together: a retry starts only if it can end by then, so
+/// the step stays well inside a run's lease (30 s by default) even when requests time out.
+const EXECUTION_BUDGET: Duration = Duration::from_secs(21);
 
 /// How one request ended.
 #[derive(Debug, PartialEq)]
@@ -86,10 +90,17 @@ pub(crate) async fn execute(
     }
 
     let mut last = String::new();
+    let started = tokio::time::Instant::now();
+    let mut tried = 0;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
-            tokio::time::sleep(pause(attempt)).await;
+            let pause = pause(attempt);
+            if started.elapsed() + pause + REQUEST_TIMEOUT > EXECUTION_BUDGET {
+                break;
+            }
+            tokio::time::sleep(pause).await;
         }
+        tried += 1;
         // Bodies here are bytes or JSON, never streams: the request always clones.
         let Some(req) = req.try_clone() else { break };
         match call(req).await {
@@ -108,7 +119,7 @@ pub(crate) async fn execute(
     Ok(StepDone::Wait(
         at,
         format!(
-            "steps[{index}].webhook: {last}; tried {ATTEMPTS} times, tried again at {}",
+            "steps[{index}].webhook: {last}; tried {tried} times, tried again at {}",
             iso(at)
         ),
     ))
