@@ -58,6 +58,11 @@ pub(crate) async fn execute(
     let ctx = &run.context;
     let hook = &step.webhook;
     let url = hook.url.0.as_str();
+    // Checked when written too; again here so a stored run from before a setting changed, or
+    // a literal private IP, never opens a connection (names are checked by the resolver).
+    if let Err(e) = rc_common::outbound::check_url_str(url, engine.allow_private_networks) {
+        return Ok(StepDone::Fail(format!("steps[{index}].webhook.url: {e}")));
+    }
     let mut req = engine
         .http
         .request(
@@ -127,8 +132,8 @@ pub(crate) async fn execute(
 
 /// Jittered exponential pause before attempt `attempt` (1-based retries).
 fn pause(attempt: u32) -> Duration {
-    let base = FIRST_PAUSE_MS << (attempt - 1).min(8);
-    Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
+    rc_common::backoff::Backoff::new(Duration::from_millis(FIRST_PAUSE_MS), REQUEST_TIMEOUT)
+        .jittered(attempt)
 }
 
 /// How long the run waits after `retries` earlier executions failed transiently.
@@ -280,8 +285,8 @@ mod tests {
         assert_eq!(retry_after(u32::MAX), MAX_RETRY_AFTER_MS);
         for attempt in 1..ATTEMPTS + 10 {
             let p = pause(attempt).as_millis() as u64;
-            let base = FIRST_PAUSE_MS << (attempt - 1).min(8);
-            assert!(p >= base / 2 && p <= base, "{attempt}: {p}");
+            let base = (FIRST_PAUSE_MS << (attempt - 1).min(8)).min(10_000);
+            assert!(p >= base * 8 / 10 && p <= base * 12 / 10, "{attempt}: {p}");
         }
     }
 
