@@ -599,6 +599,8 @@ async fn delete_mapping(
 struct ListQuery {
     mapped_first: Option<bool>,
     limit: Option<usize>,
+    /// A previous page's `next`.
+    cursor: Option<String>,
 }
 
 async fn list_events(
@@ -607,14 +609,21 @@ async fn list_events(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, E> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let out = catalog::list(
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(catalog::Cursor::parse(raw).map_err(E::Invalid)?),
+    };
+    let (out, next) = catalog::page(
         &state.engine.redis,
         &ws,
         q.mapped_first.unwrap_or(true),
+        after.as_ref(),
         limit,
     )
     .await?;
-    Ok(Json(json!({"results": out})))
+    Ok(Json(
+        json!({"results": out, "next": next.map(|c| c.encode())}),
+    ))
 }
 
 async fn get_event(

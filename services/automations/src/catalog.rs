@@ -183,24 +183,80 @@ pub async fn get(redis: &RedisConn, ws: &str, entry: &str) -> redis::RedisResult
     }
 }
 
-/// Newest first; with `mapped_first`, mapped events sort before unmapped ones (as Studio shows).
-pub async fn list(
+/// Where a page ends: the last entry's `last_ms` and key. As a `next` cursor: `<last_ms>:<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub last_ms: i64,
+    pub key: String,
+}
+
+impl Cursor {
+    pub fn parse(raw: &str) -> Result<Cursor, String> {
+        raw.split_once(':')
+            .and_then(|(ms, key)| {
+                Some(Cursor {
+                    last_ms: ms.parse().ok()?,
+                    key: key.to_string(),
+                })
+            })
+            .ok_or_else(|| "cursor must be a previous page's `next`".to_string())
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.last_ms, self.key)
+    }
+}
+
+/// One page, newest last-received first (ties by key, descending), after `after`; with
+/// `mapped_first`, mapped events sort before unmapped ones inside the page (as Studio shows).
+/// A keyset cursor: entries arriving meanwhile never shift or repeat the later pages (an entry
+/// received again while a client pages moves to the head, where the next first page shows it).
+/// Returns the page and the cursor of the next one.
+pub async fn page(
     redis: &RedisConn,
     ws: &str,
     mapped_first: bool,
+    after: Option<&Cursor>,
     limit: usize,
-) -> redis::RedisResult<Vec<Value>> {
-    let keys: Vec<String> = redis
-        .clone()
-        .zrevrange(
-            key(ws, "catalog:index"),
-            0,
-            limit.saturating_sub(1) as isize,
-        )
-        .await?;
+) -> redis::RedisResult<(Vec<Value>, Option<Cursor>)> {
+    let index = key(ws, "catalog:index");
+    let max = after.map_or("+inf".to_string(), |c| c.last_ms.to_string());
+    // One more than the page: whether a next page exists.
+    let batch = limit + 1;
+    let mut keys: Vec<(String, i64)> = Vec::with_capacity(batch);
+    let mut offset = 0;
+    loop {
+        let chunk: Vec<(String, f64)> = redis
+            .clone()
+            .zrevrangebyscore_limit_withscores(&index, &max, "-inf", offset, batch as isize)
+            .await?;
+        let fetched = chunk.len();
+        for (member, score) in chunk {
+            let ms = score as i64;
+            // Entries of the cursor's own millisecond up to the cursor were on earlier pages.
+            if after.is_some_and(|c| ms == c.last_ms && member.as_str() >= c.key.as_str()) {
+                continue;
+            }
+            keys.push((member, ms));
+            if keys.len() == batch {
+                break;
+            }
+        }
+        if keys.len() == batch || fetched < batch {
+            break;
+        }
+        offset += fetched as isize;
+    }
+    let next = (keys.len() > limit).then(|| {
+        keys.truncate(limit);
+        keys.last().map(|(k, ms)| Cursor {
+            last_ms: *ms,
+            key: k.clone(),
+        })
+    });
     let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        if let Some(v) = get(redis, ws, &k).await? {
+    for (k, _) in &keys {
+        if let Some(v) = get(redis, ws, k).await? {
             out.push(v);
         }
     }
@@ -208,5 +264,22 @@ pub async fn list(
         // Stable: keeps newest-first inside each group.
         out.sort_by_key(|v| !v.get("mapped").and_then(Value::as_bool).unwrap_or(false));
     }
-    Ok(out)
+    Ok((out, next.flatten()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn cursors_round_trip_keys_with_colons() {
+        let c = Cursor {
+            last_ms: 1_772_442_011_000,
+            key: "page:Home: a:b".into(),
+        };
+        assert_eq!(Cursor::parse(&c.encode()), Ok(c));
+        for bad in ["", "abc", "12", "x:track:a"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -456,7 +456,8 @@ impl DeadLetters {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref j)
-                    if j.error_code() == ErrorCode::NO_MESSAGE_FOUND) =>
+                    if [ErrorCode::NO_MESSAGE_FOUND, ErrorCode::SEQUENCE_NOT_FOUND]
+                        .contains(&j.error_code())) =>
             {
                 Ok(())
             }
@@ -545,8 +546,20 @@ pub fn routes_at<S: Clone + Send + Sync + 'static>(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
-    cursor: Option<u64>,
+    /// A previous page's `next`; empty or absent: from the oldest.
+    cursor: Option<String>,
     limit: Option<usize>,
+}
+
+impl ListQuery {
+    fn cursor(&self) -> Result<u64, DeadLetterError> {
+        match self.cursor.as_deref() {
+            None | Some("") => Ok(0),
+            Some(c) => c.parse().map_err(|_| {
+                DeadLetterError::Invalid("cursor must be a previous page's `next`".into())
+            }),
+        }
+    }
 }
 
 async fn list_handler(
@@ -560,11 +573,7 @@ async fn list_handler(
     };
     let page = state
         .store
-        .list(
-            scope,
-            q.cursor.unwrap_or(0),
-            q.limit.unwrap_or(DEFAULT_PAGE),
-        )
+        .list(scope, q.cursor()?, q.limit.unwrap_or(DEFAULT_PAGE))
         .await?;
     let total = state.store.count(scope).await?;
     let items: Vec<Value> = page.items.iter().map(DeadLetter::summary_json).collect();
