@@ -83,7 +83,7 @@ async fn backlog(js: &async_nats::jetstream::Context) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_workspace_does_not_delay_another() {
+async fn a_flood_is_skipped_and_another_workspace_served_beside_it() {
     let stack = Stack::start();
     let flood_key = stack.workspace("flood").await;
     let quiet_key = stack.workspace("quiet").await;
