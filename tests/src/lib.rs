@@ -306,6 +306,7 @@ impl Stack {
             cache_ttl_ms: 200,
             negative_cache_ttl_ms: 100,
             cache_max_entries: 1_000,
+            ..AuthSettings::default()
         }
     }
 

@@ -360,3 +360,77 @@ async fn consumption_resumes_after_a_nats_restart() {
         .expect("bounded drain")
         .unwrap();
 }
+
+/// Naks its first delivery of "nak-then-crash" (an answer), then never answers (the process
+/// dies mid-message); handled from the fourth delivery on.
+#[derive(Default)]
+struct NakThenCrash {
+    entries: AtomicUsize,
+    done: AtomicBool,
+}
+
+impl Handler for NakThenCrash {
+    async fn handle(&self, _message: &Message) -> Outcome {
+        match self.entries.fetch_add(1, Ordering::SeqCst) {
+            0 => Outcome::Retry("not yet".into()),
+            1 | 2 => std::future::pending().await,
+            _ => {
+                self.done.store(true, Ordering::SeqCst);
+                Outcome::Done
+            }
+        }
+    }
+}
+
+/// Only deliveries that ended without any answer count toward the quarantine: one nak'ed
+/// delivery and two deaths are not three deaths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nak_is_not_counted_as_a_death() {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    let handler = Arc::new(NakThenCrash::default());
+    let mut spec = spec();
+    spec.durable = "ctest-nak-death".into();
+    spec.ack_wait = Duration::from_secs(1);
+    spec.quarantine = Some(consumer::Quarantine::new(stack.redis_conn().await, 3));
+    js.publish("events.acme.ctest", "nak-then-crash".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !handler.done.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "never handled");
+        let entries = handler.entries.load(Ordering::SeqCst);
+        let task = tokio::spawn(consumer::run(
+            js.clone(),
+            spec.clone(),
+            handler.clone(),
+            Shutdown::new(),
+        ));
+        // Until this run took its delivery (or quarantined it), then "crash".
+        let round_end = std::time::Instant::now() + Duration::from_secs(15);
+        while handler.entries.load(Ordering::SeqCst) == entries
+            && std::time::Instant::now() < round_end
+            && stored_messages(&js, "DLQ", "dlq.ctest.>").await.is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The nak'ed delivery is an answer: let it be redelivered by the same run.
+        if handler.entries.load(Ordering::SeqCst) == 1 {
+            while handler.entries.load(Ordering::SeqCst) == 1
+                && std::time::Instant::now() < round_end
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        task.abort();
+        assert!(
+            stored_messages(&js, "DLQ", "dlq.ctest.>").await.is_empty(),
+            "quarantined after {} deliveries, only two of which died",
+            handler.entries.load(Ordering::SeqCst)
+        );
+    }
+    assert_eq!(handler.entries.load(Ordering::SeqCst), 4);
+}

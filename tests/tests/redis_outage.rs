@@ -97,12 +97,9 @@ async fn redis_down_for_minutes_dead_letters_nothing_and_every_effect_lands() {
         .add_key(WS, None)
         .await
         .expect("second key");
-    // The ingress needs only NATS while its API-key cache holds the key; a production ingress
-    // caches for seconds (then answers 503 + Retry-After, checked below), this one for the
-    // whole outage so that events keep arriving while Redis is down.
-    let mut ingress_settings = stack.ingress_settings();
-    ingress_settings.auth.cache_ttl_ms = 3_600_000;
-    let ingress = stack.ingress_with(ingress_settings).await;
+    // The ingress needs only NATS for a key it verified before the outage: the key's cache
+    // entry (200 ms in tests) is used past its TTL while Redis is unavailable.
+    let ingress = stack.ingress().await;
     let profiles = stack.profiles().await;
     let accounts = stack.accounts().await;
     let automations = stack.automations().await;
@@ -258,4 +255,74 @@ async fn redis_down_for_minutes_dead_letters_nothing_and_every_effect_lands() {
         track.len()
     );
     drop((profiles, accounts, automations, ingress));
+}
+
+/// A known key keeps working while Redis is down, past its cache TTL (the ingress needs only
+/// NATS); an unknown key gets a retryable 503, never 401; once Redis is back the events are
+/// applied and a revoked key stops working within the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_keys_outlive_their_cache_ttl_only_while_redis_is_down() {
+    let mut stack = Stack::start();
+    let key = stack.workspace("keys").await;
+    let store = rc_common::auth::WorkspaceStore::new(stack.redis_conn().await);
+    let revoked = store.add_key("keys", None).await.expect("second key");
+    let ingress = stack.ingress().await;
+    let profiles = stack.profiles().await;
+    let http = reqwest::Client::new();
+    let post = |key: &str, user: &str| {
+        http.post(ingress.url("/inbound/rudderstack"))
+            .bearer_auth(key)
+            .json(
+                &json!({"type": "identify", "userId": user, "messageId": user,
+                "traits": {"plan": "team"}}),
+            )
+            .send()
+    };
+    // Both keys verified (and cached) while Redis is up.
+    assert_eq!(post(&key, "before").await.unwrap().status().as_u16(), 202);
+    assert_eq!(
+        post(&revoked, "before-2").await.unwrap().status().as_u16(),
+        202
+    );
+
+    stack.redis.stop();
+    // Well past the 200 ms cache TTL of the tests' settings.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..5 {
+        let answer = post(&key, &format!("during-{i}")).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 202, "known key during the outage");
+    }
+    let unknown = post("rck_00000000_never-issued", "x").await.unwrap();
+    assert_eq!(
+        unknown.status().as_u16(),
+        503,
+        "an unknown key is not invalid yet"
+    );
+    assert!(unknown.headers().contains_key("retry-after"));
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["type"], "unavailable", "{body}");
+
+    stack.redis.start_again();
+    for i in 0..5 {
+        let path = format!("/profiles/during-{i}");
+        rc_tests::profiles::eventually("an outage event applied", Duration::from_secs(60), || {
+            let path = path.clone();
+            let (profiles, key) = (&profiles, &key);
+            async move {
+                let (s, _) = rc_tests::call(profiles, key, reqwest::Method::GET, &path, None).await;
+                (s == 200).then_some(())
+            }
+        })
+        .await;
+    }
+    // Redis answers again: a revoked key stops working once its entry is past the TTL.
+    let key_id = rc_common::auth::key_id_of(&revoked);
+    let store = rc_common::auth::WorkspaceStore::new(stack.redis_conn().await);
+    assert!(store.revoke_key("keys", &key_id).await.expect("revoke"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        post(&revoked, "after").await.unwrap().status().as_u16(),
+        401
+    );
+    assert_eq!(post(&key, "after").await.unwrap().status().as_u16(), 202);
 }

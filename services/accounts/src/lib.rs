@@ -202,6 +202,7 @@ fn consumer_spec(settings: &Settings, redis: &RedisConn) -> ConsumerSpec {
     );
     spec.durable = DURABLE_EVENTS.to_string();
     spec.concurrency = p.concurrency.max(1);
+    spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
     spec.quarantine = Some(Quarantine::new(redis.clone(), p.quarantine_after));
     spec.ack_wait = Duration::from_millis(p.ack_wait_ms.max(1000));
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);

@@ -156,6 +156,7 @@ pub async fn run(
     .map(|t| subjects::events_of_type(t.subject_token()))
     .collect();
     spec.concurrency = cfg.consumer_concurrency;
+    spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));
     let handler = Arc::new(events::EventHandler {

@@ -1,6 +1,12 @@
 //! Workspace API keys: generation, hashed storage in Redis, and resolution with a short
 //! in-process cache (negative results cached too, so a flood of bad keys costs little).
 //!
+//! The cache (moka: bounded, least recently used out first) answers for `cache_ttl_ms`; after
+//! that the key is looked up again. While Redis is unavailable, a key verified within
+//! `outage_grace_ms` keeps its workspace (the ingress keeps accepting events for known keys;
+//! they are stored in JetStream, not Redis); an unknown key gets 503, never 401, since nothing
+//! says it is invalid. A revoked key stops working within `cache_ttl_ms` of Redis answering.
+//!
 //! Redis layout (keys are high-entropy random strings, so one SHA-256 is enough: nothing
 //! short enough to brute-force is ever hashed, and lookups must stay cheap on the hot path):
 //! - `rc:apikey:<sha256 hex>` → hash `{ws, key_id, created_at}` (the lookup)
@@ -9,7 +15,7 @@
 //! - `rc:workspaces` → set of workspace ids
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, FromRequestParts};
@@ -273,28 +279,69 @@ impl IntoResponse for AuthError {
     }
 }
 
+#[derive(Clone)]
 struct CacheEntry {
+    /// `None`: Redis said this key is unknown.
     workspace: Option<WorkspaceId>,
-    expires: Instant,
+    verified: Instant,
+}
+
+/// Positive entries live for the outage grace (they are re-verified after `ttl` while Redis
+/// answers); negative ones only for their own TTL.
+struct EntryExpiry {
+    positive: Duration,
+    negative: Duration,
+}
+
+impl moka::Expiry<[u8; 32], CacheEntry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        entry: &CacheEntry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if entry.workspace.is_some() {
+            self.positive
+        } else {
+            self.negative
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &[u8; 32],
+        entry: &CacheEntry,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, updated_at)
+    }
 }
 
 /// Resolves `Authorization: Bearer <key>` to a workspace.
 pub struct Authenticator {
     store: WorkspaceStore,
-    cache: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    cache: moka::sync::Cache<[u8; 32], CacheEntry>,
     ttl: Duration,
     negative_ttl: Duration,
-    max_entries: usize,
 }
 
 impl Authenticator {
     pub fn new(store: WorkspaceStore, settings: &AuthSettings) -> Self {
+        let ttl = Duration::from_millis(settings.cache_ttl_ms);
+        let negative_ttl = Duration::from_millis(settings.negative_cache_ttl_ms);
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(settings.cache_max_entries.max(1) as u64)
+            .expire_after(EntryExpiry {
+                positive: Duration::from_millis(settings.outage_grace_ms).max(ttl),
+                negative: negative_ttl,
+            })
+            .build();
         Self {
             store,
-            cache: RwLock::new(HashMap::new()),
-            ttl: Duration::from_millis(settings.cache_ttl_ms),
-            negative_ttl: Duration::from_millis(settings.negative_cache_ttl_ms),
-            max_entries: settings.cache_max_entries.max(1),
+            cache,
+            ttl,
+            negative_ttl,
         }
     }
 
@@ -312,40 +359,37 @@ impl Authenticator {
             return Err(AuthError::Malformed);
         }
         let hash = hash_key(key);
-        let now = Instant::now();
-        if let Some(entry) = self.cache.read().expect("auth cache lock").get(&hash)
-            && entry.expires > now
-        {
-            return entry.workspace.clone().ok_or(AuthError::Invalid);
+        let cached = self.cache.get(&hash);
+        if let Some(entry) = &cached {
+            let fresh = if entry.workspace.is_some() {
+                self.ttl
+            } else {
+                self.negative_ttl
+            };
+            if entry.verified.elapsed() < fresh {
+                return entry.workspace.clone().ok_or(AuthError::Invalid);
+            }
         }
         let workspace: Option<WorkspaceId> = match self.store.resolve(&hash).await {
             Ok(ws) => ws.map(Arc::from),
             Err(err) => {
+                // Only a positive entry survives past its TTL (negative ones expire with it).
+                if let Some(workspace) = cached.and_then(|e| e.workspace) {
+                    metrics::counter!("auth_stale_accepted_total").increment(1);
+                    tracing::debug!(error = %err, "API key lookup failed; serving the key verified earlier");
+                    return Ok(workspace);
+                }
                 tracing::warn!(error = %err, "API key lookup failed");
                 return Err(AuthError::Unavailable);
             }
         };
-        let ttl = if workspace.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
-        {
-            let mut cache = self.cache.write().expect("auth cache lock");
-            if cache.len() >= self.max_entries {
-                cache.retain(|_, e| e.expires > now);
-                if cache.len() >= self.max_entries {
-                    cache.clear();
-                }
-            }
-            cache.insert(
-                hash,
-                CacheEntry {
-                    workspace: workspace.clone(),
-                    expires: now + ttl,
-                },
-            );
-        }
+        self.cache.insert(
+            hash,
+            CacheEntry {
+                workspace: workspace.clone(),
+                verified: Instant::now(),
+            },
+        );
         workspace.ok_or(AuthError::Invalid)
     }
 }

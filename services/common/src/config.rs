@@ -175,8 +175,12 @@ pub struct AuthSettings {
     pub cache_ttl_ms: u64,
     /// How long an unknown key stays cached as unknown.
     pub negative_cache_ttl_ms: u64,
-    /// Cache size bound; the cache is cleared when full.
+    /// Cache size bound (least recently used entries go first).
     pub cache_max_entries: usize,
+    /// While Redis is unavailable, a key verified within this long is still accepted (its
+    /// workspace from the cache); unknown keys get 503. Once Redis answers, `cache_ttl_ms`
+    /// rules again (a revoked key stops working).
+    pub outage_grace_ms: u64,
 }
 
 impl Default for AuthSettings {
@@ -185,6 +189,7 @@ impl Default for AuthSettings {
             cache_ttl_ms: 5_000,
             negative_cache_ttl_ms: 1_000,
             cache_max_entries: 10_000,
+            outage_grace_ms: 3_600_000,
         }
     }
 }

@@ -15,9 +15,45 @@
 //!   `quarantine_after` such deaths (see [`Quarantine`]);
 //! - the message stream is supervised: when it ends or fails (consumer deleted, NATS restarted,
 //!   no responders) it is re-created with backoff, so a consumer never stalls silently;
-//! - on shutdown it stops pulling and waits (bounded) for in-flight handlers.
+//! - on shutdown it stops pulling and waits (bounded) for in-flight handlers;
+//! - per-workspace fairness (opt-in, [`Fairness`]): a workspace's backlog is moved aside to a
+//!   spill lane so the other workspaces' messages behind it are not head-of-line blocked.
+//!
+//! ## Fairness: why a spill lane
+//! Event subjects carry the workspace (`events.<ws>.<type>`), but one durable reads them in
+//! stream order: 20,000 events of one workspace in front of another's single event make that
+//! event wait for all of them. Options weighed:
+//! - *round-robin over a pull-ahead window*: only helps once the other event is inside the
+//!   window, and the window is bounded by `max_ack_pending` (and memory); a backlog larger than
+//!   the window still blocks;
+//! - *nak with delay* for an over-share workspace: the nak'ed messages stay counted in
+//!   `max_ack_pending` until redelivered, so a backlog larger than it wedges the consumer, and
+//!   every redelivery is read (and deferred) again: the flood is re-read many times;
+//! - *a spill lane* (chosen): a message of a workspace that already has its share of this
+//!   process's handlers running, which has waited in the stream longer than `spill_after` (a
+//!   first delivery: handlers read `delivered > 1` as "tried before"), is republished once to
+//!   `spill.<durable>.<original subject>` (stream `SPILL`, work-queue retention, deduplicated
+//!   by `<durable>:<stream sequence>`) and only then acked. A second durable consumes the spill
+//!   lane at its own pace with the same handler and the original subject restored. The main
+//!   durable thus skips a flood at publish speed (no handler work) and reaches the other
+//!   workspaces' messages; the flood is handled by both lanes.
+//!
+//! Limit: skipping still costs one publish per flooded message, so another workspace's event
+//! behind a backlog of N waits for N spills (measured on a loaded 2-core box, debug build:
+//! ~2,000/s, so ~10 s behind 20,000, against ~40 s in stream order); events after that are
+//! served beside the flood. Per-workspace lanes (a durable per flooding workspace) would remove
+//! that wait and are the next step.
+//!
+//! What holds: the ack of the original comes only after JetStream stored the spilled copy, so
+//! nothing is lost; a lost ack re-spills into the dedupe window; handlers are idempotent, so a
+//! message handled twice is harmless. A lone workspace that the consumer keeps up with is never
+//! spilled (its messages are fresh), and one with a backlog gets both lanes. Order within a
+//! workspace is not kept (it never was: handlers run concurrently); profile and tenant state is
+//! order-independent by contract (per-field last-writer-wins on the event timestamp) and runs
+//! are keyed by message id. Two workspaces flooding at once share the spill lane with each
+//! other, never with the rest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -26,6 +62,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, Semaphore};
@@ -55,13 +92,15 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Crash-loop quarantine. On a redelivery (never on a first delivery: zero cost there) the
 /// consumer INCRs a Redis marker for the message ([`crate::keys::delivery_marker`]) before
-/// handling it and DELs it once the handler answered. The counter is thus the number of
-/// deliveries since the last answer that started and never answered (the first delivery's
-/// death presumed: a nak'ed first delivery makes it one early). Reaching `after_deaths`
-/// dead-letters the message instead of handling it again. Redis unavailable for the marker
-/// means `Unavailable` (wait), never a dead letter; a marker that could not be cleared after an
-/// answer is cleared in the background once Redis is back. Live handlers send `Progress`, so
-/// only a dead (or wedged) process lets a delivery expire.
+/// handling it: each INCR says "the delivery before this one died". An answer undoes that for
+/// the next delivery: a nak (the message comes back) sets the marker to -1, so the next INCR
+/// counts nothing (a nak'ed first delivery writes the marker too: it has no INCR to undo); an
+/// ack deletes it. The counter is thus the number of deliveries that ended without any answer
+/// since the last answer. Reaching `after_deaths` dead-letters the message instead of handling
+/// it again. Redis unavailable for the marker means `Unavailable` (wait), never a dead letter; a
+/// marker that could not be written after an answer is written in the background once Redis is
+/// back. Live handlers send `Progress`, so only a dead (or wedged) process lets a delivery
+/// expire.
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     pub redis: RedisConn,
@@ -80,6 +119,36 @@ impl Quarantine {
             marker_ttl: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// Per-workspace fairness of a shared durable (see the module doc).
+#[derive(Debug, Clone)]
+pub struct Fairness {
+    /// Handlers one workspace may have running in this process before its older messages are
+    /// spilled.
+    pub workspace_share: usize,
+    /// Only a message that waited in the stream at least this long is spilled: a consumer that
+    /// keeps up gives a lone workspace every handler.
+    pub spill_after: Duration,
+}
+
+impl Fairness {
+    /// A quarter of the handlers per workspace; spill what waited 100 ms.
+    pub fn for_concurrency(concurrency: usize) -> Self {
+        Self {
+            workspace_share: (concurrency / 4).max(1),
+            spill_after: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Which stream a consumer reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lane {
+    /// The spec's own stream.
+    Main,
+    /// The spill lane: subjects are `<prefix><original subject>`.
+    Spill { prefix: String },
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +175,9 @@ pub struct ConsumerSpec {
     pub quarantine: Option<Quarantine>,
     /// Bound on waiting for in-flight handlers at shutdown.
     pub drain_timeout: Duration,
+    /// Per-workspace fairness (subjects must carry the workspace); `None` reads in stream order.
+    pub fairness: Option<Fairness>,
+    lane: Lane,
 }
 
 impl ConsumerSpec {
@@ -123,6 +195,33 @@ impl ConsumerSpec {
             max_probe_interval: Duration::from_secs(10),
             quarantine: None,
             drain_timeout: Duration::from_secs(10),
+            fairness: None,
+            lane: Lane::Main,
+        }
+    }
+
+    /// `spill.<durable>.`: the spill lane's subject prefix for this durable.
+    fn spill_prefix(&self) -> String {
+        format!("{}.{}.", subjects::SPILL_PREFIX, self.durable)
+    }
+
+    /// The spill lane's consumer: same handler settings, stream `SPILL`, no fairness of its
+    /// own (it holds only the floods). Its concurrency is one workspace's share: a flood being
+    /// handled there must leave the CPU to the main lane, which has to skip past it.
+    fn spill_lane(&self) -> ConsumerSpec {
+        let prefix = self.spill_prefix();
+        let share = self
+            .fairness
+            .as_ref()
+            .map_or(self.concurrency, |f| f.workspace_share);
+        ConsumerSpec {
+            concurrency: share.clamp(1, self.concurrency.max(1)),
+            stream: subjects::SPILL_STREAM,
+            durable: format!("{}-spill", self.durable),
+            filter_subjects: vec![format!("{prefix}>")],
+            fairness: None,
+            lane: Lane::Spill { prefix },
+            ..self.clone()
         }
     }
 
@@ -221,14 +320,34 @@ impl Gate {
     }
 }
 
-/// Runs the consumer until `shutdown` triggers. Never returns early on NATS trouble.
+/// Runs the consumer (and its spill lane, with [`Fairness`]) until `shutdown` triggers. Never
+/// returns early on NATS trouble.
 pub async fn run<H: Handler>(
     js: jetstream::Context,
     spec: ConsumerSpec,
     handler: Arc<H>,
     shutdown: Shutdown,
 ) {
+    if spec.fairness.is_some() {
+        let spill = spec.spill_lane();
+        tokio::join!(
+            run_lane(js.clone(), spec, handler.clone(), shutdown.clone()),
+            run_lane(js, spill, handler, shutdown),
+        );
+    } else {
+        run_lane(js, spec, handler, shutdown).await;
+    }
+}
+
+async fn run_lane<H: Handler>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+) {
     let spec = Arc::new(spec);
+    let shares = Arc::new(Shares::default());
+    let spills = Arc::new(Semaphore::new(SPILLS_IN_FLIGHT));
     let permits = Arc::new(Semaphore::new(spec.concurrency));
     let gate = Arc::new(Gate::new(&spec));
     let in_flight = Arc::new(InFlight::default());
@@ -272,7 +391,31 @@ pub async fn run<H: Handler>(
                 _ = shutdown.triggered() => break 'supervise,
             };
             match next {
-                Some(Ok(message)) => {
+                Some(Ok(mut message)) => {
+                    if let Lane::Spill { prefix } = &spec.lane {
+                        restore_subject(&mut message, prefix);
+                    }
+                    let share = match &spec.fairness {
+                        Some(fairness) => match shares.enter(&message, fairness) {
+                            Admit::Handle(share) => share,
+                            Admit::Spill => {
+                                // A spill waits only for its publish ack: many at once, on
+                                // slots of their own, so skipping a flood runs at publish speed.
+                                drop(permit);
+                                let slot = tokio::select! {
+                                    s = spills.clone().acquire_owned() => s.expect("semaphore never closed"),
+                                    _ = shutdown.triggered() => break 'supervise,
+                                };
+                                let (js, spec) = (js.clone(), spec.clone());
+                                tasks.spawn(async move {
+                                    spill(&js, &spec, message).await;
+                                    drop(slot);
+                                });
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let (js, spec, gate, in_flight, handler) = (
                         js.clone(),
                         spec.clone(),
@@ -282,7 +425,7 @@ pub async fn run<H: Handler>(
                     );
                     tasks.spawn(async move {
                         process(&js, &spec, &gate, &in_flight, handler.as_ref(), message).await;
-                        drop(permit);
+                        drop((share, permit));
                     });
                 }
                 Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
@@ -308,9 +451,13 @@ pub async fn run<H: Handler>(
             _ = shutdown.triggered() => break 'supervise,
         }
     }
-    // Drain: every permit back means every handler finished (and acked or nak'ed).
+    // Drain: every permit back means every handler (and spill) finished: acked or nak'ed.
     let all = u32::try_from(spec.concurrency).unwrap_or(u32::MAX);
-    if tokio::time::timeout(spec.drain_timeout, permits.acquire_many(all))
+    let drained = async {
+        let _handlers = permits.acquire_many(all).await;
+        let _spills = spills.acquire_many(SPILLS_IN_FLIGHT as u32).await;
+    };
+    if tokio::time::timeout(spec.drain_timeout, drained)
         .await
         .is_err()
     {
@@ -324,6 +471,105 @@ pub async fn run<H: Handler>(
     tracing::info!(service = spec.service, "Consumer stopped");
 }
 
+/// Spills awaiting their publish ack at once, per lane (each holds one unacked message).
+const SPILLS_IN_FLIGHT: usize = 1_024;
+
+/// A spill-lane message carries its original subject again, so handlers, dead letters and
+/// logs see `events.<ws>.<type>`.
+fn restore_subject(message: &mut Message, prefix: &str) {
+    if let Some(original) = message.subject.strip_prefix(prefix) {
+        message.message.subject = async_nats::Subject::from(original);
+    }
+}
+
+/// Handlers running per workspace in one lane of this process. Entries exist only while a
+/// workspace has handlers running, so the map is bounded by the lane's concurrency.
+#[derive(Default)]
+struct Shares(Mutex<HashMap<String, usize>>);
+
+enum Admit {
+    /// Handle it, holding one of the workspace's handler slots.
+    Handle(Option<ShareGuard>),
+    /// Over its share and waited long enough: move it to the spill lane.
+    Spill,
+}
+
+impl Shares {
+    fn enter(self: &Arc<Self>, message: &Message, fairness: &Fairness) -> Admit {
+        let Some(ws) = subjects::workspace_of(&message.subject) else {
+            return Admit::Handle(None);
+        };
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let running = map.get(ws).copied().unwrap_or(0);
+        // Over its share, yet fresh: the consumer keeps up, nobody waits behind it. Only first
+        // deliveries move: handlers treat `delivered > 1` as "may have been tried before"
+        // (publish again what a crash may have cut off), which a spilled copy would hide.
+        if running >= fairness.workspace_share && first_and_waited(message, fairness.spill_after) {
+            return Admit::Spill;
+        }
+        match map.get_mut(ws) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(ws.to_owned(), 1);
+            }
+        }
+        Admit::Handle(Some(ShareGuard(self.clone(), ws.to_owned())))
+    }
+}
+
+struct ShareGuard(Arc<Shares>, String);
+
+impl Drop for ShareGuard {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// A first delivery that waited in the stream at least `at_least`.
+fn first_and_waited(message: &Message, at_least: Duration) -> bool {
+    message.info().is_ok_and(|i| {
+        let waited: Duration = (time::OffsetDateTime::now_utc() - i.published)
+            .try_into()
+            .unwrap_or_default();
+        i.delivered == 1 && waited >= at_least
+    })
+}
+
+/// Moves one message to the spill lane: stored there first (deduplicated by its stream
+/// sequence), acked here only then. A failure naks it: it comes back, nothing is lost.
+async fn spill(js: &jetstream::Context, spec: &ConsumerSpec, message: Message) {
+    let (delivered, sequence) = message
+        .info()
+        .map(|i| (i.delivered, i.stream_sequence))
+        .unwrap_or((1, 0));
+    let subject = format!("{}{}", spec.spill_prefix(), message.subject);
+    let publish = PublishMessage::build()
+        .payload(message.payload.clone())
+        .message_id(format!("{}:{sequence}", spec.durable));
+    let stored = async { js.send_publish(subject, publish).await?.await }.await;
+    let result = match stored {
+        Ok(_) => {
+            metrics::counter!("consumer_spilled_total", "service" => spec.service).increment(1);
+            message.ack().await
+        }
+        Err(err) => {
+            tracing::warn!(service = spec.service, error = %err, "Spill publish failed; message will be redelivered");
+            message
+                .ack_with(AckKind::Nak(Some(spec.backoff(delivered))))
+                .await
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(service = spec.service, error = %err, "Ack failed");
+    }
+}
+
 async fn open(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
@@ -332,9 +578,15 @@ async fn open(
     // Create-or-update: a changed filter or limit takes effect on deploy.
     let consumer: jetstream::consumer::PullConsumer =
         stream.create_consumer(spec.consumer_config()).await?;
+    // With fairness a pull may be mostly floods to spill (no handler wait): pull far ahead so
+    // skipping them is not bound by pull round trips.
+    let batch = match spec.fairness {
+        Some(_) => SPILLS_IN_FLIGHT,
+        None => spec.concurrency,
+    };
     let messages = consumer
         .stream()
-        .max_messages_per_batch(spec.concurrency.clamp(1, 1000))
+        .max_messages_per_batch(batch.clamp(1, 1000))
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
@@ -425,16 +677,27 @@ async fn handle_with_progress<H: Handler>(
     })
 }
 
-/// Clears a crash-loop marker once its delivery answered. When Redis is out, keeps trying in
-/// the background (bounded), so an outage does not count as deaths.
-async fn clear_marker(spec: &ConsumerSpec, q: &Quarantine, key: String) {
+/// Records that a delivery answered: after an ack the marker goes; after a nak (the message
+/// comes back) it is set to -1, so the next delivery's INCR counts no death. When Redis is
+/// out, keeps trying in the background (bounded), so an outage does not count as deaths.
+async fn record_answer(spec: &ConsumerSpec, q: &Quarantine, key: String, nak: bool) {
+    let command = move || {
+        if nak {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(-1)
+                .arg("EX")
+                .arg(q.marker_ttl.as_secs().max(1));
+            cmd
+        } else {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(&key);
+            cmd
+        }
+    };
+    let cmd = command();
     let mut conn = q.redis.clone();
-    if redis::cmd("DEL")
-        .arg(&key)
-        .query_async::<i64>(&mut conn)
-        .await
-        .is_ok()
-    {
+    if cmd.query_async::<()>(&mut conn).await.is_ok() {
         return;
     }
     let service = spec.service;
@@ -442,14 +705,10 @@ async fn clear_marker(spec: &ConsumerSpec, q: &Quarantine, key: String) {
         let mut delay = Duration::from_secs(1);
         for _ in 0..60 {
             tokio::time::sleep(delay).await;
-            match redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<i64>(&mut conn)
-                .await
-            {
-                Ok(_) => return,
+            match cmd.query_async::<()>(&mut conn).await {
+                Ok(()) => return,
                 Err(err) => {
-                    tracing::debug!(service, error = %err, "Could not clear a delivery marker yet")
+                    tracing::debug!(service, error = %err, "Could not record a delivery's answer yet")
                 }
             }
             delay = (delay * 2).min(Duration::from_secs(30));
@@ -502,9 +761,18 @@ async fn process<H: Handler>(
         Some(outcome) => outcome,
         None => handle_with_progress(spec, handler, &message).await,
     };
-    if let (Some(q), Some(key)) = (&spec.quarantine, marker) {
-        // Answered: this delivery did not die.
-        clear_marker(spec, q, key).await;
+    if let Some(q) = &spec.quarantine {
+        // Answered: this delivery did not die. A first delivery has no marker to clear, but a
+        // nak'ed one must say so, or its redelivery would count it as a death.
+        let nak = matches!(outcome, Outcome::Retry(_) | Outcome::Unavailable(_));
+        match marker {
+            Some(key) => record_answer(spec, q, key, nak).await,
+            None if nak => {
+                let key = crate::keys::delivery_marker(spec.stream, &spec.durable, sequence);
+                record_answer(spec, q, key, true).await;
+            }
+            None => {}
+        }
     }
     metrics::histogram!("consumer_handle_duration_seconds", "service" => spec.service)
         .record(started.elapsed().as_secs_f64());

@@ -8,6 +8,7 @@ use async_nats::{Client, ConnectOptions};
 use crate::config::NatsSettings;
 use crate::subjects::{
     COURIER_STREAM, COURIER_SUBJECTS, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS,
+    SPILL_STREAM, SPILL_SUBJECTS,
 };
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -60,6 +61,11 @@ pub fn stream_configs(settings: &NatsSettings) -> Vec<stream::Config> {
         base(EVENTS_STREAM, EVENTS_SUBJECTS, settings.max_age_secs),
         base(COURIER_STREAM, COURIER_SUBJECTS, settings.max_age_secs),
         base(DLQ_STREAM, DLQ_SUBJECTS, settings.dlq_max_age_secs),
+        // A spilled message is gone once its lane acked it.
+        stream::Config {
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..base(SPILL_STREAM, SPILL_SUBJECTS, settings.max_age_secs)
+        },
     ]
 }
 

@@ -7,6 +7,13 @@ pub const EVENTS_SUBJECTS: &str = "events.>";
 pub const COURIER_STREAM: &str = "COURIER";
 pub const COURIER_SUBJECTS: &str = "courier.>";
 /// Dead letters: `dlq.<service>.<workspace>`.
+/// Floods moved aside by the shared consumers' fairness (`rc_common::consumer`): work-queue
+/// retention, internal (not part of the public contract).
+pub const SPILL_STREAM: &str = "SPILL";
+pub const SPILL_SUBJECTS: &str = "spill.>";
+/// `spill.<durable>.<original subject>`.
+pub const SPILL_PREFIX: &str = "spill";
+
 pub const DLQ_STREAM: &str = "DLQ";
 pub const DLQ_SUBJECTS: &str = "dlq.>";
 

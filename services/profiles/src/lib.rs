@@ -220,6 +220,7 @@ fn consumer_specs(settings: &Settings, redis: &RedisConn) -> [ConsumerSpec; 2] {
     let p = &settings.profiles;
     let tune = |mut spec: ConsumerSpec| {
         spec.concurrency = p.concurrency.max(1);
+        spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
         spec.quarantine = Some(Quarantine::new(redis.clone(), p.quarantine_after));
         spec.ack_wait = Duration::from_millis(p.ack_wait_ms.max(1000));
         spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
