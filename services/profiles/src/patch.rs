@@ -178,8 +178,13 @@ impl Doc {
                 }
             }
             "test" => {
-                let found = json_len(self.at(&op.path)?);
-                self.spend(found)?;
+                let found = self.at(&op.path)?;
+                let len = json_len(found);
+                // Compared here too, so the answer says which test failed in our words.
+                if op.value.as_ref().is_some_and(|v| v != found) {
+                    return Err(PatchError::Invalid(format!("test failed at {:?}", op.path)));
+                }
+                self.spend(len)?;
                 0
             }
             _ => 0,
