@@ -19,9 +19,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use prost::Message;
 use rc_common::auth::Authenticator;
-use rc_common::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
-};
 use rc_common::consumer::{self, ConsumerSpec, Quarantine};
 use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
@@ -62,32 +59,9 @@ impl Default for AccountsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub nats: NatsSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
-    pub auth: AuthSettings,
-    pub accounts: AccountsSettings,
-}
-
-rc_common::service_settings!(Settings);
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpSettings::on_port(8082),
-            nats: NatsSettings::default(),
-            redis: RedisSettings::default(),
-            log: LogSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            accounts: AccountsSettings::default(),
-        }
-    }
+rc_common::settings! {
+    port: 8082;
+    accounts: AccountsSettings,
 }
 
 #[derive(Clone)]

@@ -18,9 +18,6 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
 use rc_common::auth::Authenticator;
-use rc_common::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
-};
 use rc_common::consumer::{self, ConsumerSpec};
 use rc_common::ops::Readiness;
 use rc_common::service::{Runtime, ServiceSettings};
@@ -65,35 +62,11 @@ impl Default for AutomationsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub nats: NatsSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
-    pub auth: AuthSettings,
-    pub automations: AutomationsSettings,
+rc_common::settings! {
+    port: 8083;
+    automations: AutomationsSettings,
     /// Outbound HTTP (fetch-data steps): TLS extra CA, connect timeout, SSRF guard.
-    pub outbound: rc_common::outbound::OutboundSettings,
-}
-
-rc_common::service_settings!(Settings);
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpSettings::on_port(8083),
-            nats: NatsSettings::default(),
-            redis: RedisSettings::default(),
-            log: LogSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            automations: AutomationsSettings::default(),
-            outbound: rc_common::outbound::OutboundSettings::default(),
-        }
-    }
+    outbound: rc_common::outbound::OutboundSettings,
 }
 
 #[derive(Clone)]

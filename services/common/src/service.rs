@@ -60,6 +60,42 @@ macro_rules! service_settings {
     };
 }
 
+/// Declares a service's `Settings`: the sections every service has (`http` on `port`, `nats`,
+/// `redis`, `log`, `shutdown`, `auth`) plus its own, each defaulted, with
+/// [`ServiceSettings`] implemented; so the shared wiring is written once.
+#[macro_export]
+macro_rules! settings {
+    (port: $port:expr; $( $(#[$meta:meta])* $field:ident : $ty:ty ),* $(,)?) => {
+        #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+        #[serde(default)]
+        pub struct Settings {
+            pub http: $crate::config::HttpSettings,
+            pub nats: $crate::config::NatsSettings,
+            pub redis: $crate::config::RedisSettings,
+            pub log: $crate::config::LogSettings,
+            pub shutdown: $crate::config::ShutdownSettings,
+            pub auth: $crate::config::AuthSettings,
+            $( $(#[$meta])* pub $field: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self {
+                    http: $crate::config::HttpSettings::on_port($port),
+                    nats: Default::default(),
+                    redis: Default::default(),
+                    log: Default::default(),
+                    shutdown: Default::default(),
+                    auth: Default::default(),
+                    $( $field: Default::default(), )*
+                }
+            }
+        }
+
+        $crate::service_settings!(Settings);
+    };
+}
+
 /// A service binary's whole `main`: load the layered config (exit 2 if invalid), start the
 /// logs, turn SIGTERM/SIGINT into a graceful drain, and run until it ends (exit 1 on error).
 pub fn main<S, F, Fut>(service: &'static str, run: F) -> ExitCode

@@ -23,9 +23,6 @@ use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use rc_common::auth::Authenticator;
-use rc_common::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
-};
 use rc_common::consumer::ConsumerSpec;
 use rc_common::ops::Readiness;
 use rc_common::outbound::{ClientSpec, OutboundSettings};
@@ -91,37 +88,12 @@ impl Default for DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub nats: NatsSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
-    pub auth: AuthSettings,
-    pub secrets: SecretsSettings,
-    pub delivery: DeliverySettings,
+rc_common::settings! {
+    port: 8085;
+    secrets: SecretsSettings,
+    delivery: DeliverySettings,
     /// Outbound HTTP (webhook providers): TLS extra CA, connect timeout, SSRF guard.
-    pub outbound: OutboundSettings,
-}
-
-rc_common::service_settings!(Settings);
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpSettings::on_port(8085),
-            nats: NatsSettings::default(),
-            redis: RedisSettings::default(),
-            log: LogSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            secrets: SecretsSettings::default(),
-            delivery: DeliverySettings::default(),
-            outbound: OutboundSettings::default(),
-        }
-    }
+    outbound: OutboundSettings,
 }
 
 #[derive(Clone)]

@@ -16,9 +16,6 @@ use axum::extract::FromRef;
 use axum::http::StatusCode;
 use rc_common::Shutdown;
 use rc_common::auth::Authenticator;
-use rc_common::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
-};
 use rc_common::ops::Readiness;
 use rc_common::outbound::OutboundSettings;
 use rc_common::secrets::{Cipher, SecretsSettings};
@@ -80,37 +77,12 @@ impl Default for ForwarderSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub nats: NatsSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
-    pub auth: AuthSettings,
-    pub secrets: SecretsSettings,
-    pub forwarder: ForwarderSettings,
+rc_common::settings! {
+    port: 8084;
+    secrets: SecretsSettings,
+    forwarder: ForwarderSettings,
     /// Outbound HTTP (data planes): TLS extra CA, connect timeout, SSRF guard.
-    pub outbound: OutboundSettings,
-}
-
-rc_common::service_settings!(Settings);
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpSettings::on_port(8084),
-            nats: NatsSettings::default(),
-            redis: RedisSettings::default(),
-            log: LogSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            secrets: SecretsSettings::default(),
-            forwarder: ForwarderSettings::default(),
-            outbound: OutboundSettings::default(),
-        }
-    }
+    outbound: OutboundSettings,
 }
 
 #[derive(Clone)]

@@ -19,9 +19,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use prost::Message;
 use rc_common::auth::{Authenticator, Workspace};
-use rc_common::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
-};
 use rc_common::ops::Readiness;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
@@ -72,32 +69,9 @@ impl Default for IngressSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub nats: NatsSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
-    pub auth: AuthSettings,
-    pub ingress: IngressSettings,
-}
-
-rc_common::service_settings!(Settings);
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpSettings::on_port(8080),
-            nats: NatsSettings::default(),
-            redis: RedisSettings::default(),
-            log: LogSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            ingress: IngressSettings::default(),
-        }
-    }
+rc_common::settings! {
+    port: 8080;
+    ingress: IngressSettings,
 }
 
 /// Shared by every request: one `Arc` clone per request instead of one per field.

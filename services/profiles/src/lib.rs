@@ -21,9 +21,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use prost::Message;
 use rc_common::auth::Authenticator;
-use rc_common::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
-};
 use rc_common::consumer::{self, ConsumerSpec, Quarantine};
 use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
@@ -85,32 +82,9 @@ impl Default for ProfilesSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub nats: NatsSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
-    pub auth: AuthSettings,
-    pub profiles: ProfilesSettings,
-}
-
-rc_common::service_settings!(Settings);
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpSettings::on_port(8081),
-            nats: NatsSettings::default(),
-            redis: RedisSettings::default(),
-            log: LogSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            profiles: ProfilesSettings::default(),
-        }
-    }
+rc_common::settings! {
+    port: 8081;
+    profiles: ProfilesSettings,
 }
 
 #[derive(Clone)]
