@@ -370,7 +370,7 @@ async fn end_to_end(args: &Args, ticks: f64, md: &mut String) {
 
     let _ = writeln!(
         md,
-        "### End to end: CPU µs per event, per process\n\n{} events per phase; the six release services, nats-server, redis-server; a fake data plane and the load generator in the rc-bench process (not counted). CPU is utime+stime from /proc/<pid>/stat from the first request to the last effect, divided by the accepted events. Latency: HTTP request sent → effect seen on `courier.<ws>.profile.updated` / `tenant.updated` / `message.delivered` (a core NATS subscription). Sends also wait for `Message Delivered` at the data plane.\n",
+        "### End to end: CPU µs per event, per process\n\n{} events per phase; the six service binaries, nats-server, redis-server; a fake data plane and the load generator in the rc-bench process (not counted). CPU is utime+stime from /proc/<pid>/stat from the first request to the last effect, divided by the accepted events. Latency: HTTP request sent → effect seen on `courier.<ws>.profile.updated` / `tenant.updated` / `message.delivered` (a core NATS subscription). Sends also wait for `Message Delivered` at the data plane.\n",
         num(args.count as f64)
     );
     let mut header = String::from("| scenario | offered |");
