@@ -17,8 +17,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::stream::{DeleteMessageErrorKind, RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, message::StreamMessage};
 use axum::extract::{FromRef, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
@@ -28,7 +27,8 @@ use rc_proto::Message as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::auth::{AuthError, Authenticator, Workspace};
+use crate::auth::{Authenticator, Workspace};
+use crate::error::ApiError;
 use crate::subjects::{self, DLQ_STREAM, dlq_headers};
 
 /// Most dead letters one page returns.
@@ -88,50 +88,9 @@ impl FromStr for DlqService {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DeadLetterError {
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    #[error("no dead letter {0} here")]
-    NotFound(u64),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("nats unavailable: {0}; retry shortly")]
-    Unavailable(String),
-}
-
-impl DeadLetterError {
-    fn nats(err: impl fmt::Display) -> Self {
-        DeadLetterError::Unavailable(err.to_string())
-    }
-}
-
-impl IntoResponse for DeadLetterError {
-    fn into_response(self) -> Response {
-        let (status, kind) = match &self {
-            DeadLetterError::Auth(_) => {
-                let DeadLetterError::Auth(auth) = self else {
-                    unreachable!("matched above")
-                };
-                return auth.into_response();
-            }
-            DeadLetterError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            DeadLetterError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-            DeadLetterError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        };
-        let mut response = (
-            status,
-            Json(json!({"message": self.to_string(), "type": kind})),
-        )
-            .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(error = %self, "Dead-letter request failed: NATS unavailable");
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-        }
-        response
-    }
+/// NATS failing is an outage (503 + Retry-After), never bad data.
+fn nats(err: impl fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("nats: {err}"))
 }
 
 /// Which dead letters an operation may see: one service's, of one workspace or of all.
@@ -334,11 +293,11 @@ impl DeadLetters {
         DeadLetters { js }
     }
 
-    async fn stream(&self) -> Result<Stream<()>, DeadLetterError> {
+    async fn stream(&self) -> Result<Stream<()>, ApiError> {
         self.js
             .get_stream_no_info(DLQ_STREAM)
             .await
-            .map_err(DeadLetterError::nats)
+            .map_err(nats)
     }
 
     /// Dead letters after sequence `cursor` (0: from the start), at most `limit` (≤ [`MAX_PAGE`]).
@@ -347,7 +306,7 @@ impl DeadLetters {
         scope: Scope<'_>,
         cursor: u64,
         limit: usize,
-    ) -> Result<Page, DeadLetterError> {
+    ) -> Result<Page, ApiError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let stream = self.stream().await?;
         let filter = scope.filter();
@@ -372,7 +331,7 @@ impl DeadLetters {
                     items.push(DeadLetter::from_stream(m));
                 }
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(DeadLetterError::nats(e)),
+                Err(e) => return Err(nats(e)),
             }
         }
         let next = if more {
@@ -384,30 +343,30 @@ impl DeadLetters {
     }
 
     /// How many dead letters the scope holds.
-    pub async fn count(&self, scope: Scope<'_>) -> Result<u64, DeadLetterError> {
+    pub async fn count(&self, scope: Scope<'_>) -> Result<u64, ApiError> {
         let stream = self.stream().await?;
         let mut subjects = stream
             .info_with_subjects(scope.filter())
             .await
-            .map_err(DeadLetterError::nats)?;
+            .map_err(nats)?;
         let mut total = 0u64;
         while let Some(entry) = subjects.next().await {
-            let (_, n) = entry.map_err(DeadLetterError::nats)?;
+            let (_, n) = entry.map_err(nats)?;
             total += n as u64;
         }
         Ok(total)
     }
 
     /// One dead letter; another scope's (another workspace's) is `NotFound`.
-    pub async fn get(&self, scope: Scope<'_>, seq: u64) -> Result<DeadLetter, DeadLetterError> {
+    pub async fn get(&self, scope: Scope<'_>, seq: u64) -> Result<DeadLetter, ApiError> {
         let stream = self.stream().await?;
         match stream.get_raw_message(seq).await {
             Ok(m) if scope.owns(m.subject.as_str()) => Ok(DeadLetter::from_stream(m)),
-            Ok(_) => Err(DeadLetterError::NotFound(seq)),
+            Ok(_) => Err(ApiError::NotFound(format!("no dead letter {seq} here"))),
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
-                Err(DeadLetterError::NotFound(seq))
+                Err(ApiError::NotFound(format!("no dead letter {seq} here")))
             }
-            Err(e) => Err(DeadLetterError::nats(e)),
+            Err(e) => Err(nats(e)),
         }
     }
 
@@ -415,14 +374,14 @@ impl DeadLetters {
     /// letter. The publish carries `Nats-Msg-Id: <ws>:dlq-replay:<service>:<seq>`, so a replay
     /// repeated inside the duplicate window (a lost answer, two operators) is stored once.
     /// Every consumer of that subject sees it again: consumers are idempotent by message id.
-    pub async fn replay(&self, scope: Scope<'_>, seq: u64) -> Result<Replayed, DeadLetterError> {
+    pub async fn replay(&self, scope: Scope<'_>, seq: u64) -> Result<Replayed, ApiError> {
         let dead = self.get(scope, seq).await?;
         let original = dead.original_subject();
         let ws = dead.workspace();
         let replayable = (original.starts_with("events.") || original.starts_with("courier."))
             && subjects::workspace_of(original) == Some(ws);
         if !replayable {
-            return Err(DeadLetterError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "dead letter {seq} has no replayable original subject ({original:?})"
             )));
         }
@@ -433,9 +392,9 @@ impl DeadLetters {
             .js
             .publish_with_headers(original.to_string(), headers, dead.payload.clone())
             .await
-            .map_err(DeadLetterError::nats)?
+            .map_err(nats)?
             .await
-            .map_err(DeadLetterError::nats)?;
+            .map_err(nats)?;
         self.delete_stored(seq).await?;
         Ok(Replayed {
             subject: original.to_string(),
@@ -444,13 +403,13 @@ impl DeadLetters {
     }
 
     /// Deletes one dead letter of the scope.
-    pub async fn delete(&self, scope: Scope<'_>, seq: u64) -> Result<(), DeadLetterError> {
+    pub async fn delete(&self, scope: Scope<'_>, seq: u64) -> Result<(), ApiError> {
         self.get(scope, seq).await?;
         self.delete_stored(seq).await
     }
 
     /// Deleted already (a concurrent replay or delete) counts as done.
-    async fn delete_stored(&self, seq: u64) -> Result<(), DeadLetterError> {
+    async fn delete_stored(&self, seq: u64) -> Result<(), ApiError> {
         let stream = self.stream().await?;
         match stream.delete_message(seq).await {
             Ok(_) => Ok(()),
@@ -461,18 +420,18 @@ impl DeadLetters {
             {
                 Ok(())
             }
-            Err(e) => Err(DeadLetterError::nats(e)),
+            Err(e) => Err(nats(e)),
         }
     }
 
     /// Deletes every dead letter of the scope; answers how many.
-    pub async fn purge(&self, scope: Scope<'_>) -> Result<u64, DeadLetterError> {
+    pub async fn purge(&self, scope: Scope<'_>) -> Result<u64, ApiError> {
         let stream = self.stream().await?;
         let purged = stream
             .purge()
             .filter(scope.filter())
             .await
-            .map_err(DeadLetterError::nats)?;
+            .map_err(nats)?;
         Ok(purged.purged)
     }
 }
@@ -552,11 +511,11 @@ struct ListQuery {
 }
 
 impl ListQuery {
-    fn cursor(&self) -> Result<u64, DeadLetterError> {
+    fn cursor(&self) -> Result<u64, ApiError> {
         match self.cursor.as_deref() {
             None | Some("") => Ok(0),
             Some(c) => c.parse().map_err(|_| {
-                DeadLetterError::Invalid("cursor must be a previous page's `next`".into())
+                ApiError::Invalid("cursor must be a previous page's `next`".into())
             }),
         }
     }
@@ -566,7 +525,7 @@ async fn list_handler(
     State(state): State<RouterState>,
     Workspace(ws): Workspace,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, DeadLetterError> {
+) -> Result<Json<Value>, ApiError> {
     let scope = Scope {
         service: state.service,
         workspace: Some(&ws),
@@ -588,7 +547,7 @@ async fn show_handler(
     State(state): State<RouterState>,
     Workspace(ws): Workspace,
     Path(seq): Path<u64>,
-) -> Result<Json<Value>, DeadLetterError> {
+) -> Result<Json<Value>, ApiError> {
     let scope = Scope {
         service: state.service,
         workspace: Some(&ws),
@@ -608,7 +567,7 @@ async fn replay_handler(
     State(state): State<RouterState>,
     Workspace(ws): Workspace,
     Path(seq): Path<u64>,
-) -> Result<Json<Value>, DeadLetterError> {
+) -> Result<Json<Value>, ApiError> {
     let scope = Scope {
         service: state.service,
         workspace: Some(&ws),
@@ -623,7 +582,7 @@ async fn delete_handler(
     State(state): State<RouterState>,
     Workspace(ws): Workspace,
     Path(seq): Path<u64>,
-) -> Result<StatusCode, DeadLetterError> {
+) -> Result<StatusCode, ApiError> {
     let scope = Scope {
         service: state.service,
         workspace: Some(&ws),
@@ -635,7 +594,7 @@ async fn delete_handler(
 async fn purge_handler(
     State(state): State<RouterState>,
     Workspace(ws): Workspace,
-) -> Result<Json<Value>, DeadLetterError> {
+) -> Result<Json<Value>, ApiError> {
     let scope = Scope {
         service: state.service,
         workspace: Some(&ws),
