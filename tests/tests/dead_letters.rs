@@ -81,7 +81,7 @@ async fn not_found_for_other(svc: &impl Endpoint, other: &str, seq: u64) {
     ] {
         let (status, body) = call(svc, other, method.clone(), &path, None).await;
         assert_eq!(status, 404, "{method} {path} by another workspace: {body}");
-        assert_eq!(body["type"], "not_found", "{body}");
+        assert_eq!(body["type"], "invalid_request_error", "{body}");
     }
 }
 
