@@ -711,10 +711,19 @@ fn routes_in(source: &str) -> Vec<String> {
 fn service_routes(src: &Path) -> Vec<String> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
-    files
+    let sources: Vec<String> = files
         .iter()
-        .flat_map(|f| routes_in(&std::fs::read_to_string(f).unwrap()))
-        .collect()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let mut routes: Vec<String> = sources.iter().flat_map(|s| routes_in(s)).collect();
+    // The shared dead-letter router (rc_common::deadletters) builds its paths at run time: a
+    // service that mounts it serves `/dead-letters/<service>` (the path a front door routes).
+    if sources.iter().any(|s| s.contains("deadletters::router")) {
+        let service = src.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        routes.push(format!("/dead-letters/{service}"));
+        routes.push(format!("/dead-letters/{service}/{{seq}}"));
+    }
+    routes
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

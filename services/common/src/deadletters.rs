@@ -294,10 +294,7 @@ impl DeadLetters {
     }
 
     async fn stream(&self) -> Result<Stream<()>, ApiError> {
-        self.js
-            .get_stream_no_info(DLQ_STREAM)
-            .await
-            .map_err(nats)
+        self.js.get_stream_no_info(DLQ_STREAM).await.map_err(nats)
     }
 
     /// Dead letters after sequence `cursor` (0: from the start), at most `limit` (≤ [`MAX_PAGE`]).
@@ -420,18 +417,19 @@ impl DeadLetters {
             {
                 Ok(())
             }
-            Err(e) => Err(nats(e)),
+            // A delete racing another one fails with code 10057 ("message delete failed") and
+            // a text, not NO_MESSAGE_FOUND: it is done if the message is gone.
+            Err(e) => match stream.get_raw_message(seq).await {
+                Err(g) if g.kind() == RawMessageErrorKind::NoMessageFound => Ok(()),
+                _ => Err(nats(e)),
+            },
         }
     }
 
     /// Deletes every dead letter of the scope; answers how many.
     pub async fn purge(&self, scope: Scope<'_>) -> Result<u64, ApiError> {
         let stream = self.stream().await?;
-        let purged = stream
-            .purge()
-            .filter(scope.filter())
-            .await
-            .map_err(nats)?;
+        let purged = stream.purge().filter(scope.filter()).await.map_err(nats)?;
         Ok(purged.purged)
     }
 }
@@ -514,9 +512,9 @@ impl ListQuery {
     fn cursor(&self) -> Result<u64, ApiError> {
         match self.cursor.as_deref() {
             None | Some("") => Ok(0),
-            Some(c) => c.parse().map_err(|_| {
-                ApiError::Invalid("cursor must be a previous page's `next`".into())
-            }),
+            Some(c) => c
+                .parse()
+                .map_err(|_| ApiError::Invalid("cursor must be a previous page's `next`".into())),
         }
     }
 }

@@ -133,7 +133,7 @@ async fn json_errors(response: Response) -> Response {
 /// The error `type` and a default message for a status the framework produced.
 fn describe(status: StatusCode) -> (&'static str, &'static str) {
     match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such path"),
+        StatusCode::NOT_FOUND => ("invalid_request_error", "no such path"),
         StatusCode::METHOD_NOT_ALLOWED => (
             "invalid_request_error",
             "method not allowed on this path (see the Allow header)",
