@@ -407,8 +407,8 @@ pub async fn lifecycle_events(
         .collect()
 }
 
-/// `PUT /providers/{name}` on a delivery service; the answer must be 200.
-pub async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) {
+/// `PUT /providers/{name}` on a delivery service; the answer must be 200. Returns its body.
+pub async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) -> Value {
     let r = reqwest::Client::new()
         .put(svc.url(&format!("/providers/{name}")))
         .bearer_auth(key)
@@ -417,6 +417,17 @@ pub async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "PUT provider {name}");
+    r.json().await.unwrap()
+}
+
+/// The titles of an inbox answer (`GET /inbox/{user}`), newest first.
+pub fn inbox_titles(inbox: &Value) -> Vec<&str> {
+    inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["title"].as_str().unwrap())
+        .collect()
 }
 
 /// Lifecycle events seen on the core subject (every publish, JetStream duplicates included):

@@ -2,7 +2,9 @@
 //! `rc_common::keys`, another reads, for ids holding `%`, `{`, `}` and `:` (escaped in keys,
 //! never moving a key to another hash slot or onto another id's key).
 
-use rc_tests::delivery::{inline_request, publish_request, put_provider, wait_message};
+use rc_tests::delivery::{
+    inbox_titles, inline_request, publish_request, put_provider, wait_message,
+};
 use rc_tests::{Stack, call};
 use reqwest::Method;
 use serde_json::json;
@@ -90,12 +92,7 @@ async fn profiles_and_accounts_writes_are_what_delivery_reads_for_hostile_ids() 
     )
     .await;
     assert_eq!(s, 200, "{inbox}");
-    let titles: Vec<&str> = inbox["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["title"].as_str().unwrap())
-        .collect();
+    let titles = inbox_titles(&inbox);
     assert_eq!(
         titles,
         ["Hi Ann"],

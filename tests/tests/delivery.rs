@@ -4,24 +4,13 @@
 use std::time::Duration;
 
 use rc_tests::delivery::{
-    SmtpSink, WebhookReceiver, inline_request, lifecycle_events, publish_request, wait_message,
+    SmtpSink, WebhookReceiver, inbox_titles, inline_request, lifecycle_events, publish_request,
+    put_provider, wait_message,
 };
 use rc_tests::{Service, Stack};
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_test_signing_secret_0123456789";
-
-async fn put_provider(svc: &Service, key: &str, name: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .put(svc.url(&format!("/providers/{name}")))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "PUT provider {name}");
-    r.json().await.unwrap()
-}
 
 async fn webhook_provider(svc: &Service, key: &str, hook: &WebhookReceiver) {
     put_provider(
@@ -525,12 +514,7 @@ async fn inbox_provider_stores_messages_readable_over_the_api() {
     }
     let (status, inbox) = get_json(&svc, &key, "/inbox/u_9").await;
     assert_eq!(status, 200);
-    let titles: Vec<&str> = inbox["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["title"].as_str().unwrap())
-        .collect();
+    let titles = inbox_titles(&inbox);
     assert_eq!(
         titles,
         ["Hello in-2", "Hello in-1"],
@@ -747,12 +731,7 @@ async fn tenant_send_fans_out_to_members() {
     })
     .await;
     let (_, inbox) = get_json(&svc, &key, "/inbox/u_a").await;
-    let titles: Vec<&str> = inbox["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["title"].as_str().unwrap())
-        .collect();
+    let titles = inbox_titles(&inbox);
     assert_eq!(
         titles,
         ["Hi Ann"],
