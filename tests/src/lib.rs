@@ -13,6 +13,8 @@ pub mod frontdoor;
 pub mod profiles;
 pub mod tls;
 
+pub mod cluster;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use rc_common::Shutdown;
 use rc_common::config::{AuthSettings, NatsSettings, RedisSettings, ShutdownSettings};
-use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
 pub fn free_port() -> u16 {
@@ -54,199 +55,153 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// A JetStream-enabled nats-server with its own store directory.
+/// JetStream: one nats-server with its own store directory, or a cluster of them
+/// ([`NatsServer::start_cluster`], see [`cluster`]). Whole-server operations (`kill`, `restart`)
+/// act on every node; [`cluster`] adds per-node faults.
 pub struct NatsServer {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
+    nodes: Vec<cluster::NatsNode>,
     durable: bool,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(1, false)
     }
 
     /// Durable mode: `sync_interval: always` (fsync before every ack).
     pub fn start_durable() -> Self {
-        Self::start_with(true)
+        Self::start_with(1, true)
     }
 
-    fn start_with(durable: bool) -> Self {
+    /// A JetStream cluster of `nodes` servers (routes on loopback); streams get `nodes` replicas.
+    pub fn start_cluster(nodes: usize) -> Self {
+        Self::start_with(nodes, false)
+    }
+
+    fn start_with(nodes: usize, durable: bool) -> Self {
         // Test clients (`reqwest::Client::new()`) use rustls' process-default provider.
         rc_common::outbound::install_default_crypto_provider();
-        let mut server = NatsServer {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
+        let server = NatsServer {
+            nodes: cluster::NatsNode::group(nodes, durable),
             durable,
         };
-        server.spawn();
+        server.wait_ready();
         server
     }
 
-    fn spawn(&mut self) {
-        let conf = self.dir.path().join("nats.conf");
-        let store = self.dir.path().join("store");
-        let sync = if self.durable {
-            "  sync_interval: always\n"
-        } else {
-            ""
-        };
-        let text = format!(
-            "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n{sync}}}\n",
-            self.port,
-            store.display().to_string()
-        );
-        std::fs::write(&conf, text).expect("write nats.conf");
-        let child = Command::new(binary("NATS_SERVER_BIN", "nats-server"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (make deps), or set NATS_SERVER_BIN");
-        self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(15)),
-            "nats-server did not start on port {}",
-            self.port
-        );
-    }
-
+    /// Every node's client URL, comma-separated (what `RC_NATS__URL` takes).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.nodes
+            .iter()
+            .map(cluster::NatsNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// The server's process id (for CPU and memory readings from /proc), while it runs.
+    /// The first node's process id (for CPU and memory readings from /proc), while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.nodes.first().and_then(cluster::NatsNode::pid)
     }
 
-    /// SIGKILL, like a crash.
+    /// SIGKILL of every node, like a crash.
     pub fn kill(&mut self) {
-        kill(&mut self.child);
+        self.nodes.iter_mut().for_each(cluster::NatsNode::kill);
     }
 
-    /// Starts again on the same port with the same store.
+    /// Every node starts again on the same ports with the same stores.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let durable = self.durable;
+        self.nodes.iter_mut().for_each(|n| n.spawn(durable));
+        self.wait_ready();
     }
 
     pub fn settings(&self) -> NatsSettings {
         NatsSettings {
             url: self.url(),
             publish_timeout_ms: 1_000,
+            stream_replicas: self.nodes.len(),
             ..NatsSettings::default()
         }
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
-}
-
-/// A redis-server with AOF on, in its own directory.
+/// Redis: one redis-server with AOF on in its own directory, or a Redis Cluster of them
+/// ([`RedisServer::start_cluster`], see [`cluster`]).
 pub struct RedisServer {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
+    nodes: Vec<cluster::RedisNode>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = RedisServer {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
-        };
-        server.spawn();
-        server
+        RedisServer {
+            nodes: vec![cluster::RedisNode::start(false)],
+        }
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new(binary("REDIS_SERVER_BIN", "redis-server"))
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make deps), or set REDIS_SERVER_BIN");
-        self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(15)),
-            "redis-server did not start on port {}",
-            self.port
-        );
+    /// A Redis Cluster: `primaries` primaries with one replica each, made with
+    /// `redis-cli --cluster create`.
+    pub fn start_cluster(primaries: usize) -> Self {
+        RedisServer {
+            nodes: cluster::RedisNode::cluster(primaries),
+        }
     }
 
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// The single node's URL (a cluster's first seed: use [`RedisServer::settings`] there).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.nodes[0].url()
     }
 
-    /// The server's process id (for CPU and memory readings from /proc), while it runs.
+    /// The first node's process id (for CPU and memory readings from /proc), while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.nodes[0].pid()
     }
 
     pub fn kill(&mut self) {
-        kill(&mut self.child);
+        self.nodes.iter_mut().for_each(cluster::RedisNode::kill);
     }
 
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.nodes.iter_mut().for_each(cluster::RedisNode::spawn);
     }
 
     /// Clean stop (`SHUTDOWN`: the AOF is flushed first), as an operator's restart would;
     /// the port and the data directory stay for [`RedisServer::start_again`].
     pub fn stop(&mut self) {
-        if let Ok(client) = redis::Client::open(self.url())
-            && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2))
-        {
-            // The server closes the connection instead of answering.
-            let _ = redis::cmd("SHUTDOWN").query::<()>(&mut conn);
-        }
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.nodes.iter_mut().for_each(cluster::RedisNode::stop);
     }
 
     /// Starts the server again on the same port with the same data directory (AOF replayed).
     pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "redis-server is still running");
-        self.spawn();
+        for node in &mut self.nodes {
+            assert!(!node.running(), "redis-server is still running");
+            node.spawn();
+        }
+    }
+
+    /// Comma-separated seeds of a cluster, empty for a single node.
+    fn cluster_urls(&self) -> String {
+        if !self.is_cluster() {
+            return String::new();
+        }
+        self.nodes
+            .iter()
+            .map(cluster::RedisNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn settings(&self) -> RedisSettings {
         RedisSettings {
             url: self.url(),
+            cluster_urls: self.cluster_urls(),
             ..RedisSettings::default()
         }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        kill(&mut self.child);
     }
 }
 
@@ -261,6 +216,15 @@ impl Stack {
         Stack {
             nats: NatsServer::start(),
             redis: RedisServer::start(),
+        }
+    }
+
+    /// A 3-node JetStream cluster (R3 streams) and a Redis Cluster of 3 primaries with a
+    /// replica each, instead of single servers.
+    pub fn start_cluster() -> Self {
+        Stack {
+            nats: NatsServer::start_cluster(3),
+            redis: RedisServer::start_cluster(3),
         }
     }
 
@@ -289,7 +253,9 @@ impl Stack {
     }
 
     pub async fn nats_client(&self) -> async_nats::Client {
-        async_nats::connect(self.nats.url()).await.expect("nats")
+        async_nats::connect(rc_common::nats::server_list(&self.nats.url()))
+            .await
+            .expect("nats")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -600,10 +566,18 @@ impl Drop for ServiceProcess {
 impl Stack {
     /// The environment a service binary needs to reach this stack's NATS and Redis.
     pub fn service_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("RC_NATS__URL", self.nats.url()),
             ("RC_REDIS__URL", self.redis.url()),
-        ]
+        ];
+        let nats = self.nats.settings();
+        if nats.stream_replicas > 1 {
+            env.push(("RC_NATS__STREAM_REPLICAS", nats.stream_replicas.to_string()));
+        }
+        if self.redis.is_cluster() {
+            env.push(("RC_REDIS__CLUSTER_URLS", self.redis.cluster_urls()));
+        }
+        env
     }
 }
 

@@ -244,7 +244,7 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<()> {
         options = options.credentials_file(path).await?;
     }
     let client = options
-        .connect(&cli.nats_url)
+        .connect(rc_common::nats::server_list(&cli.nats_url))
         .await
         .with_context(|| format!("connecting to NATS at {}", cli.nats_url))?;
     let store = DeadLetters::new(async_nats::jetstream::new(client));

@@ -118,6 +118,12 @@ pub struct RedisSettings {
     pub cluster_urls: String,
     pub response_timeout_ms: u64,
     pub connection_timeout_ms: u64,
+    /// Replicas every write must reach before a consumer acks its message (`WAIT`): 0 (the
+    /// default) trusts the primary alone; 1 on a Redis Cluster with replicas keeps an
+    /// acknowledged effect through a primary's loss (README "Durability").
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may take; fewer replicas in time is an outage (nak, retry).
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -127,6 +133,8 @@ impl Default for RedisSettings {
             cluster_urls: String::new(),
             response_timeout_ms: 1_000,
             connection_timeout_ms: 1_000,
+            wait_replicas: 0,
+            wait_timeout_ms: 500,
         }
     }
 }

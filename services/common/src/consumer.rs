@@ -761,6 +761,14 @@ async fn process<H: Handler>(
         Some(outcome) => outcome,
         None => handle_with_progress(spec, handler, &message).await,
     };
+    // A done effect is acked only once Redis replicated it, when so configured.
+    let outcome = match (outcome, &spec.quarantine) {
+        (Outcome::Done, Some(q)) => match q.redis.replicated().await {
+            Ok(()) => Outcome::Done,
+            Err(reason) => Outcome::Unavailable(reason),
+        },
+        (outcome, _) => outcome,
+    };
     if let Some(q) = &spec.quarantine {
         // Answered: this delivery did not die. A first delivery has no marker to clear, but a
         // nak'ed one must say so, or its redelivery would count it as a death.

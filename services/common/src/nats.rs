@@ -24,7 +24,16 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, E
     if let Some(path) = &settings.credentials_file {
         options = options.credentials_file(path).await?;
     }
-    Ok(options.connect(&settings.url).await?)
+    Ok(options.connect(server_list(&settings.url)).await?)
+}
+
+/// `RC_NATS__URL` may list several servers (`nats://a:4222,nats://b:4222`): the client starts
+/// from any that answers, then learns the rest of the cluster from the servers themselves.
+pub fn server_list(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// A JetStream context whose API calls and publish acks time out after

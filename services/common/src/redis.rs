@@ -3,6 +3,8 @@
 //! Every key the services write is built by [`crate::keys`] (`{ws:<workspace>}:…`, hash tag on
 //! the workspace) so multi-key operations of one workspace stay in one cluster slot.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -14,16 +16,23 @@ use crate::config::RedisSettings;
 
 /// Cheap to clone; multiplexed; reconnects by itself.
 #[derive(Clone)]
-pub enum RedisConn {
+pub struct RedisConn {
+    link: Link,
+    /// `Some` when writes must reach replicas before a consumer acks ([`RedisConn::replicated`]).
+    barrier: Option<Arc<ReplicaBarrier>>,
+}
+
+#[derive(Clone)]
+enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        match &mut self.link {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -33,17 +42,83 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        match &mut self.link {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+impl RedisConn {
+    fn new(link: Link, settings: &RedisSettings) -> Self {
+        let barrier = (settings.wait_replicas > 0).then(|| {
+            Arc::new(ReplicaBarrier {
+                replicas: settings.wait_replicas,
+                timeout_ms: settings.wait_timeout_ms.max(1),
+                tickets: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+                turn: tokio::sync::Mutex::new(()),
+            })
+        });
+        RedisConn { link, barrier }
+    }
+
+    /// Returns once every write this process made before the call is on at least
+    /// `wait_replicas` replicas (`WAIT`; on a cluster, of every primary). Redis replicates
+    /// asynchronously: without this, a primary that dies right after a write can take an
+    /// acknowledged effect with it. One `WAIT` serves every caller queued behind the one in
+    /// flight (group commit). `Err` (too few replicas in `wait_timeout_ms`, or Redis down) is
+    /// an outage: the consumer naks and waits. A no-op when `wait_replicas` is 0.
+    pub async fn replicated(&self) -> Result<(), String> {
+        match &self.barrier {
+            None => Ok(()),
+            Some(barrier) => barrier.wait(self.clone()).await,
+        }
+    }
+}
+
+/// Group commit for `WAIT`: a caller takes a ticket, then its turn; a `WAIT` issued after
+/// ticket `n` was taken covers every write made before it, so one answer settles every ticket
+/// up to the count read just before sending it.
+struct ReplicaBarrier {
+    replicas: u32,
+    timeout_ms: u64,
+    tickets: AtomicU64,
+    done: AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl ReplicaBarrier {
+    async fn wait(&self, mut conn: RedisConn) -> Result<(), String> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.turn.lock().await;
+        if self.done.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let upto = self.tickets.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(self.replicas)
+            .arg(self.timeout_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| format!("redis: {err}"))?;
+        metrics::histogram!("redis_wait_seconds").record(started.elapsed().as_secs_f64());
+        if acked < i64::from(self.replicas) {
+            return Err(format!(
+                "redis: writes reached {acked} of {} replicas within {} ms",
+                self.replicas, self.timeout_ms
+            ));
+        }
+        self.done.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -65,16 +140,16 @@ pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> 
             .set_connection_timeout(Some(connect))
             .set_number_of_retries(3);
         // Lazy: the service starts (and reports not-ready) while Redis is still down.
-        Ok(RedisConn::Single(
-            client.get_connection_manager_lazy(config)?,
-        ))
+        let link = Link::Single(client.get_connection_manager_lazy(config)?);
+        Ok(RedisConn::new(link, settings))
     } else {
         let client = ClusterClientBuilder::new(seeds)
             .response_timeout(response)
             .connection_timeout(connect)
             .retries(3)
             .build()?;
-        Ok(RedisConn::Cluster(client.get_async_connection().await?))
+        let link = Link::Cluster(client.get_async_connection().await?);
+        Ok(RedisConn::new(link, settings))
     }
 }
 
@@ -110,9 +185,9 @@ pub async fn ping(conn: &RedisConn) -> bool {
 
 impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RedisConn::Single(_) => "RedisConn::Single",
-            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        f.write_str(match self.link {
+            Link::Single(_) => "RedisConn::Single",
+            Link::Cluster(_) => "RedisConn::Cluster",
         })
     }
 }

@@ -1,0 +1,355 @@
+//! The services on the engines production runs: a 3-node JetStream cluster (R3 streams) and a
+//! Redis Cluster (3 primaries, 3 replicas), all on loopback (`rc_tests::cluster`). The whole
+//! path works on them, and node failures under load lose no acknowledged event.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rc_tests::dataplane::DataPlane;
+use rc_tests::delivery::put_provider;
+use rc_tests::forwarder::{eventually, new_encryption_key, put_integration};
+use rc_tests::{Service, Stack, call};
+use serde_json::{Value, json};
+
+const WRITE_KEY: &str = "2AbcWriteKeyFromRudderStack9f2a";
+
+/// What a load run saw: the user ids whose identify was acknowledged (202), and how the
+/// ingress answered while a node was down.
+#[derive(Default)]
+struct Load {
+    acked: BTreeSet<String>,
+    retryable: usize,
+    /// From the first to the last retryable answer (503/429): how long the ingress refused.
+    refusing: Option<(Instant, Instant)>,
+}
+
+/// POSTs one event until it is stored, as RudderStack does: a 503/429 is retried after its
+/// `Retry-After`; anything else but 202 fails the test.
+async fn store(
+    http: &reqwest::Client,
+    ingress: &Service,
+    key: &str,
+    event: &Value,
+    load: &Mutex<Load>,
+) {
+    loop {
+        let sent = http
+            .post(ingress.url("/inbound/rudderstack"))
+            .bearer_auth(key)
+            .json(event)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            // The ingress itself stays up; a timeout here is a retryable answer too.
+            Err(_) => {
+                note_retryable(load);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        match response.status().as_u16() {
+            202 => return,
+            503 | 429 => {
+                let wait = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                note_retryable(load);
+                // Retry sooner than RudderStack would, to see how soon the ingress is back.
+                tokio::time::sleep(Duration::from_millis(200).min(Duration::from_secs(wait))).await;
+            }
+            other => panic!("unexpected {other}: {:?}", response.text().await),
+        }
+    }
+}
+
+fn note_retryable(load: &Mutex<Load>) {
+    let mut load = load.lock().unwrap();
+    load.retryable += 1;
+    let now = Instant::now();
+    load.refusing = Some(match load.refusing {
+        Some((first, _)) => (first, now),
+        None => (now, now),
+    });
+}
+
+/// Identifies `count` users (`{prefix}-{i}`) at about `per_sec`, each one stored before it is
+/// counted as acknowledged.
+fn identify_load(
+    ingress: Arc<Service>,
+    key: String,
+    prefix: &'static str,
+    count: usize,
+    per_sec: u64,
+    load: Arc<Mutex<Load>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..count {
+            tick.tick().await;
+            let (http, ingress, key, load) =
+                (http.clone(), ingress.clone(), key.clone(), load.clone());
+            sends.spawn(async move {
+                let user = format!("{prefix}-{i}");
+                let event = json!({"type": "identify", "userId": user, "messageId": format!("m-{user}"),
+                    "traits": {"plan": "team", "n": i}});
+                store(&http, &ingress, &key, &event, &load).await;
+                load.lock().unwrap().acked.insert(user);
+            });
+        }
+        while sends.join_next().await.is_some() {}
+    })
+}
+
+/// Every acknowledged user has a profile, read through the profiles API.
+async fn assert_all_profiles(profiles: &Service, key: &str, acked: &BTreeSet<String>) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut missing: Vec<&String> = acked.iter().collect();
+    while !missing.is_empty() {
+        let mut still = Vec::new();
+        for user in missing {
+            let status = http
+                .get(profiles.url(&format!("/profiles/{user}")))
+                .bearer_auth(key)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            if status != 200 {
+                still.push(user);
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged identifies have no profile, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_path_runs_on_a_jetstream_cluster_and_a_redis_cluster() {
+    let stack = Stack::start_cluster();
+    let key = stack.workspace("acme").await;
+    let js = stack.jetstream().await;
+    // The streams of the contract are replicated on all three nodes.
+    let mut events = js.get_stream("EVENTS").await.expect("EVENTS");
+    let info = events.info().await.expect("info");
+    assert_eq!(info.config.num_replicas, 3);
+    assert_eq!(info.cluster.as_ref().expect("clustered").replicas.len(), 2);
+
+    let ingress = stack.ingress().await;
+    let profiles = stack.profiles().await;
+    let accounts = stack.accounts().await;
+    let automations = stack.automations().await;
+    let delivery = stack.delivery().await;
+    let forwarder = stack
+        .forwarder_with(stack.forwarder_settings(&new_encryption_key()))
+        .await;
+    let dp = DataPlane::start(WRITE_KEY).await;
+    put_provider(
+        &delivery,
+        &key,
+        "inbox",
+        json!({"type": "inbox", "channels": ["inbox"]}),
+    )
+    .await;
+    let r = put_integration(
+        &forwarder,
+        &key,
+        json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let (s, body) = call(&automations, &key, reqwest::Method::POST, "/automations/mappings",
+        Some(json!({"event": "Order Shipped", "template": {"id": "shipping", "name": "Shipping", "steps": [
+            {"action": "send", "recipient": "refs.data.userId",
+             "message": {"content": {"title": "Shipped", "body": "{{order_id}} is on its way"}}}]}}))).await;
+    assert_eq!(s, 201, "{body}");
+
+    let post = async |event: Value| {
+        let (s, body) = call(
+            &ingress,
+            &key,
+            reqwest::Method::POST,
+            "/inbound/rudderstack",
+            Some(event),
+        )
+        .await;
+        assert_eq!(s, 202, "{body}");
+    };
+    post(
+        json!({"type": "identify", "userId": "u_1", "messageId": "c-1", "traits": {"name": "Ada"}}),
+    )
+    .await;
+    post(json!({"type": "group", "userId": "u_1", "groupId": "team_1", "messageId": "c-2", "traits": {"name": "Team"}})).await;
+    post(
+        json!({"type": "track", "event": "Order Shipped", "userId": "u_1", "messageId": "c-3",
+        "properties": {"order_id": "ord_9"}}),
+    )
+    .await;
+
+    eventually("profile", Duration::from_secs(20), async || {
+        let (s, p) = call(&profiles, &key, reqwest::Method::GET, "/profiles/u_1", None).await;
+        s == 200 && p.to_string().contains("Ada")
+    })
+    .await;
+    eventually(
+        "tenant with its member",
+        Duration::from_secs(20),
+        async || {
+            let (s, t) = call(
+                &accounts,
+                &key,
+                reqwest::Method::GET,
+                "/users/u_1/tenants",
+                None,
+            )
+            .await;
+            s == 200 && t.to_string().contains("team_1")
+        },
+    )
+    .await;
+    eventually("inbox message", Duration::from_secs(20), async || {
+        let (s, inbox) = call(&delivery, &key, reqwest::Method::GET, "/inbox/u_1", None).await;
+        s == 200 && inbox.to_string().contains("ord_9 is on its way")
+    })
+    .await;
+    eventually(
+        "Message Delivered at the data plane",
+        Duration::from_secs(20),
+        async || {
+            dp.events()
+                .iter()
+                .any(|e| e["event"] == "Message Delivered" && e["userId"] == "u_1")
+        },
+    )
+    .await;
+}
+
+/// kill -9 of the nats-server that leads EVENTS under load: every identify the ingress
+/// acknowledged becomes a profile, the ingress refuses (503, retryable) only briefly while a new
+/// leader is elected, and the killed node rejoins and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_events_leader_loses_no_acknowledged_event() {
+    let mut stack = Stack::start_cluster();
+    let key = stack.workspace("acme").await;
+    let js = stack.jetstream().await;
+    let ingress = Arc::new(stack.ingress().await);
+    let profiles = stack.profiles().await;
+
+    let load = Arc::new(Mutex::new(Load::default()));
+    let run = identify_load(ingress.clone(), key.clone(), "u", 1_200, 150, load.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = stack
+        .nats
+        .stream_leader(&js, "EVENTS")
+        .await
+        .expect("EVENTS has a leader");
+    stack.nats.kill_node(leader);
+    let killed_at = Instant::now();
+    eventually("a new EVENTS leader", Duration::from_secs(20), async || {
+        stack
+            .nats
+            .stream_leader(&js, "EVENTS")
+            .await
+            .is_some_and(|l| l != leader)
+    })
+    .await;
+    let elected_in = killed_at.elapsed();
+    run.await.expect("load");
+
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    assert_eq!(load.acked.len(), 1_200, "every event is stored in the end");
+    let refused = load.refusing.map(|(a, b)| b - a).unwrap_or_default();
+    eprintln!(
+        "EVENTS leader n{leader} killed: new leader in {elected_in:?}; ingress answered {} retryable errors over {refused:?}",
+        load.retryable
+    );
+    assert!(
+        refused < Duration::from_secs(15),
+        "the ingress refused for {refused:?}"
+    );
+    assert_all_profiles(&profiles, &key, &load.acked).await;
+
+    // The node comes back on its store and catches up with what it missed.
+    stack.nats.restart_node(leader);
+    let mut events = js.get_stream("EVENTS").await.expect("EVENTS");
+    eventually(
+        "every EVENTS replica current",
+        Duration::from_secs(30),
+        async || {
+            let info = events.info().await.expect("info");
+            let cluster = info.cluster.as_ref().expect("clustered");
+            cluster.replicas.len() == 2
+                && cluster
+                    .replicas
+                    .iter()
+                    .all(|r| r.current && r.lag.unwrap_or(0) == 0)
+        },
+    )
+    .await;
+}
+
+/// kill -9 of the Redis primary that holds the workspace's slot, under load, with
+/// `wait_replicas = 1` (the production setting on a cluster): its replica takes over, the
+/// services follow the new topology without a restart, effects wait (no ack) while the new
+/// primary has no replica, the old primary rejoins as its replica, and every acknowledged
+/// identify becomes a profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_redis_primary_fails_over_and_loses_no_acknowledged_effect() {
+    let mut stack = Stack::start_cluster();
+    let key = stack.workspace("acme").await;
+    let ingress = Arc::new(stack.ingress().await);
+    let mut settings = stack.profiles_settings();
+    settings.redis.wait_replicas = 1;
+    let profiles = Service::spawn(|listener, shutdown| async move {
+        profiles::run(settings, Some(listener), shutdown).await
+    })
+    .await;
+
+    let load = Arc::new(Mutex::new(Load::default()));
+    let run = identify_load(ingress.clone(), key.clone(), "r", 1_200, 150, load.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let slot_key = rc_common::keys::user_profile("acme", "r-0");
+    let primary = stack.redis.primary_for(&slot_key);
+    stack.redis.kill_node(primary);
+    let killed_at = Instant::now();
+    eventually(
+        "the replica took over",
+        Duration::from_secs(20),
+        async || stack.redis.primary_for(&slot_key) != primary,
+    )
+    .await;
+    let failover = killed_at.elapsed();
+    // The old primary comes back (as Kubernetes restarts a pod) and becomes the new one's replica.
+    stack.redis.restart_node(primary);
+    assert!(
+        !stack.redis.is_primary(primary),
+        "it came back as a replica"
+    );
+    run.await.expect("load");
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    eprintln!(
+        "Redis primary {primary} killed: replica promoted in {failover:?}, back as a replica after {:?}; ingress answered {} retryable errors",
+        killed_at.elapsed(),
+        load.retryable
+    );
+    assert_eq!(load.acked.len(), 1_200);
+    assert_all_profiles(&profiles, &key, &load.acked).await;
+}
