@@ -494,7 +494,17 @@ impl ServiceProcess {
     /// Starts `binary` on a free port with `env` (plus the listen address) and waits for
     /// `/readyz`.
     pub async fn start(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
-        let port = free_port();
+        Self::start_on(free_port(), binary, env).await
+    }
+
+    /// Starts `binary` again on this process's port (after [`ServiceProcess::terminate`] or
+    /// [`ServiceProcess::kill`]), as a restarted pod behind the same Service.
+    pub async fn restart(&mut self, binary: &str, env: &[(&str, String)]) {
+        self.kill();
+        *self = Self::start_on(self.addr.port(), binary, env).await;
+    }
+
+    async fn start_on(port: u16, binary: &str, env: &[(&str, String)]) -> ServiceProcess {
         let mut cmd = Command::new(service_binary(binary));
         cmd.env("RC_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("RC_LOG__FORMAT", "json")
