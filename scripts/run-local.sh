@@ -8,6 +8,9 @@
 #   DEV_API_KEY=...   use this key for the dev workspace (else one is generated and kept in
 #                     .data/dev_api_key)
 #   DURABLE=1         nats-server fsyncs before every ack (sync_interval: always)
+#   CLUSTER=1         a 3-node JetStream cluster (R3 streams, ports 4222-4224, data in
+#                     .data/nats-cluster) and a Redis Cluster of 3 primaries + 3 replicas
+#                     (ports 7000-7005, data in .data/redis-cluster), WAIT for 1 replica
 #   PROFILE=dev       build without optimizations (faster to build)
 #   FRONT_DOOR_PORT=8000  the base URL's port
 set -euo pipefail
@@ -41,6 +44,56 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+if [ "${CLUSTER:-0}" = 1 ]; then
+  # Three nats-servers joined by routes; streams are created with three replicas.
+  routes="nats-route://127.0.0.1:6222, nats-route://127.0.0.1:6223, nats-route://127.0.0.1:6224"
+  urls=()
+  for i in 0 1 2; do
+    port=$((4222 + i)); dir=$DATA/nats-cluster/n$i
+    mkdir -p "$dir"
+    cat > "$dir/nats.conf" <<CONF
+server_name: n$i
+listen: 127.0.0.1:$port
+jetstream {
+  store_dir: "$dir/store"
+$( [ "${DURABLE:-0}" = 1 ] && echo '  sync_interval: always' )
+}
+cluster {
+  name: rc
+  listen: 127.0.0.1:$((6222 + i))
+  routes: [$routes]
+}
+CONF
+    setsid nats-server -c "$dir/nats.conf" >"$DATA/logs/nats-n$i.log" 2>&1 &
+    pids+=($!)
+    urls+=("nats://127.0.0.1:$port")
+  done
+  NATS_URL=$(IFS=,; echo "${urls[*]}")
+  export RC_NATS__STREAM_REPLICAS=3
+  echo "==> JetStream cluster on :4222-4224 (routes :6222-6224, stores under $DATA/nats-cluster)"
+  # Six redis-servers; the first start joins them (3 primaries, a replica each); later starts
+  # reuse their nodes.conf.
+  seeds=()
+  for port in 7000 7001 7002 7003 7004 7005; do
+    dir=$DATA/redis-cluster/$port
+    mkdir -p "$dir"
+    setsid redis-server --port "$port" --bind 127.0.0.1 --appendonly yes --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --repl-diskless-sync-delay 0 >"$DATA/logs/redis-$port.log" 2>&1 &
+    pids+=($!)
+    seeds+=("127.0.0.1:$port")
+  done
+  for _ in $(seq 1 100); do redis-cli -p 7005 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! redis-cli -p 7000 cluster info | grep -q '^cluster_known_nodes:6'; then
+    redis-cli --cluster create "${seeds[@]}" --cluster-replicas 1 --cluster-yes >"$DATA/logs/redis-cluster-create.log"
+  fi
+  for _ in $(seq 1 100); do redis-cli -p 7000 cluster info | grep -q '^cluster_state:ok' && break; sleep 0.2; done
+  REDIS_URL=redis://127.0.0.1:7000
+  export RC_REDIS__CLUSTER_URLS=$(printf 'redis://%s,' "${seeds[@]}" | sed 's/,$//')
+  # Writes reach a replica before a consumer acks (README "Durability").
+  export RC_REDIS__WAIT_REPLICAS=${RC_REDIS__WAIT_REPLICAS:-1}
+  echo "==> Redis Cluster on :7000-7005 (3 primaries + 3 replicas, data under $DATA/redis-cluster)"
+fi
 if [ -z "${NATS_URL:-}" ]; then
   NATS_PORT=${NATS_PORT:-4222}
   cat > "$DATA/nats.conf" <<CONF
