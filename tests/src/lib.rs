@@ -103,6 +103,14 @@ impl NatsServer {
         self.nodes.first().and_then(cluster::NatsNode::pid)
     }
 
+    /// Every running node's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(cluster::NatsNode::pid)
+            .collect()
+    }
+
     /// SIGKILL of every node, like a crash.
     pub fn kill(&mut self) {
         self.nodes.iter_mut().for_each(cluster::NatsNode::kill);

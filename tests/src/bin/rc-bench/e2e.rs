@@ -178,16 +178,13 @@ impl Deployment {
         let mut w: Vec<Watched> = self
             .children
             .iter()
-            .map(|(name, c)| Watched { name, pid: c.id() })
+            .map(|(name, c)| Watched::new(name, c.id()))
             .collect();
-        w.push(Watched {
-            name: "nats-server",
-            pid: stack.nats.pid().expect("nats pid"),
-        });
-        w.push(Watched {
-            name: "redis-server",
-            pid: stack.redis.pid().expect("redis pid"),
-        });
+        w.push(Watched::nodes("nats-server", &stack.nats.pids()));
+        w.push(Watched::new(
+            "redis-server",
+            stack.redis.pid().expect("redis pid"),
+        ));
         w
     }
 
@@ -240,9 +237,8 @@ pub async fn wait_ready(port: u16, what: &str) {
 pub async fn deploy(stack: &Stack) -> Deployment {
     let key = stack.workspace(WORKSPACE).await;
     let data_plane = DataPlane::start(WRITE_KEY).await;
-    let env = [
-        ("RC_NATS__URL", stack.nats.url()),
-        ("RC_REDIS__URL", stack.redis.url()),
+    let mut env = stack.service_env();
+    env.extend([
         (
             "RC_SECRETS__ENCRYPTION_KEY",
             rc_tests::forwarder::new_encryption_key(),
@@ -250,7 +246,7 @@ pub async fn deploy(stack: &Stack) -> Deployment {
         // The fake data plane is plain http on loopback.
         ("RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS", "true".into()),
         ("RC_FORWARDER__ALLOW_HTTP", "true".into()),
-    ];
+    ]);
     let mut children = Vec::new();
     let mut ports = BTreeMap::new();
     for name in SERVICES {

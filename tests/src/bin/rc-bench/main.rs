@@ -13,7 +13,10 @@
 //! Prints Markdown (and writes it to `--out FILE`; scripts/bench.sh puts it into BENCHMARKS.md).
 //!
 //! Usage: rc-bench [--rate N] [--count N] [--scenario identify,group,track,inline] [--seconds N]
-//!        [--connections N] [--durable] [--skip-raw] [--skip-e2e] [--out FILE]
+//!        [--connections N] [--topology r1,r1-fsync,r3] [--durable] [--skip-raw] [--skip-e2e]
+//!        [--out FILE]
+//!
+//! `--topology` runs everything once per NATS setup, side by side (`--durable` = `r1-fsync`).
 
 mod e2e;
 mod load;
@@ -31,10 +34,51 @@ use load::{Body, LoadResult};
 use procfs::{CpuSnapshot, Watched, memory_mib};
 use rc_tests::Stack;
 
+/// How NATS runs under the stack (Redis is one node in each, so the rows isolate NATS).
+#[derive(Clone, Copy, PartialEq)]
+enum Topology {
+    /// One nats-server, default fsync (streams at 1 replica).
+    R1,
+    /// One nats-server, `sync_interval: always` (fsync before every ack).
+    R1Fsync,
+    /// A 3-node JetStream cluster on this machine, streams at 3 replicas.
+    R3,
+}
+
+impl Topology {
+    fn from_flag(s: &str) -> Option<Self> {
+        match s {
+            "r1" => Some(Self::R1),
+            "r1-fsync" => Some(Self::R1Fsync),
+            "r3" => Some(Self::R3),
+            _ => None,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::R1 => "R1: one nats-server, default fsync",
+            Self::R1Fsync => "R1 fsync: one nats-server, sync_interval: always",
+            Self::R3 => "R3: 3-node JetStream cluster on this machine, streams at 3 replicas",
+        }
+    }
+
+    fn stack(self) -> Stack {
+        match self {
+            Self::R1 => Stack::start(),
+            Self::R1Fsync => Stack::start_durable(),
+            Self::R3 => Stack {
+                nats: rc_tests::NatsServer::start_cluster(3),
+                redis: rc_tests::RedisServer::start(),
+            },
+        }
+    }
+}
+
 struct Args {
     seconds: u64,
     connections: usize,
-    durable: bool,
+    topologies: Vec<Topology>,
     rate: f64,
     count: u64,
     scenarios: Vec<Scenario>,
@@ -47,7 +91,7 @@ fn args() -> Args {
     let mut a = Args {
         seconds: 5,
         connections: 64,
-        durable: false,
+        topologies: vec![Topology::R1],
         rate: 2_000.0,
         count: 10_000,
         scenarios: Scenario::ALL.to_vec(),
@@ -73,7 +117,16 @@ fn args() -> Args {
                     })
                     .collect()
             }
-            "--durable" => a.durable = true,
+            "--durable" => a.topologies = vec![Topology::R1Fsync],
+            "--topology" => {
+                a.topologies = value()
+                    .split(',')
+                    .map(|s| {
+                        Topology::from_flag(s.trim())
+                            .unwrap_or_else(|| panic!("unknown topology {s} (r1, r1-fsync, r3)"))
+                    })
+                    .collect()
+            }
             "--skip-raw" => a.raw = false,
             "--skip-e2e" => a.e2e = false,
             "--out" => a.out = Some(value()),
@@ -147,29 +200,12 @@ async fn measured_load(
     (r, per)
 }
 
-async fn raw_limits(args: &Args, ticks: f64, md: &mut String) {
-    let stack = if args.durable {
-        Stack::start_durable()
-    } else {
-        Stack::start()
-    };
+async fn raw_limits(args: &Args, topology: Topology, ticks: f64, md: &mut String) {
+    let stack = topology.stack();
     let key = stack.workspace("bench").await;
-    let nats = Watched {
-        name: "nats-server",
-        pid: stack.nats.pid().expect("nats pid"),
-    };
-    let redis = Watched {
-        name: "redis-server",
-        pid: stack.redis.pid().expect("redis pid"),
-    };
-    let (ingress, ingress_port) = e2e::start_service(
-        "ingress",
-        &[
-            ("RC_NATS__URL", stack.nats.url()),
-            ("RC_REDIS__URL", stack.redis.url()),
-        ],
-    )
-    .await;
+    let nats = Watched::nodes("nats-server", &stack.nats.pids());
+    let redis = Watched::new("redis-server", stack.redis.pid().expect("redis pid"));
+    let (ingress, ingress_port) = e2e::start_service("ingress", &stack.service_env()).await;
     let ingress = Killed(ingress);
     let (bare, bare_port) = start_bare_handler(&stack).await;
     eprintln!("raw limits: JetStream, Redis, bare handler, ingress …");
@@ -193,13 +229,7 @@ async fn raw_limits(args: &Args, ticks: f64, md: &mut String) {
     let hset = raw::redis_ops(&stack, raw::RedisOp::Hset, 100_000, ticks).await;
     let evalsha = raw::redis_ops(&stack, raw::RedisOp::Evalsha, 50_000, ticks).await;
 
-    let bare_w = [
-        Watched {
-            name: "bare handler",
-            pid: bare.0.id(),
-        },
-        nats.clone(),
-    ];
+    let bare_w = [Watched::new("bare handler", bare.0.id()), nats.clone()];
     let (bare_r, bare_cpu) = measured_load(
         &bare_w,
         ticks,
@@ -215,10 +245,7 @@ async fn raw_limits(args: &Args, ticks: f64, md: &mut String) {
     .await;
     drop(bare);
     let ingress_w = [
-        Watched {
-            name: "ingress",
-            pid: ingress.0.id(),
-        },
+        Watched::new("ingress", ingress.0.id()),
         nats.clone(),
         redis.clone(),
     ];
@@ -337,12 +364,8 @@ fn phase_label(p: Phase) -> String {
     }
 }
 
-async fn end_to_end(args: &Args, ticks: f64, md: &mut String) {
-    let stack = if args.durable {
-        Stack::start_durable()
-    } else {
-        Stack::start()
-    };
+async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String) {
+    let stack = topology.stack();
     let d = e2e::deploy(&stack).await;
     let watched = d.watched(&stack);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -448,20 +471,26 @@ async fn main() {
     let ticks = procfs::clock_ticks();
     let mut md = String::new();
     let load_start = procfs::load_average();
-    if args.raw {
-        raw_limits(&args, ticks, &mut md).await;
-    }
-    if args.e2e {
-        end_to_end(&args, ticks, &mut md).await;
+    let several = args.topologies.len() > 1;
+    for &topology in &args.topologies {
+        if several {
+            let _ = writeln!(md, "## {}\n", topology.title());
+        }
+        if args.raw {
+            raw_limits(&args, topology, ticks, &mut md).await;
+        }
+        if args.e2e {
+            end_to_end(&args, topology, ticks, &mut md).await;
+        }
     }
     let head = format!(
-        "Load average (1/5/15 min) at the start: {load_start}; at the end: {}. nats-server {}.\n\n",
+        "Load average (1/5/15 min) at the start: {load_start}; at the end: {}. NATS: {}.\n\n",
         procfs::load_average(),
-        if args.durable {
-            "durable (sync_interval: always)"
-        } else {
-            "default fsync"
-        }
+        args.topologies
+            .iter()
+            .map(|t| t.title())
+            .collect::<Vec<_>>()
+            .join("; then ")
     );
     let md = head + &md;
     println!("{md}");

@@ -3,11 +3,36 @@
 
 use std::process::Command;
 
-/// A process the bench watches.
+/// A process the bench watches (its memory is `pid`'s; its CPU also counts `also`: the other
+/// nodes of a cluster).
 #[derive(Clone, Debug)]
 pub struct Watched {
     pub name: &'static str,
     pub pid: u32,
+    pub also: Vec<u32>,
+}
+
+impl Watched {
+    pub fn new(name: &'static str, pid: u32) -> Self {
+        Watched {
+            name,
+            pid,
+            also: Vec::new(),
+        }
+    }
+
+    /// Every node of a server: `pids[0]` for memory, all of them for CPU.
+    pub fn nodes(name: &'static str, pids: &[u32]) -> Self {
+        Watched {
+            name,
+            pid: pids[0],
+            also: pids[1..].to_vec(),
+        }
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        cpu_ticks(self.pid) + self.also.iter().map(|p| cpu_ticks(*p)).sum::<u64>()
+    }
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; `unsafe` is forbidden here, so no sysconf).
@@ -67,7 +92,7 @@ pub struct CpuSnapshot(Vec<u64>);
 
 impl CpuSnapshot {
     pub fn take(watched: &[Watched]) -> Self {
-        CpuSnapshot(watched.iter().map(|w| cpu_ticks(w.pid)).collect())
+        CpuSnapshot(watched.iter().map(Watched::cpu_ticks).collect())
     }
 
     /// CPU µs per event of each watched process between `self` and `later`.

@@ -33,6 +33,11 @@ impl RawResult {
     }
 }
 
+/// CPU seconds of every node of a server.
+fn cpu_s_all(pids: &[u32], ticks: f64) -> f64 {
+    pids.iter().map(|p| cpu_s(*p, ticks)).sum()
+}
+
 fn cpu_s(pid: u32, ticks: f64) -> f64 {
     crate::procfs::cpu_ticks(pid) as f64 / ticks
 }
@@ -47,8 +52,8 @@ pub async fn jetstream_publish(
     ticks: f64,
 ) -> RawResult {
     let js = stack.jetstream().await;
-    let pid = stack.nats.pid().expect("nats-server pid");
-    let cpu0 = cpu_s(pid, ticks);
+    let pids = stack.nats.pids();
+    let cpu0 = cpu_s_all(&pids, ticks);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut n: u64 = 0;
@@ -75,7 +80,7 @@ pub async fn jetstream_publish(
     RawResult {
         ops: n,
         seconds: start.elapsed().as_secs_f64(),
-        server_cpu_s: cpu_s(pid, ticks) - cpu0,
+        server_cpu_s: cpu_s_all(&pids, ticks) - cpu0,
     }
 }
 
@@ -83,7 +88,7 @@ pub async fn jetstream_publish(
 /// services' consumers do, without their work).
 pub async fn jetstream_consume(stack: &Stack, subject: &str, count: u64, ticks: f64) -> RawResult {
     let js = stack.jetstream().await;
-    let pid = stack.nats.pid().expect("nats-server pid");
+    let pids = stack.nats.pids();
     let stream = js.get_stream(EVENTS_STREAM).await.expect("stream");
     let consumer = stream
         .create_consumer(pull::Config {
@@ -95,7 +100,7 @@ pub async fn jetstream_consume(stack: &Stack, subject: &str, count: u64, ticks: 
         })
         .await
         .expect("consumer");
-    let cpu0 = cpu_s(pid, ticks);
+    let cpu0 = cpu_s_all(&pids, ticks);
     let start = Instant::now();
     let mut messages = consumer
         .stream()
@@ -115,7 +120,7 @@ pub async fn jetstream_consume(stack: &Stack, subject: &str, count: u64, ticks: 
     RawResult {
         ops: n,
         seconds: start.elapsed().as_secs_f64(),
-        server_cpu_s: cpu_s(pid, ticks) - cpu0,
+        server_cpu_s: cpu_s_all(&pids, ticks) - cpu0,
     }
 }
 
