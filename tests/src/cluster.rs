@@ -302,11 +302,15 @@ impl RedisNode {
         }
     }
 
+    /// A short-lived sync connection whose reads and writes time out (never a hung test).
     fn connection(&self) -> Option<redis::Connection> {
-        redis::Client::open(self.url())
+        let conn = redis::Client::open(self.url())
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(2))
-            .ok()
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        conn.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+        Some(conn)
     }
 
     /// `CLUSTER INFO` (`"CLUSTER"`) or `INFO replication` (`"INFO"`).
@@ -355,6 +359,24 @@ impl Drop for RedisNode {
 impl crate::RedisServer {
     /// The node that serves `key`'s slot as primary now (asked of a live node).
     pub fn primary_for(&self, key: &str) -> usize {
+        self.slot_nodes(key)[0]
+    }
+
+    /// The nodes that replicate `key`'s slot now (waiting until gossip has told the node asked).
+    pub fn replicas_for(&self, key: &str) -> Vec<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.slot_nodes(key);
+            if nodes.len() > 1 || Instant::now() > deadline {
+                return nodes[1..].to_vec();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `key`'s slot: its primary first, then its replicas, as node indexes (`CLUSTER SLOTS`,
+    /// which every 7.x has, asked of a live node).
+    fn slot_nodes(&self, key: &str) -> Vec<usize> {
         let live = self
             .nodes
             .iter()
@@ -366,7 +388,6 @@ impl crate::RedisServer {
             .arg(key)
             .query(&mut conn)
             .expect("CLUSTER KEYSLOT");
-        // CLUSTER SHARDS would be newer; CLUSTER SLOTS is in every 7.x.
         let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query(&mut conn)
@@ -380,18 +401,24 @@ impl crate::RedisServer {
             else {
                 continue;
             };
-            if (*lo..=*hi).contains(&(slot as i64))
-                && let Some(redis::Value::Array(primary)) = items.get(2)
-                && let Some(redis::Value::Int(port)) = primary.get(1)
-            {
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| i64::from(n.port) == *port)
-                    .expect("a node of ours");
+            if !(*lo..=*hi).contains(&i64::from(slot)) {
+                continue;
             }
+            // Each node entry: [ip, port, id, …].
+            return items[2..]
+                .iter()
+                .filter_map(|node| match node {
+                    redis::Value::Array(fields) => match fields.get(1) {
+                        Some(redis::Value::Int(port)) => {
+                            self.nodes.iter().position(|n| i64::from(n.port) == *port)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
         }
-        panic!("no primary serves slot {slot}");
+        panic!("no node serves slot {slot}");
     }
 
     /// SIGKILL of one node.

@@ -14,6 +14,25 @@ use serde_json::{Value, json};
 
 const WRITE_KEY: &str = "2AbcWriteKeyFromRudderStack9f2a";
 
+/// One cluster test at a time: each runs nine servers and its services, and two at once on a
+/// 2-core CI machine starve each other's elections and failovers.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An HTTP client whose requests time out, so a stuck service fails the test instead of
+/// hanging it.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
 /// What a load run saw: the user ids whose identify was acknowledged (202), and how the
 /// ingress answered while a node was down.
 #[derive(Default)]
@@ -89,7 +108,7 @@ fn identify_load(
     load: Arc<Mutex<Load>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        let http = http();
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
         let mut sends = tokio::task::JoinSet::new();
         for i in 0..count {
@@ -110,7 +129,7 @@ fn identify_load(
 
 /// Every acknowledged user has a profile, read through the profiles API.
 async fn assert_all_profiles(profiles: &Service, key: &str, acked: &BTreeSet<String>) {
-    let http = reqwest::Client::new();
+    let http = http();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut missing: Vec<&String> = acked.iter().collect();
     while !missing.is_empty() {
@@ -144,6 +163,7 @@ async fn assert_all_profiles(profiles: &Service, key: &str, acked: &BTreeSet<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_path_runs_on_a_jetstream_cluster_and_a_redis_cluster() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start_cluster();
     let key = stack.workspace("acme").await;
     let js = stack.jetstream().await;
@@ -247,6 +267,7 @@ async fn the_whole_path_runs_on_a_jetstream_cluster_and_a_redis_cluster() {
 /// leader is elected, and the killed node rejoins and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_events_leader_loses_no_acknowledged_event() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::start_cluster();
     let key = stack.workspace("acme").await;
     let js = stack.jetstream().await;
@@ -313,6 +334,7 @@ async fn killing_the_events_leader_loses_no_acknowledged_event() {
 /// identify becomes a profile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_redis_primary_fails_over_and_loses_no_acknowledged_effect() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::start_cluster();
     let key = stack.workspace("acme").await;
     let ingress = Arc::new(stack.ingress().await);
@@ -361,6 +383,7 @@ async fn killing_a_redis_primary_fails_over_and_loses_no_acknowledged_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
     use rc_tests::ServiceProcess;
+    let _serial = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start_cluster();
     let key = stack.workspace("acme").await;
     let mut env = stack.service_env();
@@ -380,7 +403,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
             .map(|(_, p)| p.url(""))
             .unwrap()
     };
-    let http = reqwest::Client::new();
+    let http = http();
     let r = http
         .put(format!("{}/providers/inbox", delivery_url(&replicas)))
         .bearer_auth(&key)
@@ -480,4 +503,63 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// `wait_replicas = 1`: with the replica of the workspace's primary down, an identify is
+/// written but not acknowledged to JetStream (it is retried, never dead-lettered); once the
+/// replica is back, it is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_an_effect_is_acked_only_once_a_replica_has_it() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut stack = Stack::start_cluster();
+    let key = stack.workspace("acme").await;
+    let js = stack.jetstream().await;
+    let ingress = stack.ingress().await;
+    let mut settings = stack.profiles_settings();
+    settings.redis.wait_replicas = 1;
+    let profiles = Service::spawn(|listener, shutdown| async move {
+        profiles::run(settings, Some(listener), shutdown).await
+    })
+    .await;
+    let slot_key = rc_common::keys::user_profile("acme", "u_1");
+    let replicas = stack.redis.replicas_for(&slot_key);
+    assert_eq!(replicas.len(), 1);
+    stack.redis.kill_node(replicas[0]);
+
+    let (s, body) = call(&ingress, &key, reqwest::Method::POST, "/inbound/rudderstack",
+        Some(json!({"type": "identify", "userId": "u_1", "messageId": "w-1", "traits": {"name": "Ada"}}))).await;
+    assert_eq!(s, 202, "{body}");
+    eventually(
+        "the profile written on the primary",
+        Duration::from_secs(10),
+        async || {
+            call(&profiles, &key, reqwest::Method::GET, "/profiles/u_1", None)
+                .await
+                .0
+                == 200
+        },
+    )
+    .await;
+    let profiles_durable = async || {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream("EVENTS")
+            .await
+            .expect("EVENTS")
+            .get_consumer(rc_common::subjects::durables::PROFILES_EVENTS)
+            .await
+            .expect("profiles durable");
+        let info = consumer.info().await.expect("info").clone();
+        (info.num_ack_pending + info.num_pending as usize,)
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unacked = profiles_durable().await.0;
+    assert!(unacked >= 1, "acked although no replica has the write");
+
+    stack.redis.restart_node(replicas[0]);
+    eventually(
+        "acked once the replica is back",
+        Duration::from_secs(30),
+        async || profiles_durable().await.0 == 0,
+    )
+    .await;
 }
