@@ -16,13 +16,7 @@ const WRITE_KEY: &str = "2AbcWriteKeyFromRudderStack9f2a";
 
 /// One cluster test at a time: each runs nine servers and its services, and two at once on a
 /// 2-core CI machine starve each other's elections and failovers.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An HTTP client whose requests time out, so a stuck service fails the test instead of
 /// hanging it.
