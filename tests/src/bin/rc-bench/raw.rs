@@ -204,7 +204,9 @@ pub async fn redis_ops(stack: &Stack, op: RedisOp, count: u64, ticks: f64) -> Ra
 /// `messageId`, publish the body to `events.rawbench.<type>` with a `Nats-Msg-Id`, await the
 /// JetStream ack, answer 200. No auth, no envelope, no batches.
 pub async fn bare_handler(listen: &str, nats_url: &str) {
-    let client = async_nats::connect(nats_url).await.expect("nats");
+    let client = async_nats::connect(rc_common::nats::server_list(nats_url))
+        .await
+        .expect("nats");
     let js = async_nats::jetstream::new(client);
     let app = Router::new()
         .route("/inbound/rudderstack", post(bare))
