@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod lists;
+pub mod lww;
 pub mod nats;
 pub mod ops;
 pub mod outbound;
