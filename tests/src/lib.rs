@@ -369,7 +369,7 @@ impl Endpoint for ServiceProcess {
 /// One request authenticated with a workspace API key, with an optional JSON body; answers the
 /// status and the JSON body (`Null` when there is none).
 pub async fn call(
-    to: &impl Endpoint,
+    to: &(impl Endpoint + ?Sized),
     api_key: &str,
     method: reqwest::Method,
     path: &str,

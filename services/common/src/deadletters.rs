@@ -66,6 +66,12 @@ impl DlqService {
             DlqService::Forwarder => "forwarder",
         }
     }
+
+    /// `/dead-letters/<service>`: where [`router`] also serves this service's dead letters, the
+    /// path a front door routes to the service (`/dead-letters` alone is ambiguous there).
+    pub fn routed_path(self) -> String {
+        format!("/dead-letters/{self}")
+    }
 }
 
 impl fmt::Display for DlqService {
@@ -470,9 +476,13 @@ pub fn router_with<S: Clone + Send + Sync + 'static>(
     auth: Arc<Authenticator>,
     detail: Option<Detail>,
 ) -> Router<S> {
-    let prefixed = format!("/dead-letters/{service}");
-    routes_at("/dead-letters", service, js.clone(), auth.clone(), detail)
-        .merge(routes_at(&prefixed, service, js, auth, detail))
+    routes_at("/dead-letters", service, js.clone(), auth.clone(), detail).merge(routes_at(
+        &service.routed_path(),
+        service,
+        js,
+        auth,
+        detail,
+    ))
 }
 
 /// The same routes under `base` (the forwarder keeps `/integrations/rudderstack/dead-letters`),
