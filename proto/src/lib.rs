@@ -6,6 +6,13 @@ pub mod v1 {
 }
 
 pub use prost::Message;
+
+/// The protobuf package of every message here.
+pub const PACKAGE: &str = "rudder_courier.v1";
+
+/// The encoded `FileDescriptorSet` these types were generated from (imports included), for
+/// reading a payload by its message name.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 pub use v1::{
     Envelope, EventType, MessageEvent, MessageRequest, ProfileUpdateRequest, ProfileUpdated,
     RunEvent, TenantUpdated,

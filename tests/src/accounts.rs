@@ -1,25 +1,15 @@
 //! Helpers for the accounts service.
 
-use crate::{Service, Stack};
+use crate::{Service, Stack, stack_settings};
 
 impl Stack {
     pub fn accounts_settings(&self) -> accounts::Settings {
-        let mut settings = accounts::Settings {
-            nats: self.nats.settings(),
-            redis: self.redis.settings(),
-            auth: Self::auth_settings(),
-            shutdown: Self::shutdown_settings(),
-            ..accounts::Settings::default()
-        };
+        let mut settings = stack_settings!(self, accounts::Settings);
         settings.accounts.ack_wait_ms = 2_000;
         settings
     }
 
     pub async fn accounts(&self) -> Service {
-        let settings = self.accounts_settings();
-        Service::spawn(|listener, shutdown| async move {
-            accounts::run(settings, Some(listener), shutdown).await
-        })
-        .await
+        Service::run(self.accounts_settings(), accounts::run).await
     }
 }

@@ -2,17 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Service, Stack, stored_messages};
+use crate::{Service, Stack, stack_settings, stored_messages};
 
 impl Stack {
     pub fn automations_settings(&self) -> automations::Settings {
-        let mut s = automations::Settings {
-            nats: self.nats.settings(),
-            redis: self.redis.settings(),
-            auth: Self::auth_settings(),
-            shutdown: Self::shutdown_settings(),
-            ..automations::Settings::default()
-        };
+        let mut s = stack_settings!(self, automations::Settings);
         s.automations.poll_interval_ms = 100;
         s.automations.lease_ms = 3_000;
         // fetch-data steps call local fakes on 127.0.0.1.
@@ -21,11 +15,7 @@ impl Stack {
     }
 
     pub async fn automations(&self) -> Service {
-        let settings = self.automations_settings();
-        Service::spawn(|listener, shutdown| async move {
-            automations::run(settings, Some(listener), shutdown).await
-        })
-        .await
+        Service::run(self.automations_settings(), automations::run).await
     }
 }
 

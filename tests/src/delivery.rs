@@ -18,19 +18,13 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use crate::{Service, Stack};
+use crate::{Service, Stack, stack_settings};
 
 pub const TEST_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 impl Stack {
     pub fn delivery_settings(&self) -> delivery::Settings {
-        let mut s = delivery::Settings {
-            nats: self.nats.settings(),
-            redis: self.redis.settings(),
-            auth: Self::auth_settings(),
-            shutdown: Self::shutdown_settings(),
-            ..delivery::Settings::default()
-        };
+        let mut s = stack_settings!(self, delivery::Settings);
         s.secrets.encryption_key = TEST_KEY.into();
         s.delivery.retry_base_ms = 50;
         s.delivery.circuit_cooldown_ms = 200;
@@ -50,10 +44,7 @@ impl Stack {
     }
 
     pub async fn delivery_with(&self, settings: delivery::Settings) -> Service {
-        Service::spawn(|listener, shutdown| async move {
-            delivery::run(settings, Some(listener), shutdown).await
-        })
-        .await
+        Service::run(settings, delivery::run).await
     }
 }
 

@@ -5,46 +5,35 @@ use std::time::Duration;
 use prost::Message as _;
 use rc_common::secrets::{Cipher, SecretsSettings};
 
-use crate::{Endpoint, Service, Stack};
+use crate::{Endpoint, Service, Stack, stack_settings};
 
 impl Stack {
     /// Fast timings so retries, pauses and redeliveries happen within seconds.
     pub fn forwarder_settings(&self, encryption_key: &str) -> forwarder::Settings {
-        forwarder::Settings {
-            nats: self.nats.settings(),
-            redis: self.redis.settings(),
-            auth: Self::auth_settings(),
-            shutdown: Self::shutdown_settings(),
-            secrets: SecretsSettings {
-                encryption_key: encryption_key.to_string(),
-            },
-            forwarder: forwarder::ForwarderSettings {
-                linger_ms: 50,
-                request_timeout_ms: 1_000,
-                ack_wait_ms: 3_000,
-                base_backoff_ms: 50,
-                max_backoff_ms: 400,
-                circuit_failures: 4,
-                circuit_cooldown_ms: 600,
-                reconcile_interval_ms: 300,
-                // The fake data planes speak plain http.
-                allow_http: true,
-                ..forwarder::ForwarderSettings::default()
-            },
-            // The fake data planes listen on 127.0.0.1.
-            outbound: rc_common::outbound::OutboundSettings {
-                allow_private_networks: true,
-                ..Default::default()
-            },
-            ..forwarder::Settings::default()
-        }
+        let mut s = stack_settings!(self, forwarder::Settings);
+        s.secrets = SecretsSettings {
+            encryption_key: encryption_key.to_string(),
+        };
+        s.forwarder = forwarder::ForwarderSettings {
+            linger_ms: 50,
+            request_timeout_ms: 1_000,
+            ack_wait_ms: 3_000,
+            base_backoff_ms: 50,
+            max_backoff_ms: 400,
+            circuit_failures: 4,
+            circuit_cooldown_ms: 600,
+            reconcile_interval_ms: 300,
+            // The fake data planes speak plain http.
+            allow_http: true,
+            ..forwarder::ForwarderSettings::default()
+        };
+        // The fake data planes listen on 127.0.0.1.
+        s.outbound.allow_private_networks = true;
+        s
     }
 
     pub async fn forwarder_with(&self, settings: forwarder::Settings) -> Service {
-        Service::spawn(|listener, shutdown| async move {
-            forwarder::run(settings, Some(listener), shutdown).await
-        })
-        .await
+        Service::run(settings, forwarder::run).await
     }
 }
 

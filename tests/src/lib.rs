@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod automations;
 pub mod dataplane;
 pub mod delivery;
+pub mod events;
 pub mod forwarder;
 pub mod frontdoor;
 pub mod profiles;
@@ -23,6 +24,21 @@ use std::time::{Duration, Instant};
 use rc_common::Shutdown;
 use rc_common::config::{AuthSettings, NatsSettings, RedisSettings, ShutdownSettings};
 use tokio::task::JoinHandle;
+
+/// A service's `Settings` on `$stack`'s NATS and Redis, with the test auth and shutdown
+/// settings and every other section defaulted.
+#[macro_export]
+macro_rules! stack_settings {
+    ($stack:expr, $($settings:ident)::+) => {
+        $($settings)::+ {
+            nats: $stack.nats.settings(),
+            redis: $stack.redis.settings(),
+            auth: $crate::Stack::auth_settings(),
+            shutdown: $crate::Stack::shutdown_settings(),
+            ..Default::default()
+        }
+    };
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -292,13 +308,7 @@ impl Stack {
     }
 
     pub fn ingress_settings(&self) -> ingress::Settings {
-        ingress::Settings {
-            nats: self.nats.settings(),
-            redis: self.redis.settings(),
-            auth: Self::auth_settings(),
-            shutdown: Self::shutdown_settings(),
-            ..ingress::Settings::default()
-        }
+        stack_settings!(self, ingress::Settings)
     }
 
     pub async fn ingress(&self) -> Service {
@@ -306,10 +316,7 @@ impl Stack {
     }
 
     pub async fn ingress_with(&self, settings: ingress::Settings) -> Service {
-        Service::spawn(|listener, shutdown| async move {
-            ingress::run(settings, Some(listener), shutdown).await
-        })
-        .await
+        Service::run(settings, ingress::run).await
     }
 }
 
@@ -336,7 +343,7 @@ impl Endpoint for ServiceProcess {
 /// One request authenticated with a workspace API key, with an optional JSON body; answers the
 /// status and the JSON body (`Null` when there is none).
 pub async fn call(
-    to: &impl Endpoint,
+    to: &(impl Endpoint + ?Sized),
     api_key: &str,
     method: reqwest::Method,
     path: &str,
@@ -356,6 +363,35 @@ pub async fn call(
     )
 }
 
+/// [`call`] by whole URL, with extra request headers; answers the typed status and the JSON
+/// body (`Null` when empty; a body that is not JSON fails the test).
+pub async fn call_url(
+    method: reqwest::Method,
+    url: &str,
+    api_key: &str,
+    body: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(api_key);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    if let Some(b) = body {
+        request = request.json(&b);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text:?}"))
+    };
+    (status, body)
+}
+
 /// A service running in-process on a port of its own.
 pub struct Service {
     pub addr: SocketAddr,
@@ -364,6 +400,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// Runs a service's library `run` (e.g. `profiles::run`) with `settings` in-process.
+    pub async fn run<S, F, Fut>(settings: S, run: F) -> Service
+    where
+        F: FnOnce(S, Option<tokio::net::TcpListener>, Shutdown) -> Fut,
+        Fut: std::future::Future<Output = RunResult> + Send + 'static,
+    {
+        Service::spawn(|listener, shutdown| run(settings, Some(listener), shutdown)).await
+    }
+
     pub async fn spawn<F, Fut>(run: F) -> Service
     where
         F: FnOnce(tokio::net::TcpListener, Shutdown) -> Fut,

@@ -2,27 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Service, Stack};
+use crate::{Service, Stack, stack_settings};
 
 impl Stack {
     pub fn profiles_settings(&self) -> profiles::Settings {
-        let mut settings = profiles::Settings {
-            nats: self.nats.settings(),
-            redis: self.redis.settings(),
-            auth: Self::auth_settings(),
-            shutdown: Self::shutdown_settings(),
-            ..profiles::Settings::default()
-        };
+        let mut settings = stack_settings!(self, profiles::Settings);
         settings.profiles.ack_wait_ms = 2_000;
         settings
     }
 
     pub async fn profiles(&self) -> Service {
-        let settings = self.profiles_settings();
-        Service::spawn(|listener, shutdown| async move {
-            profiles::run(settings, Some(listener), shutdown).await
-        })
-        .await
+        Service::run(self.profiles_settings(), profiles::run).await
     }
 }
 

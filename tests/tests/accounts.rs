@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use prost::Message;
 use rc_common::subjects::{COURIER_STREAM, DLQ_STREAM, dlq_headers};
 use rc_proto::{Envelope, EventType, TenantUpdated};
+use rc_tests::events::{envelope, publish_envelope as publish};
 use rc_tests::profiles::eventually;
 use rc_tests::{Service, Stack, stored_messages};
 use reqwest::{Method, StatusCode};
@@ -14,21 +14,7 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn call(method: Method, url: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, url)
-        .header("authorization", format!("Bearer {key}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text:?}"))
-    };
-    (status, body)
+    rc_tests::call_url(method, url, key, body, &[]).await
 }
 
 async fn get_ok(url: &str, key: &str) -> Option<Value> {
@@ -38,32 +24,9 @@ async fn get_ok(url: &str, key: &str) -> Option<Value> {
 
 fn group(ws: &str, id: &str, gid: &str, uid: &str, ts_ms: i64, traits: Value) -> Envelope {
     Envelope {
-        schema_version: 1,
-        workspace_id: ws.into(),
-        message_id: id.into(),
-        r#type: EventType::Group as i32,
-        user_id: uid.into(),
         group_id: gid.into(),
-        timestamp: Some(prost_types::Timestamp {
-            seconds: ts_ms.div_euclid(1000),
-            nanos: (ts_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
-        traits: serde_json::to_vec(&traits).unwrap().into(),
-        ..Default::default()
+        ..envelope(ws, id, EventType::Group, uid, ts_ms, &traits)
     }
-}
-
-async fn publish(js: &async_nats::jetstream::Context, env: &Envelope) {
-    js.send_publish(
-        format!("events.{}.group", env.workspace_id),
-        PublishMessage::build()
-            .payload(env.encode_to_vec().into())
-            .message_id(format!("{}:{}", env.workspace_id, env.message_id)),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
 }
 
 async fn members(stack: &Stack, ws: &str, tid: &str) -> Vec<String> {

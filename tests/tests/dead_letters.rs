@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::Context;
 use prost::Message as _;
+use rc_common::deadletters::DlqService;
 use rc_proto::{Envelope, EventType};
 use rc_tests::dataplane::{DataPlane, Mode};
 use rc_tests::forwarder::{
@@ -146,6 +147,25 @@ async fn every_event_service_lists_shows_replays_and_purges_its_dead_letters() {
     let accounts = stack.accounts().await;
     let automations = stack.automations().await;
     let delivery = stack.delivery().await;
+    let forwarder = stack
+        .forwarder_with(stack.forwarder_settings(&new_encryption_key()))
+        .await;
+
+    // Every service of the declared list serves its dead letters at the path a front door
+    // routes to it (deploy_parity checks the routing from the same list).
+    let by_service: [(DlqService, &dyn Endpoint); 5] = [
+        (DlqService::Profiles, &profiles),
+        (DlqService::Accounts, &accounts),
+        (DlqService::Automations, &automations),
+        (DlqService::Delivery, &delivery),
+        (DlqService::Forwarder, &forwarder),
+    ];
+    assert_eq!(by_service.map(|(s, _)| s), DlqService::ALL);
+    for (service, endpoint) in by_service {
+        let (status, body) = call(endpoint, &key, Method::GET, &service.routed_path(), None).await;
+        assert_eq!(status, 200, "{service}: {body}");
+        assert!(body["deadLetters"].is_array(), "{service}: {body}");
+    }
 
     // profiles: decodes, but has no user id. Shown decoded, the traits as a document.
     publish(

@@ -7,8 +7,9 @@
 //!   `env = "…"` attributes;
 //! - the port is the one in the service's default `http.listen`;
 //! - probe paths are valid when `rc_common::ops::router` answers them with something else than 404;
-//! - every `.route("…")` of a service's sources is routed to that service by the Ingress paths
-//!   under `deploy/base/`, and every Ingress path routes something.
+//! - every `.route("…")` of a service's sources, and the dead-letter paths of every service in
+//!   `DlqService::ALL`, is routed to that service by the Ingress paths under `deploy/base/`,
+//!   and every Ingress path routes something.
 //!
 //! Manifests map to services by directory (`deploy/base/<service>/`; `deploy/base/common/` is
 //! shared, so only settings every service has are allowed there) and, elsewhere, by name: a
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use rc_common::deadletters::DlqService;
 use serde_json::{Value, to_value};
 use tower::ServiceExt;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -716,12 +718,13 @@ fn service_routes(src: &Path) -> Vec<String> {
         .map(|f| std::fs::read_to_string(f).unwrap())
         .collect();
     let mut routes: Vec<String> = sources.iter().flat_map(|s| routes_in(s)).collect();
-    // The shared dead-letter router (rc_common::deadletters) builds its paths at run time: a
-    // service that mounts it serves `/dead-letters/<service>` (the path a front door routes).
-    if sources.iter().any(|s| s.contains("deadletters::router")) {
-        let service = src.parent().unwrap().file_name().unwrap().to_str().unwrap();
-        routes.push(format!("/dead-letters/{service}"));
-        routes.push(format!("/dead-letters/{service}/{{seq}}"));
+    // The shared dead-letter router builds its paths at run time: every service of the declared
+    // list `DlqService::ALL` serves it at its `routed_path()` (the dead_letters test asks each
+    // running service there).
+    let service = src.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    if let Ok(dlq) = service.parse::<DlqService>() {
+        routes.push(dlq.routed_path());
+        routes.push(format!("{}/{{seq}}", dlq.routed_path()));
     }
     routes
 }

@@ -131,18 +131,8 @@ async fn patch_amplification_and_oversized_profiles_are_refused() {
 
 fn envelope(kind: EventType, id: &str, traits: Value) -> Envelope {
     Envelope {
-        schema_version: 1,
-        workspace_id: "bounds".into(),
-        message_id: id.into(),
-        r#type: kind as i32,
-        user_id: "u_big".into(),
         group_id: "t_big".into(),
-        timestamp: Some(prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 0,
-        }),
-        traits: serde_json::to_vec(&traits).unwrap().into(),
-        ..Default::default()
+        ..rc_tests::events::envelope("bounds", id, kind, "u_big", 1_700_000_000_000, &traits)
     }
 }
 

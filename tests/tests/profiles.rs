@@ -7,39 +7,14 @@ use proptest::prelude::*;
 use prost::Message;
 use rc_common::subjects::{COURIER_STREAM, DLQ_STREAM, dlq_headers};
 use rc_proto::{Envelope, EventType, ProfileUpdateRequest, ProfileUpdated};
+use rc_tests::call_url as call;
+use rc_tests::events::{envelope, publish_envelope};
 use rc_tests::profiles::eventually;
 use rc_tests::{ServiceProcess, Stack, stored_messages};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn call(
-    method: reqwest::Method,
-    url: &str,
-    key: &str,
-    body: Option<Value>,
-    headers: &[(&str, &str)],
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, url)
-        .header("authorization", format!("Bearer {key}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text:?}"))
-    };
-    (status, body)
-}
 
 async fn get_profile(url: &str, key: &str) -> Option<Value> {
     let (status, body) = call(reqwest::Method::GET, url, key, None, &[]).await;
@@ -51,32 +26,7 @@ async fn get_profile(url: &str, key: &str) -> Option<Value> {
 }
 
 fn identify(ws: &str, message_id: &str, user_id: &str, ts_ms: i64, traits: Value) -> Envelope {
-    Envelope {
-        schema_version: 1,
-        workspace_id: ws.into(),
-        message_id: message_id.into(),
-        r#type: EventType::Identify as i32,
-        user_id: user_id.into(),
-        timestamp: Some(prost_types::Timestamp {
-            seconds: ts_ms.div_euclid(1000),
-            nanos: (ts_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
-        traits: serde_json::to_vec(&traits).unwrap().into(),
-        ..Default::default()
-    }
-}
-
-async fn publish_envelope(js: &async_nats::jetstream::Context, env: &Envelope) {
-    js.send_publish(
-        format!("events.{}.identify", env.workspace_id),
-        PublishMessage::build()
-            .payload(env.encode_to_vec().into())
-            .message_id(format!("{}:{}", env.workspace_id, env.message_id)),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    envelope(ws, message_id, EventType::Identify, user_id, ts_ms, &traits)
 }
 
 async fn profile_updates(stack: &Stack, ws: &str) -> Vec<ProfileUpdated> {

@@ -15,18 +15,15 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use axum::Router;
 use axum::extract::FromRef;
-use axum::http::StatusCode;
 use axum::routing::get;
 use prost::Message;
 use rc_common::auth::Authenticator;
 use rc_common::consumer::{self, ConsumerSpec, Quarantine};
-use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::AccountsError;
 
@@ -159,11 +156,7 @@ pub async fn run(
         publisher,
         max_tenant_bytes: settings.accounts.max_tenant_bytes,
     };
-    let app = app(
-        state,
-        rt.readiness(),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    );
+    let app = app(state);
     rt.serve(app).await
 }
 
@@ -183,7 +176,8 @@ fn consumer_spec(settings: &Settings, redis: &RedisConn) -> ConsumerSpec {
     spec
 }
 
-pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+/// The service's API; [`Runtime::serve`] adds the ops endpoints, metrics and timeout.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/tenants", get(api::list_tenants))
         .route(
@@ -248,10 +242,4 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             state.auth.clone(),
         ))
         .with_state(state)
-        .merge(rc_common::ops::router(readiness))
-        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
 }

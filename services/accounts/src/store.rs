@@ -14,10 +14,9 @@
 //! - `{ws:<ws>}:tenants`: sorted set, score 0, of tenant ids (listing)
 //! - `{ws:<ws>:member:<uid>}:tenants`: sorted set, score 0, of a user's tenant ids
 
-use redis::Script;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use rc_common::lww;
 use rc_common::redis::RedisConn;
 
 use rc_common::keys::{self, tenant};
@@ -34,27 +33,16 @@ pub fn fields_key(ws: &str, tid: &str) -> String {
     tenant(ws, tid, "fields")
 }
 
-pub fn tiebreak(cause: &str) -> String {
-    hex::encode(&Sha256::digest(cause.as_bytes())[..16])
-}
-pub fn random_tiebreak() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
-}
+pub use rc_common::lww::{Reset, Stamp, random_tiebreak, tiebreak};
 
-const SCRIPT: &str = r#"
+/// `parse` and `newer` come from [`lww`]; `reset` (`0`, `r`: fields, `d`: fields and members).
+static SCRIPT: lww::Script = lww::Script::new(
+    r#"
 local fields_key, doc_key, reset_key, mreset_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, ts, tb, reset, tid_json, need = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local max = tonumber(ARGV[7])
 local old = redis.call('GET', doc_key)
 if need == '1' and not old then return {'missing', '', 0} end
-local function parse(s)
-  local a = string.find(s, '|', 1, true)
-  local b = string.find(s, '|', a + 1, true)
-  if not b then return tonumber(string.sub(s, 1, a - 1)), string.sub(s, a + 1), '' end
-  return tonumber(string.sub(s, 1, a - 1)), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
-end
-local function newer(t1, b1, t2, b2) return t1 > t2 or (t1 == t2 and b1 > b2) end
 local rts, rtb, mts, mtb
 local r = redis.call('GET', reset_key)
 if r then rts, rtb = parse(r) end
@@ -186,22 +174,8 @@ if new ~= old then changed = 1 end
 local out = {'ok', new or '', changed}
 for _, u in ipairs(touched) do out[#out + 1] = u end
 return out
-"#;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reset {
-    None,
-    /// Tenant fields missing from the write are removed; memberships stay.
-    Replace,
-    /// Tenant and memberships removed.
-    Delete,
-}
-
-#[derive(Debug, Clone)]
-pub enum Stamp {
-    Event { ts_ms: i64, tiebreak: String },
-    Api { now_ms: i64, tiebreak: String },
-}
+"#,
+);
 
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -234,36 +208,16 @@ pub async fn apply(
     tid: &str,
     write: &Write,
 ) -> redis::RedisResult<Applied> {
-    static CELL: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    let script = CELL.get_or_init(|| Script::new(SCRIPT));
-    let (mode, ts, tb) = match &write.stamp {
-        Stamp::Event { ts_ms, tiebreak } => ("event", *ts_ms, tiebreak.as_str()),
-        Stamp::Api { now_ms, tiebreak } => ("api", *now_ms, tiebreak.as_str()),
-    };
-    let mut inv = script.prepare_invoke();
+    let mut inv = SCRIPT.invocation(&write.stamp, write.reset);
     inv.key(fields_key(ws, tid))
         .key(doc_key(ws, tid))
         .key(keys::tenant(ws, tid, "reset"))
         .key(keys::tenant(ws, tid, "mreset"))
         .key(members_key(ws, tid))
-        .arg(mode)
-        .arg(ts)
-        .arg(tb)
-        .arg(match write.reset {
-            Reset::None => "0",
-            Reset::Replace => "r",
-            Reset::Delete => "d",
-        })
         .arg(Value::from(tid).to_string())
         .arg(if write.require_existing { "1" } else { "0" })
         .arg(write.max_bytes);
-    for (name, value) in &write.fields {
-        let json = match value {
-            Some(v) if !v.is_null() => v.to_string(),
-            _ => String::new(),
-        };
-        inv.arg(name.as_str()).arg(json);
-    }
+    lww::field_args(&mut inv, &write.fields);
     let mut c = conn.clone();
     let out: Vec<String> = inv.invoke_async(&mut c).await?;
     match out.first().map(String::as_str) {

@@ -16,16 +16,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::http::StatusCode;
 use rc_common::auth::Authenticator;
 use rc_common::consumer::{self, ConsumerSpec};
-use rc_common::ops::Readiness;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use rc_proto::EventType;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 
 pub use engine::Engine;
 pub use error::AutomationError;
@@ -147,15 +144,12 @@ pub async fn run(
         auth: rt.authenticator(&settings.auth),
         engine,
     };
-    let app = app(
-        state,
-        rt.readiness(),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    );
+    let app = app(state);
     rt.serve(app).await
 }
 
-pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+/// The service's API; [`Runtime::serve`] adds the ops endpoints, metrics and timeout.
+pub fn app(state: AppState) -> Router {
     api::routes()
         .merge(rc_common::deadletters::router(
             rc_common::deadletters::DlqService::Automations,
@@ -163,10 +157,4 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             state.auth.clone(),
         ))
         .with_state(state)
-        .merge(rc_common::ops::router(readiness))
-        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
 }

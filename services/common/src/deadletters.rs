@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::ErrorCode;
@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
-use rc_proto::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, ReflectMessage};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -65,6 +65,12 @@ impl DlqService {
             DlqService::Delivery => "delivery",
             DlqService::Forwarder => "forwarder",
         }
+    }
+
+    /// `/dead-letters/<service>`: where [`router`] also serves this service's dead letters, the
+    /// path a front door routes to the service (`/dead-letters` alone is ambiguous there).
+    pub fn routed_path(self) -> String {
+        format!("/dead-letters/{self}")
     }
 }
 
@@ -470,9 +476,13 @@ pub fn router_with<S: Clone + Send + Sync + 'static>(
     auth: Arc<Authenticator>,
     detail: Option<Detail>,
 ) -> Router<S> {
-    let prefixed = format!("/dead-letters/{service}");
-    routes_at("/dead-letters", service, js.clone(), auth.clone(), detail)
-        .merge(routes_at(&prefixed, service, js, auth, detail))
+    routes_at("/dead-letters", service, js.clone(), auth.clone(), detail).merge(routes_at(
+        &service.routed_path(),
+        service,
+        js,
+        auth,
+        detail,
+    ))
 }
 
 /// The same routes under `base` (the forwarder keeps `/integrations/rudderstack/dead-letters`),
@@ -618,14 +628,6 @@ fn timestamp(seconds: i64, nanos: i32) -> Value {
         .map_or(Value::Null, |t| rfc3339(t).into())
 }
 
-macro_rules! ts {
-    ($field:expr) => {
-        $field
-            .as_ref()
-            .map_or(Value::Null, |t| timestamp(t.seconds, t.nanos))
-    };
-}
-
 /// A bytes field that carries JSON (traits, profile, …): the document, or base64 when it is
 /// not JSON, or null when empty.
 fn json_bytes(bytes: &[u8]) -> Value {
@@ -643,138 +645,98 @@ fn millis(ms: i64) -> Value {
         .map_or(Value::Null, |t| rfc3339(t).into())
 }
 
-/// The payload decoded as its original subject's protobuf type, to JSON; `None` when the
-/// subject's type is unknown or the bytes do not decode as it.
+/// The payload decoded as its original subject's protobuf type (see `proto/`), to JSON: fields
+/// by their JSON names, JSON documents carried as bytes (traits, profile, …) as documents,
+/// timestamps and `*_ms` epoch millis (named `…At`) in RFC 3339, enums by their lower-case
+/// name. `None` when the subject's type is unknown or the bytes do not decode as it.
 pub fn decode(original_subject: &str, payload: &[u8]) -> Option<Value> {
-    Some(match PayloadKind::of_subject(original_subject) {
-        PayloadKind::Event => {
-            let e = rc_proto::Envelope::decode(payload).ok()?;
-            let kind = rc_proto::EventType::try_from(e.r#type)
-                .map_or("unknown", rc_proto::EventType::subject_token);
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "messageId": e.message_id,
-                "type": kind,
-                "userId": e.user_id,
-                "anonymousId": e.anonymous_id,
-                "event": e.event,
-                "groupId": e.group_id,
-                "previousId": e.previous_id,
-                "timestamp": ts!(e.timestamp),
-                "receivedAt": ts!(e.received_at),
-                "traits": json_bytes(&e.traits),
-                "properties": json_bytes(&e.properties),
-                "context": json_bytes(&e.context),
-                "raw": json_bytes(&e.raw),
-            })
-        }
-        PayloadKind::ProfileUpdated => {
-            let e = rc_proto::ProfileUpdated::decode(payload).ok()?;
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "userId": e.user_id,
-                "profile": json_bytes(&e.profile),
-                "deleted": e.deleted,
-                "source": e.source,
-                "causeId": e.cause_id,
-                "updatedAt": ts!(e.updated_at),
-            })
-        }
-        PayloadKind::ProfileUpdateRequest => {
-            let e = rc_proto::ProfileUpdateRequest::decode(payload).ok()?;
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "requestId": e.request_id,
-                "userId": e.user_id,
-                "profile": json_bytes(&e.profile),
-                "merge": e.merge,
-                "runId": e.run_id,
-                "requestedAt": ts!(e.requested_at),
-            })
-        }
-        PayloadKind::TenantUpdated => {
-            let e = rc_proto::TenantUpdated::decode(payload).ok()?;
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "tenantId": e.tenant_id,
-                "tenant": json_bytes(&e.tenant),
-                "deleted": e.deleted,
-                "memberUserId": e.member_user_id,
-                "memberRemoved": e.member_removed,
-                "source": e.source,
-                "causeId": e.cause_id,
-                "updatedAt": ts!(e.updated_at),
-            })
-        }
-        PayloadKind::MessageRequest => {
-            let e = rc_proto::MessageRequest::decode(payload).ok()?;
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "messageId": e.message_id,
-                "runId": e.run_id,
-                "automationTemplate": e.automation_template,
-                "event": e.event,
-                "recipient": e.recipient,
-                "profile": json_bytes(&e.profile),
-                "template": e.template,
-                "notification": json_bytes(&e.notification),
-                "templateStatus": e.template_status,
-                "data": json_bytes(&e.data),
-                "brand": e.brand,
-                "message": json_bytes(&e.message),
-                "channels": e.channels,
-                "routingMethod": e.routing_method,
-                "tenantId": e.tenant_id,
-                "requestedAt": ts!(e.requested_at),
-            })
-        }
-        PayloadKind::MessageEvent => {
-            let e = rc_proto::MessageEvent::decode(payload).ok()?;
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "messageId": e.message_id,
-                "status": e.status,
-                "runId": e.run_id,
-                "template": e.template,
-                "recipient": e.recipient,
-                "channel": e.channel,
-                "provider": e.provider,
-                "reason": e.reason,
-                "error": e.error,
-                "tenantId": e.tenant_id,
-                "event": e.event,
-                "statusAt": ts!(e.status_at),
-                "enqueuedAt": millis(e.enqueued_ms),
-                "sentAt": millis(e.sent_ms),
-                "deliveredAt": millis(e.delivered_ms),
-                "openedAt": millis(e.opened_ms),
-                "clickedAt": millis(e.clicked_ms),
-            })
-        }
-        PayloadKind::RunEvent => {
-            let e = rc_proto::RunEvent::decode(payload).ok()?;
-            json!({
-                "schemaVersion": e.schema_version,
-                "workspaceId": e.workspace_id,
-                "runId": e.run_id,
-                "state": e.state,
-                "template": e.template,
-                "recipient": e.recipient,
-                "event": e.event,
-                "sourceMessageId": e.source_message_id,
-                "stepIndex": e.step_index,
-                "reason": e.reason,
-                "at": ts!(e.at),
-            })
-        }
-        PayloadKind::Unknown => return None,
+    let kind = PayloadKind::of_subject(original_subject);
+    if kind == PayloadKind::Unknown {
+        return None;
+    }
+    let descriptor =
+        descriptors().get_message_by_name(&format!("{}.{}", rc_proto::PACKAGE, kind.as_str()))?;
+    let message = DynamicMessage::decode(descriptor, payload).ok()?;
+    Some(message_json(&message))
+}
+
+/// The contract's message descriptors, read once from what `rc-proto` was generated from.
+fn descriptors() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(rc_proto::FILE_DESCRIPTOR_SET).expect("rc-proto's descriptors")
     })
+}
+
+/// Every field of `message`, set or not (proto3 defaults show as such).
+fn message_json(message: &DynamicMessage) -> Value {
+    let mut out = Map::with_capacity(message.descriptor().fields().len());
+    for field in message.descriptor().fields() {
+        let value = message.get_field(&field);
+        let (key, json) = match (field.kind(), field.json_name().strip_suffix("Ms")) {
+            (Kind::Int64, Some(stem)) => (format!("{stem}At"), millis(value.as_i64().unwrap_or(0))),
+            (Kind::Message(m), _) if m.full_name() == "google.protobuf.Timestamp" => {
+                let json = match message.has_field(&field) {
+                    true => field_json(&value, &field),
+                    false => Value::Null,
+                };
+                (field.json_name().to_owned(), json)
+            }
+            _ => (field.json_name().to_owned(), field_json(&value, &field)),
+        };
+        out.insert(key, json);
+    }
+    Value::Object(out)
+}
+
+fn field_json(value: &prost_reflect::Value, field: &FieldDescriptor) -> Value {
+    use prost_reflect::Value as V;
+    match value {
+        V::Bool(b) => (*b).into(),
+        V::I32(n) => (*n).into(),
+        V::I64(n) => (*n).into(),
+        V::U32(n) => (*n).into(),
+        V::U64(n) => (*n).into(),
+        V::F32(n) => (*n).into(),
+        V::F64(n) => (*n).into(),
+        V::String(s) => s.as_str().into(),
+        V::Bytes(b) => json_bytes(b),
+        V::EnumNumber(n) => match field.kind() {
+            Kind::Enum(e) => e
+                .get_value(*n)
+                .map_or("unknown".into(), |v| enum_token(e.name(), v.name()).into()),
+            _ => Value::Null,
+        },
+        V::Message(m) if m.descriptor().full_name() == "google.protobuf.Timestamp" => timestamp(
+            m.get_field_by_name("seconds")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0),
+            m.get_field_by_name("nanos")
+                .and_then(|v| v.as_i32())
+                .unwrap_or(0),
+        ),
+        V::Message(m) => message_json(m),
+        V::List(items) => items.iter().map(|v| field_json(v, field)).collect(),
+        // The contract has no map fields.
+        V::Map(_) => Value::Null,
+    }
+}
+
+/// `EVENT_TYPE_IDENTIFY` of enum `EventType` → `identify` (values carry their enum's name as
+/// prefix, as the protobuf style guide asks).
+fn enum_token(enum_name: &str, value_name: &str) -> String {
+    let mut prefix = String::with_capacity(enum_name.len() + 4);
+    for (i, c) in enum_name.chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            prefix.push('_');
+        }
+        prefix.push(c.to_ascii_uppercase());
+    }
+    prefix.push('_');
+    value_name
+        .strip_prefix(&prefix)
+        .unwrap_or(value_name)
+        .to_ascii_lowercase()
 }
 
 /// The scalar fields of a decoded payload (no embedded documents), texts cut at
@@ -800,6 +762,7 @@ fn summarize(decoded: Option<Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rc_proto::Message as _;
 
     #[test]
     fn kinds_follow_the_original_subject() {
@@ -866,6 +829,56 @@ mod tests {
         let s = summarize(Some(v));
         assert_eq!(s["messageId"], "m1");
         assert!(s.get("traits").is_none() && s.get("userId").is_none());
+    }
+
+    #[test]
+    fn every_payload_kind_decodes_by_its_descriptor() {
+        // An empty payload is a message of that type with every field at its default.
+        for subject in [
+            "courier.a.profile.updated",
+            "courier.a.profile.update",
+            "courier.a.tenant.updated",
+            "courier.a.message.requested",
+            "courier.a.message.sent",
+            "courier.a.run.completed",
+            "events.a.track",
+        ] {
+            let v = decode(subject, b"").unwrap_or_else(|| panic!("{subject}"));
+            assert_eq!(v["schemaVersion"], 0, "{subject}: {v}");
+            assert_eq!(v["workspaceId"], "", "{subject}: {v}");
+        }
+        let e = rc_proto::MessageEvent {
+            status: "SENT".into(),
+            status_at: Some(prost_types::Timestamp {
+                seconds: 1_772_442_011,
+                nanos: 6_000_000,
+            }),
+            enqueued_ms: 1_772_442_011_006,
+            ..Default::default()
+        };
+        let v = decode("courier.a.message.sent", &e.encode_to_vec()).unwrap();
+        assert_eq!(v["status"], "SENT");
+        assert_eq!(v["statusAt"], "2026-03-02T09:00:11.006Z");
+        assert_eq!(v["enqueuedAt"], "2026-03-02T09:00:11.006Z");
+        assert_eq!(v["sentAt"], Value::Null);
+        assert!(v.get("enqueuedMs").is_none(), "{v}");
+        let r = rc_proto::MessageRequest {
+            channels: vec!["inbox".into(), "email".into()],
+            ..Default::default()
+        };
+        let v = decode("courier.a.message.requested", &r.encode_to_vec()).unwrap();
+        assert_eq!(v["channels"], json!(["inbox", "email"]));
+        assert_eq!(v["requestedAt"], Value::Null);
+        let unknown_type = rc_proto::Envelope {
+            r#type: 99,
+            ..Default::default()
+        };
+        let v = decode("events.a.track", &unknown_type.encode_to_vec()).unwrap();
+        assert_eq!(v["type"], "unknown");
+        assert_eq!(
+            enum_token("EventType", "EVENT_TYPE_UNSPECIFIED"),
+            "unspecified"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! configuration, telemetry, connections, the ops endpoints, shutdown and API-key auth
 //! (every service authenticates the same workspace keys), the one outbound HTTP client
 //! builder (`outbound`: TLS and the SSRF guard for webhooks, data planes and fetch-data), and
-//! the automation contract (`automation`: validation and bounds shared by ingress and automations).
+//! the automation contract (`automation`: validation and bounds shared by ingress and automations),
+//! and the last-writer-wins document store profiles and accounts both keep in Redis (`lww`).
 
 pub mod auth;
 pub mod automation;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod lists;
+pub mod lww;
 pub mod nats;
 pub mod ops;
 pub mod outbound;

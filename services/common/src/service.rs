@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use axum::Router;
+use axum::http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::Shutdown;
 use crate::auth::{Authenticator, WorkspaceStore};
@@ -136,6 +138,17 @@ where
     })
 }
 
+/// A service's `api` as served: plus the ops endpoints (`/healthz`, `/readyz`, `/metrics`), the
+/// HTTP metrics of every route, and `request_timeout` answered 503 (temporary, like a drain).
+pub fn with_ops(api: Router, readiness: Readiness, request_timeout: Duration) -> Router {
+    api.merge(crate::ops::router(readiness))
+        .layer(axum::middleware::from_fn(crate::ops::track_http))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+}
+
 /// A started service's connections and background tasks.
 pub struct Runtime {
     name: &'static str,
@@ -247,9 +260,12 @@ impl Runtime {
         self.tasks.push(AbortOnDrop(Some(tokio::spawn(task))));
     }
 
-    /// Serves `app` until shutdown, drains in-flight requests, then gives background tasks the
+    /// Serves the service's `api` (its state applied) with what every service adds (see
+    /// [`with_ops`]) until shutdown, drains in-flight requests, then gives background tasks the
     /// drain timeout to finish (consumers ack or give back what they hold) and flushes NATS.
-    pub async fn serve(self, app: Router) -> Result<(), BoxError> {
+    pub async fn serve(self, api: Router) -> Result<(), BoxError> {
+        let request_timeout = Duration::from_millis(self.http.request_timeout_ms);
+        let app = with_ops(api, self.readiness(), request_timeout);
         let Self {
             name,
             listener,

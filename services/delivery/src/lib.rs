@@ -20,18 +20,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use rc_common::auth::Authenticator;
 use rc_common::consumer::ConsumerSpec;
-use rc_common::ops::Readiness;
 use rc_common::outbound::{ClientSpec, OutboundSettings};
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::DeliveryError;
 
@@ -203,15 +200,12 @@ pub async fn run(
         registry,
         publisher,
     };
-    let app = app(
-        state,
-        rt.readiness(),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    );
+    let app = app(state);
     rt.serve(app).await
 }
 
-pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+/// The service's API; [`Runtime::serve`] adds the ops endpoints, metrics and timeout.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/providers", get(api::list_providers))
         .route(
@@ -231,12 +225,6 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             state.auth.clone(),
         ))
         .with_state(state)
-        .merge(rc_common::ops::router(readiness))
-        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
 }
 
 #[cfg(test)]

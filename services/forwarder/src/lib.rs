@@ -9,20 +9,16 @@ pub mod store;
 pub mod worker;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::http::StatusCode;
 use rc_common::Shutdown;
 use rc_common::auth::Authenticator;
-use rc_common::ops::Readiness;
 use rc_common::outbound::OutboundSettings;
 use rc_common::secrets::{Cipher, SecretsSettings};
 use rc_common::service::{Runtime, ServiceSettings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::ForwarderError;
 
@@ -122,20 +118,11 @@ pub async fn run(
         auth: rt.authenticator(&settings.auth),
         ctx,
     };
-    let app = app(
-        state,
-        rt.readiness(),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    );
+    let app = app(state);
     rt.serve(app).await
 }
 
-pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+/// The service's API; [`Runtime::serve`] adds the ops endpoints, metrics and timeout.
+pub fn app(state: AppState) -> Router {
     api::router(state)
-        .merge(rc_common::ops::router(readiness))
-        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
 }

@@ -19,13 +19,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use prost::Message;
 use rc_common::auth::{Authenticator, Workspace};
-use rc_common::ops::Readiness;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::IngressError;
 use event::{Normalized, Normalizer, Parsed, Rejection};
@@ -140,26 +138,17 @@ pub async fn run(
         },
         max_body_bytes: settings.ingress.max_body_bytes,
     }));
-    let app = app(
-        state,
-        rt.readiness(),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    );
+    let app = app(state);
     // Every accepted request is answered before `serve` returns, and NATS is flushed after.
     rt.serve(app).await
 }
 
-pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+/// The service's API; [`Runtime::serve`] adds the ops endpoints, metrics and timeout.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/inbound/rudderstack", post(inbound))
         .route("/inbound/courier", post(courier::inbound_courier))
         .with_state(state)
-        .merge(rc_common::ops::router(readiness))
-        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
 }
 
 async fn inbound(

@@ -197,14 +197,9 @@ pub async fn post_profile(
     Ok(success())
 }
 
-pub async fn put_profile(
-    State(state): State<AppState>,
-    Workspace(ws): Workspace,
-    Path(uid): Path<String>,
-    body: Bytes,
-) -> Result<Response, ProfilesError> {
-    check_user_id(&uid)?;
-    let profile = profile_object(&body)?;
+/// The API write that makes `profile` the whole profile (null values dropped), bounded by
+/// `max_bytes`, with its fresh cause.
+fn replacement(profile: Map<String, Value>, max_bytes: usize) -> (Write, String) {
     let cause = store::random_tiebreak();
     let fields = profile
         .into_iter()
@@ -219,8 +214,20 @@ pub async fn put_profile(
         fields,
     );
     write.reset = Reset::Replace;
+    write.max_bytes = max_bytes;
+    (write, cause)
+}
+
+pub async fn put_profile(
+    State(state): State<AppState>,
+    Workspace(ws): Workspace,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Response, ProfilesError> {
+    check_user_id(&uid)?;
+    let profile = profile_object(&body)?;
     let max = state.settings.max_profile_bytes;
-    write.max_bytes = max;
+    let (write, cause) = replacement(profile, max);
     let applied = too_large(store::apply(&state.redis, &ws, &uid, &write).await?, max)?;
     announce(&state, &ws, &uid, &applied, &cause).await;
     Ok(success())
@@ -272,23 +279,9 @@ pub async fn patch_profile(
                 "the patched profile must stay a JSON object".into(),
             ));
         };
-        let cause = store::random_tiebreak();
-        let fields = patched
-            .into_iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
-        let mut write = Write::new(
-            Stamp::Api {
-                now_ms: now_ms(),
-                tiebreak: cause.clone(),
-            },
-            fields,
-        );
-        write.reset = Reset::Replace;
-        write.expect = Some(current);
         let max = state.settings.max_profile_bytes;
-        write.max_bytes = max;
+        let (mut write, cause) = replacement(patched, max);
+        write.expect = Some(current);
         let applied = too_large(store::apply(&state.redis, &ws, &uid, &write).await?, max)?;
         if applied == Applied::Conflict {
             continue;

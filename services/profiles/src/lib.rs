@@ -17,18 +17,15 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use axum::Router;
 use axum::extract::FromRef;
-use axum::http::StatusCode;
 use axum::routing::get;
 use prost::Message;
 use rc_common::auth::Authenticator;
 use rc_common::consumer::{self, ConsumerSpec, Quarantine};
-use rc_common::ops::Readiness;
 use rc_common::redis::RedisConn;
 use rc_common::service::{Runtime, ServiceSettings};
 use rc_common::{Shutdown, subjects};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::ProfilesError;
 
@@ -182,11 +179,7 @@ pub async fn run(
         publisher,
         settings: cfg,
     };
-    let app = app(
-        state,
-        rt.readiness(),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    );
+    let app = app(state);
     rt.serve(app).await
 }
 
@@ -215,7 +208,8 @@ fn consumer_specs(settings: &Settings, redis: &RedisConn) -> [ConsumerSpec; 2] {
     [events_spec, updates_spec]
 }
 
-pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> Router {
+/// The service's API; [`Runtime::serve`] adds the ops endpoints, metrics and timeout.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             "/profiles/{user_id}",
@@ -231,10 +225,4 @@ pub fn app(state: AppState, readiness: Readiness, request_timeout: Duration) -> 
             state.auth.clone(),
         ))
         .with_state(state)
-        .merge(rc_common::ops::router(readiness))
-        .layer(axum::middleware::from_fn(rc_common::ops::track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
 }

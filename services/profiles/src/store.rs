@@ -15,10 +15,9 @@
 //! A stamp is `(ts, tiebreak)` compared lexicographically; tiebreaks are 32 lower-case hex
 //! digits, so the comparison never depends on Redis's collation locale.
 
-use redis::Script;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
+use rc_common::lww;
 use rc_common::redis::RedisConn;
 
 use rc_common::keys;
@@ -76,17 +75,11 @@ pub fn request_key(ws: &str, uid: &str, request_id: &str) -> String {
     keys::user_marker(ws, uid, "req", request_id)
 }
 
-/// A deterministic tiebreak for a cause id (an event's message id, …).
-pub fn tiebreak(cause: &str) -> String {
-    hex::encode(&Sha256::digest(cause.as_bytes())[..16])
-}
+pub use rc_common::lww::{Reset, Stamp, random_tiebreak, tiebreak};
 
-pub fn random_tiebreak() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
-}
-
-const SCRIPT: &str = r#"
+/// `parse` and `newer` come from [`lww`].
+static SCRIPT: lww::Script = lww::Script::new(
+    r#"
 local fields_key, profile_key, reset_key, mark_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, ts, tb, reset, cond = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local ttl, markval, expect, max = tonumber(ARGV[6]), ARGV[7], ARGV[8], tonumber(ARGV[9])
@@ -101,14 +94,6 @@ if expect ~= '-' then
   elseif (not old) or ('1' .. old) ~= expect then
     return {'conflict', '', 0}
   end
-end
-local function parse(s)
-  local a = string.find(s, '|', 1, true)
-  local b = string.find(s, '|', a + 1, true)
-  return tonumber(string.sub(s, 1, a - 1)), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
-end
-local function newer(t1, b1, t2, b2)
-  return t1 > t2 or (t1 == t2 and b1 > b2)
 end
 local rts, rtb, rkind = nil, nil, nil
 local rs = redis.call('GET', reset_key)
@@ -209,7 +194,8 @@ if ttl > 0 then redis.call('SET', mark_key, markval, 'EX', ttl) end
 local changed = 0
 if new ~= old and not (new == false and old == nil) then changed = 1 end
 return {'ok', new or '', changed}
-"#;
+"#,
+);
 
 /// How values are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,24 +208,6 @@ pub enum Cond {
     Init,
     /// No field: create the profile, empty, unless a later delete removed it.
     Touch,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reset {
-    None,
-    /// Keys missing from the write are removed; the profile exists even when empty.
-    Replace,
-    /// Every key is removed; the profile no longer exists.
-    Delete,
-}
-
-/// When the write happens.
-#[derive(Debug, Clone)]
-pub enum Stamp {
-    /// An event's own time and tiebreak.
-    Event { ts_ms: i64, tiebreak: String },
-    /// Now, but after everything stored.
-    Api { now_ms: i64, tiebreak: String },
 }
 
 /// One atomic write to one profile.
@@ -302,30 +270,16 @@ pub async fn apply(
     uid: &str,
     write: &Write,
 ) -> redis::RedisResult<Applied> {
-    static SCRIPT_CELL: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    let script = SCRIPT_CELL.get_or_init(|| Script::new(SCRIPT));
-    let (mode, ts, tb) = match &write.stamp {
-        Stamp::Event { ts_ms, tiebreak } => ("event", *ts_ms, tiebreak.as_str()),
-        Stamp::Api { now_ms, tiebreak } => ("api", *now_ms, tiebreak.as_str()),
-    };
     let mark = match &write.marker {
         Some((key, _, _)) => key.clone(),
         None => keys::user(ws, uid, "nomark"),
     };
-    let mut invocation = script.prepare_invoke();
+    let mut invocation = SCRIPT.invocation(&write.stamp, write.reset);
     invocation
         .key(fields_key(ws, uid))
         .key(profile_key(ws, uid))
         .key(reset_key(ws, uid))
         .key(mark)
-        .arg(mode)
-        .arg(ts)
-        .arg(tb)
-        .arg(match write.reset {
-            Reset::None => "0",
-            Reset::Replace => "r",
-            Reset::Delete => "d",
-        })
         .arg(match write.cond {
             Cond::Set => "set",
             Cond::Soft => "soft",
@@ -342,13 +296,7 @@ pub async fn apply(
         Some(Some(json)) => invocation.arg(format!("1{json}")),
     };
     invocation.arg(write.max_bytes);
-    for (name, value) in &write.fields {
-        let json = match value {
-            Some(v) if !v.is_null() => v.to_string(),
-            _ => String::new(),
-        };
-        invocation.arg(name.as_str()).arg(json);
-    }
+    lww::field_args(&mut invocation, &write.fields);
     let mut conn = conn.clone();
     let (status, body, changed): (String, String, i64) = invocation.invoke_async(&mut conn).await?;
     Ok(match status.as_str() {
