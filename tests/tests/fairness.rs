@@ -1,5 +1,6 @@
-//! One workspace's flood stays its own: a backlog of one workspace in the shared EVENTS
-//! durable does not delay another workspace's events (rc_common::consumer's spill lane).
+//! One workspace's flood stays its own: the ingress holds each workspace to its rate (429 +
+//! Retry-After), and a backlog of one workspace in the shared EVENTS durable does not delay
+//! another workspace's events (rc_common::consumer's spill lane).
 
 use std::time::{Duration, Instant};
 
@@ -178,4 +179,102 @@ async fn a_flood_is_skipped_and_another_workspace_served_beside_it() {
         .collect()
         .await;
     assert!(missing.is_empty(), "flood events not applied: {missing:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ingress's per-workspace rate limit.
+
+fn track_batch(prefix: &str, range: std::ops::Range<usize>) -> String {
+    let events: Vec<serde_json::Value> = range
+        .map(|i| json!({"type": "track", "event": "e", "userId": "u", "messageId": format!("{prefix}-{i}")}))
+        .collect();
+    json!({ "batch": events }).to_string()
+}
+
+async fn post_batch(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: String,
+) -> (reqwest::StatusCode, serde_json::Value, Option<u64>) {
+    let resp = http
+        .post(url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().expect("Retry-After in seconds"));
+    let body = resp.json().await.expect("a JSON answer");
+    (status, body, retry_after)
+}
+
+async fn stored(js: &async_nats::jetstream::Context, ws: &str) -> usize {
+    rc_tests::stored_messages(js, "EVENTS", &format!("events.{ws}.>"))
+        .await
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_over_its_rate_gets_429_and_the_others_are_served() {
+    let stack = Stack::start();
+    let (a, b) = (stack.workspace("rl-a").await, stack.workspace("rl-b").await);
+    let js = stack.jetstream().await;
+    let mut settings = stack.ingress_settings();
+    settings.ingress.max_batch_events = 200;
+    settings.ingress.workspace_events_per_sec = 100;
+    // Below the batch cap: raised to it, so a whole batch fits an idle bucket.
+    settings.ingress.workspace_events_burst = 10;
+    let ingress = stack.ingress_with(settings).await;
+    let url = ingress.url("/inbound/rudderstack");
+    let http = reqwest::Client::new();
+
+    let (status, body, _) = post_batch(&http, &url, &a, track_batch("a", 0..200)).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    // The bucket is empty: the next batch is refused whole, with how long to wait.
+    let (status, body, retry_after) = post_batch(&http, &url, &a, track_batch("a", 200..350)).await;
+    assert_eq!(status, reqwest::StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["type"], "rate_limit_error", "{body}");
+    let wait = retry_after.expect("Retry-After");
+    assert!((1..=2).contains(&wait), "150 events at 100/s: {wait} s");
+    // Another workspace is answered at once meanwhile.
+    let started = Instant::now();
+    let (status, body, _) = post_batch(&http, &url, &b, track_batch("b", 0..200)).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        stored(&js, "rl-a").await,
+        200,
+        "nothing of the refused batch stored"
+    );
+
+    // Half refilled: a batch larger than what is left is still refused whole.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, _) = post_batch(&http, &url, &a, track_batch("a", 200..350)).await;
+    assert_eq!(status, reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(stored(&js, "rl-a").await, 200, "never half-published");
+
+    // After the Retry-After it told, the batch fits.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (status, body, _) = post_batch(&http, &url, &a, track_batch("a", 200..350)).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(stored(&js, "rl-a").await, 350);
+
+    let metrics = reqwest::get(ingress.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ingress_rate_limited_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }

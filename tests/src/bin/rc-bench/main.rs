@@ -167,6 +167,8 @@ async fn raw_limits(args: &Args, ticks: f64, md: &mut String) {
         &[
             ("RC_NATS__URL", stack.nats.url()),
             ("RC_REDIS__URL", stack.redis.url()),
+            // Capacity, not one workspace's rate limit, is measured here.
+            ("RC_INGRESS__WORKSPACE_EVENTS_PER_SEC", "0".into()),
         ],
     )
     .await;
