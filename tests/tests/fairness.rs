@@ -314,7 +314,7 @@ async fn a_workspace_over_its_rate_gets_429_and_the_others_are_served() {
 const INGRESS_FLOOD: usize = 20_000;
 const FLOOD_BATCH: usize = 100;
 /// Connections "a" floods with.
-const FLOOD_CONNECTIONS: usize = 8;
+const FLOOD_CONNECTIONS: usize = 16;
 
 fn identify_batch(prefix: &str, range: std::ops::Range<usize>) -> String {
     let events: Vec<serde_json::Value> = range
@@ -344,17 +344,18 @@ async fn send_until_accepted(http: &reqwest::Client, url: &str, key: &str, body:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "p99 1.12 s at 700/s: being tuned"]
 async fn a_workspace_flooding_the_ingress_does_not_delay_another() {
     let _heavy = HEAVY.lock().await;
     let stack = Stack::start();
     let (a, b) = (stack.workspace("ia").await, stack.workspace("ib").await);
     let js = stack.jetstream().await;
     let mut settings = stack.ingress_settings();
-    // A debug build's profiles consumer keeps up with ~500 identifies/s here (the backlog test
-    // above drains 20,000 in ~40 s); the flood is held near that and may burst a little.
+    // A debug build's profiles consumer drains ~650 identifies/s here while "b" is served
+    // beside it (measured by this test at 700/s: 20,000 applied 31 s after the start); the
+    // flood is held below that. The burst lets the connections, which each sleep a whole
+    // Retry-After second, use the rate (with a burst of one batch they reached only ~300/s).
     settings.ingress.max_batch_events = FLOOD_BATCH;
-    settings.ingress.workspace_events_per_sec = 700;
+    settings.ingress.workspace_events_per_sec = 500;
     settings.ingress.workspace_events_burst = 1_000;
     let ingress = stack.ingress_with(settings).await;
     let profiles = stack.profiles().await;
