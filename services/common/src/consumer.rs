@@ -31,23 +31,30 @@
 //!   every redelivery is read (and deferred) again: the flood is re-read many times;
 //! - *a spill lane* (chosen): a message of a workspace that already has its share of this
 //!   process's handlers running, which has waited in the stream longer than `spill_after` (a
-//!   first delivery: handlers read `delivered > 1` as "tried before"), is republished once to
+//!   first delivery: handlers read `delivered > 1` as "tried before"), while another
+//!   workspace's messages are pending behind it (asked of the server, see [`Behind`]; a lone
+//!   backlog is handled in place, spilling it would only add work), is republished once to
 //!   `spill.<durable>.<original subject>` (stream `SPILL`, work-queue retention, deduplicated
 //!   by `<durable>:<stream sequence>`) and only then acked. A second durable consumes the spill
 //!   lane at its own pace with the same handler and the original subject restored. The main
 //!   durable thus skips a flood at publish speed (no handler work) and reaches the other
 //!   workspaces' messages; the flood is handled by both lanes.
 //!
-//! Limit: skipping still costs one publish per flooded message, so another workspace's event
-//! behind a backlog of N waits for N spills (measured on a loaded 2-core box, debug build:
-//! ~2,000/s, so ~10 s behind 20,000, against ~40 s in stream order); events after that are
-//! served beside the flood. Per-workspace lanes (a durable per flooding workspace) would remove
-//! that wait and are the next step.
+//! Spills run up to `SPILLS_IN_FLIGHT` at once, each awaiting its own publish ack.
+//!
+//! Limit: skipping still costs one publish and one ack per flooded message, so another
+//! workspace's event behind a backlog of N *already in the stream* waits for N spills (debug
+//! build, loaded 2-core box: 11.5 s behind 20,000, against ~40 s in stream order); events after
+//! that are served beside the flood. The ingress's per-workspace rate limit keeps such a backlog
+//! from building through it: a flood through the ingress leaves others' p99 below 1 s
+//! (`tests/tests/fairness.rs`). Per-workspace lanes would remove the wait behind an existing
+//! backlog.
 //!
 //! What holds: the ack of the original comes only after JetStream stored the spilled copy, so
 //! nothing is lost; a lost ack re-spills into the dedupe window; handlers are idempotent, so a
-//! message handled twice is harmless. A lone workspace that the consumer keeps up with is never
-//! spilled (its messages are fresh), and one with a backlog gets both lanes. Order within a
+//! message handled twice is harmless. A lone workspace is never spilled (fresh messages are not,
+//! and a backlog only while another workspace waits behind it); a backlog with others behind
+//! it gets both lanes. Order within a
 //! workspace is not kept (it never was: handlers run concurrently); profile and tenant state is
 //! order-independent by contract (per-field last-writer-wins on the event timestamp) and runs
 //! are keyed by message id. Two workspaces flooding at once share the spill lane with each

@@ -72,7 +72,7 @@ impl Default for IngressSettings {
             max_event_bytes: 64 * 1024,
             max_body_bytes: 4_096_000,
             max_buffered_body_bytes: 256 * 1024 * 1024,
-            workspace_events_per_sec: 1_000,
+            workspace_events_per_sec: 500,
             workspace_events_burst: 5_000,
         }
     }
