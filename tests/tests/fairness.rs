@@ -224,14 +224,7 @@ async fn post_batch(
     key: &str,
     body: String,
 ) -> (reqwest::StatusCode, serde_json::Value, Option<u64>) {
-    let resp = http
-        .post(url)
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("POST");
+    let resp = rc_tests::post_json_as(http, url, key, body).await;
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -292,12 +285,7 @@ async fn a_workspace_over_its_rate_gets_429_and_the_others_are_served() {
     assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
     assert_eq!(stored(&js, "rl-a").await, 350);
 
-    let metrics = reqwest::get(ingress.url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap();
+    let metrics = rc_tests::metrics(&ingress).await;
     assert!(
         metrics
             .lines()
