@@ -343,7 +343,8 @@ async fn a_workspace_flooding_the_ingress_does_not_delay_another() {
     // flood is held below that. The burst lets the connections, which each sleep a whole
     // Retry-After second, use the rate (with a burst of one batch they reached only ~300/s).
     settings.ingress.max_batch_events = FLOOD_BATCH;
-    settings.ingress.workspace_events_per_sec = 500;
+    // 400/s: at 500/s a run on a busier box (others building) fell behind (p99 1.24 s).
+    settings.ingress.workspace_events_per_sec = 400;
     settings.ingress.workspace_events_burst = 1_000;
     let ingress = stack.ingress_with(settings).await;
     let profiles = stack.profiles().await;
