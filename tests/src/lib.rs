@@ -392,6 +392,33 @@ pub async fn call_url(
     (status, body)
 }
 
+/// The service's Prometheus text (`/metrics`).
+pub async fn metrics(of: &impl Endpoint) -> String {
+    reqwest::get(of.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// POSTs a JSON `body` with `key` as the bearer (as RudderStack calls the ingress).
+pub async fn post_json_as(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request")
+}
+
 /// A service running in-process on a port of its own.
 pub struct Service {
     pub addr: SocketAddr,

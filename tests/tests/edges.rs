@@ -83,15 +83,7 @@ async fn post_with(
     key: &str,
     body: impl Into<reqwest::Body>,
 ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let resp = client
-        .post(url)
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    answer(resp).await
+    answer(rc_tests::post_json_as(client, url, key, body).await).await
 }
 
 /// Status, JSON body (asserted to be JSON) and headers.

@@ -116,12 +116,7 @@ async fn message_delivered_reaches_the_data_plane_with_the_documented_shape() {
     assert_eq!(t["body"], "ok");
 
     // Metrics.
-    let metrics = reqwest::get(fwd.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = rc_tests::metrics(&fwd).await;
     assert!(
         metrics.contains("forwarder_events_delivered_total{workspace=\"acme\"}"),
         "{metrics}"
@@ -674,12 +669,7 @@ async fn the_circuit_breaker_opens_probes_and_closes() {
     .await;
     assert_eq!(dp.events().len(), 1, "the held event arrives once");
     assert_eq!(dp.events()[0]["messageId"], "m-1-DELIVERED");
-    let metrics = reqwest::get(fwd.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = rc_tests::metrics(&fwd).await;
     assert!(
         metrics
             .lines()

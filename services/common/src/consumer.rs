@@ -31,23 +31,30 @@
 //!   every redelivery is read (and deferred) again: the flood is re-read many times;
 //! - *a spill lane* (chosen): a message of a workspace that already has its share of this
 //!   process's handlers running, which has waited in the stream longer than `spill_after` (a
-//!   first delivery: handlers read `delivered > 1` as "tried before"), is republished once to
+//!   first delivery: handlers read `delivered > 1` as "tried before"), while another
+//!   workspace's messages are pending behind it (asked of the server, see [`Behind`]; a lone
+//!   backlog is handled in place, spilling it would only add work), is republished once to
 //!   `spill.<durable>.<original subject>` (stream `SPILL`, work-queue retention, deduplicated
 //!   by `<durable>:<stream sequence>`) and only then acked. A second durable consumes the spill
 //!   lane at its own pace with the same handler and the original subject restored. The main
 //!   durable thus skips a flood at publish speed (no handler work) and reaches the other
 //!   workspaces' messages; the flood is handled by both lanes.
 //!
-//! Limit: skipping still costs one publish per flooded message, so another workspace's event
-//! behind a backlog of N waits for N spills (measured on a loaded 2-core box, debug build:
-//! ~2,000/s, so ~10 s behind 20,000, against ~40 s in stream order); events after that are
-//! served beside the flood. Per-workspace lanes (a durable per flooding workspace) would remove
-//! that wait and are the next step.
+//! Spills run up to `SPILLS_IN_FLIGHT` at once, each awaiting its own publish ack.
+//!
+//! Limit: skipping still costs one publish and one ack per flooded message, so another
+//! workspace's event behind a backlog of N *already in the stream* waits for N spills (debug
+//! build, loaded 2-core box: 11.5 s behind 20,000, against ~40 s in stream order); events after
+//! that are served beside the flood. The ingress's per-workspace rate limit keeps such a backlog
+//! from building through it: a flood through the ingress leaves others' p99 below 1 s
+//! (`tests/tests/fairness.rs`). Per-workspace lanes would remove the wait behind an existing
+//! backlog.
 //!
 //! What holds: the ack of the original comes only after JetStream stored the spilled copy, so
 //! nothing is lost; a lost ack re-spills into the dedupe window; handlers are idempotent, so a
-//! message handled twice is harmless. A lone workspace that the consumer keeps up with is never
-//! spilled (its messages are fresh), and one with a backlog gets both lanes. Order within a
+//! message handled twice is harmless. A lone workspace is never spilled (fresh messages are not,
+//! and a backlog only while another workspace waits behind it); a backlog with others behind
+//! it gets both lanes. Order within a
 //! workspace is not kept (it never was: handlers run concurrently); profile and tenant state is
 //! order-independent by contract (per-field last-writer-wins on the event timestamp) and runs
 //! are keyed by message id. Two workspaces flooding at once share the spill lane with each
@@ -347,6 +354,7 @@ async fn run_lane<H: Handler>(
 ) {
     let spec = Arc::new(spec);
     let shares = Arc::new(Shares::default());
+    let behind = Behind::default();
     let spills = Arc::new(Semaphore::new(SPILLS_IN_FLIGHT));
     let permits = Arc::new(Semaphore::new(spec.concurrency));
     let gate = Arc::new(Gate::new(&spec));
@@ -396,7 +404,14 @@ async fn run_lane<H: Handler>(
                         restore_subject(&mut message, prefix);
                     }
                     let share = match &spec.fairness {
-                        Some(fairness) => match shares.enter(&message, fairness) {
+                        Some(fairness) => match shares.enter(&message, fairness, true) {
+                            Admit::Spill if !behind.others_waiting(&js, &spec, &message).await => {
+                                // A lone backlog: spilling would only add work.
+                                match shares.enter(&message, fairness, false) {
+                                    Admit::Handle(share) => share,
+                                    Admit::Spill => unreachable!("may_spill is false"),
+                                }
+                            }
                             Admit::Handle(share) => share,
                             Admit::Spill => {
                                 // A spill waits only for its publish ack: many at once, on
@@ -495,7 +510,8 @@ enum Admit {
 }
 
 impl Shares {
-    fn enter(self: &Arc<Self>, message: &Message, fairness: &Fairness) -> Admit {
+    /// `may_spill: false` admits it whatever its share (nobody waits behind it).
+    fn enter(self: &Arc<Self>, message: &Message, fairness: &Fairness, may_spill: bool) -> Admit {
         let Some(ws) = subjects::workspace_of(&message.subject) else {
             return Admit::Handle(None);
         };
@@ -504,7 +520,10 @@ impl Shares {
         // Over its share, yet fresh: the consumer keeps up, nobody waits behind it. Only first
         // deliveries move: handlers treat `delivered > 1` as "may have been tried before"
         // (publish again what a crash may have cut off), which a spilled copy would hide.
-        if running >= fairness.workspace_share && first_and_waited(message, fairness.spill_after) {
+        if may_spill
+            && running >= fairness.workspace_share
+            && first_and_waited(message, fairness.spill_after)
+        {
             return Admit::Spill;
         }
         match map.get_mut(ws) {
@@ -529,6 +548,89 @@ impl Drop for ShareGuard {
             }
         }
     }
+}
+
+/// Whether another workspace's messages wait in this lane's stream behind a backlog, asked of
+/// the server (the lane itself only sees what it has pulled): the messages pending after the
+/// current one in the lane's filter, against those of the backlog's workspace. Two short-lived
+/// consumer creations per workspace per [`BEHIND_TTL`]; the answer is cached that long.
+#[derive(Default)]
+struct Behind(Mutex<HashMap<String, (Instant, bool)>>);
+
+/// How long an answer of [`Behind`] holds: another workspace's event published just after a
+/// "nobody waits" answer waits at most this much longer for the spilling to start.
+const BEHIND_TTL: Duration = Duration::from_millis(200);
+
+impl Behind {
+    async fn others_waiting(
+        &self,
+        js: &jetstream::Context,
+        spec: &ConsumerSpec,
+        message: &Message,
+    ) -> bool {
+        let (Some(ws), Ok(info)) = (subjects::workspace_of(&message.subject), message.info())
+        else {
+            return true;
+        };
+        let now = Instant::now();
+        {
+            let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, answer)) = map.get(ws)
+                && now.duration_since(*at) < BEHIND_TTL
+            {
+                return *answer;
+            }
+        }
+        let after = info.stream_sequence + 1;
+        let own: Vec<String> = spec
+            .filter_subjects
+            .iter()
+            .map(|f| subjects::filter_for_workspace(f, ws))
+            .collect();
+        let answer = match tokio::try_join!(
+            pending_from(js, spec.stream, spec.filter_subjects.clone(), after),
+            pending_from(js, spec.stream, own, after),
+        ) {
+            Ok((all, own)) => all > own,
+            // Cannot tell: spill, as before this check existed (safe, only slower).
+            Err(err) => {
+                tracing::debug!(service = spec.service, error = %err, "Could not count the messages behind a backlog");
+                true
+            }
+        };
+        metrics::gauge!("consumer_others_waiting", "service" => spec.service)
+            .set(f64::from(u8::from(answer)));
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: only workspaces over their share are asked about, and stale answers go.
+        map.retain(|_, (at, _)| now.duration_since(*at) < BEHIND_TTL);
+        map.insert(ws.to_owned(), (now, answer));
+        answer
+    }
+}
+
+/// Messages of `filters` in `stream` from sequence `from` on, counted by the server through an
+/// ephemeral consumer that reads nothing and lapses after a second.
+async fn pending_from(
+    js: &jetstream::Context,
+    stream: &str,
+    filters: Vec<String>,
+    from: u64,
+) -> Result<u64, async_nats::Error> {
+    let consumer: jetstream::consumer::PullConsumer = js
+        .create_consumer_on_stream(
+            pull::Config {
+                filter_subjects: filters,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(1),
+                ..Default::default()
+            },
+            stream,
+        )
+        .await?;
+    Ok(consumer.cached_info().num_pending)
 }
 
 /// A first delivery that waited in the stream at least `at_least`.

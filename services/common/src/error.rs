@@ -49,6 +49,9 @@ pub enum ApiError {
     /// 429: the service is at capacity; retry shortly.
     #[error("{0}")]
     Overloaded(String),
+    /// 429: the workspace is over its rate; nothing was stored. Retry after this many seconds.
+    #[error("{0}")]
+    RateLimited(String, u64),
     /// 503: a dependency (Redis, NATS) is unreachable or slow; nothing is promised.
     #[error("temporarily unavailable: {0}; retry shortly")]
     Unavailable(String),
@@ -76,6 +79,8 @@ impl ApiError {
                 "overloaded",
                 Some(RETRY_AFTER_SHORT),
             ),
+            // Its Retry-After is the computed wait, set in `into_response`.
+            ApiError::RateLimited(..) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", None),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -106,6 +111,10 @@ impl IntoResponse for ApiError {
             return auth.into_response();
         }
         let (status, kind, retry_after) = self.parts();
+        let wait = match &self {
+            ApiError::RateLimited(_, secs) => Some(HeaderValue::from(*secs)),
+            _ => retry_after.map(HeaderValue::from_static),
+        };
         metrics::counter!("http_requests_rejected_total", "reason" => kind).increment(1);
         let message = self.to_string();
         if status.is_server_error() {
@@ -119,8 +128,8 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
-        if let Some(secs) = retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        if let Some(secs) = wait {
+            headers.insert(header::RETRY_AFTER, secs);
         }
         if kind == "idempotency_error" {
             // Stainless-generated SDKs (Courier's) retry a 409 unless told not to.

@@ -101,6 +101,18 @@ pub fn dlq_subject(service: &str, workspace: &str) -> String {
     format!("dlq.{service}.{workspace}")
 }
 
+/// `filter` (`events.*.identify`, `events.>`) narrowed to one workspace's subjects.
+pub fn filter_for_workspace(filter: &str, workspace: &str) -> String {
+    match filter.split_once('.') {
+        Some((root, rest)) => match rest.split_once('.') {
+            Some(("*", tail)) => format!("{root}.{workspace}.{tail}"),
+            None if rest == ">" => format!("{root}.{workspace}.>"),
+            _ => filter.to_owned(),
+        },
+        None => filter.to_owned(),
+    }
+}
+
 /// The workspace token of `events.<ws>.…`, `courier.<ws>.…` or `dlq.<svc>.<ws>`.
 pub fn workspace_of(subject: &str) -> Option<&str> {
     let mut parts = subject.split('.');
@@ -129,6 +141,11 @@ mod tests {
         assert_eq!(event_subject("acme", "track"), "events.acme.track");
         assert_eq!(event_msg_id("acme", "m1"), "acme:m1");
         assert_eq!(workspace_of("events.acme.track"), Some("acme"));
+        assert_eq!(
+            filter_for_workspace("events.*.identify", "acme"),
+            "events.acme.identify"
+        );
+        assert_eq!(filter_for_workspace("events.>", "acme"), "events.acme.>");
         assert_eq!(workspace_of("courier.acme.message.sent"), Some("acme"));
         assert_eq!(workspace_of(&dlq_subject("profiles", "acme")), Some("acme"));
         assert_eq!(workspace_of("other.acme"), None);

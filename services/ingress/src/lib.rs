@@ -4,6 +4,7 @@
 pub mod courier;
 pub mod error;
 pub mod event;
+pub mod ratelimit;
 pub mod scan;
 
 use std::collections::VecDeque;
@@ -51,6 +52,12 @@ pub struct IngressSettings {
     /// Request bodies buffered at once, in bytes (a body of unknown length counts as
     /// `max_body_bytes`); past this, requests get a fast 429 instead of growing memory.
     pub max_buffered_body_bytes: usize,
+    /// Events per second one workspace may send to this replica (token bucket; N replicas
+    /// allow N× this); over it: 429 + Retry-After. 0 disables.
+    pub workspace_events_per_sec: u32,
+    /// The bucket's size: events a workspace may send at once after being idle (raised to
+    /// `max_batch_events` when lower, so a legal batch always fits).
+    pub workspace_events_burst: u32,
 }
 
 impl Default for IngressSettings {
@@ -63,6 +70,8 @@ impl Default for IngressSettings {
             max_event_bytes: 64 * 1024,
             max_body_bytes: 4_096_000,
             max_buffered_body_bytes: 256 * 1024 * 1024,
+            workspace_events_per_sec: 500,
+            workspace_events_burst: 5_000,
         }
     }
 }
@@ -88,6 +97,7 @@ pub struct AppInner {
     body_budget: Semaphore,
     normalizer: Normalizer,
     max_body_bytes: usize,
+    rate_limit: Option<ratelimit::RateLimit>,
 }
 
 impl std::ops::Deref for AppState {
@@ -137,6 +147,11 @@ pub async fn run(
             max_batch_events: settings.ingress.max_batch_events,
         },
         max_body_bytes: settings.ingress.max_body_bytes,
+        rate_limit: ratelimit::RateLimit::new(
+            limits.workspace_events_per_sec,
+            limits.workspace_events_burst,
+            limits.max_batch_events,
+        ),
     }));
     let app = app(state);
     // Every accepted request is answered before `serve` returns, and NATS is flushed after.
@@ -286,10 +301,21 @@ async fn read_body(
 /// Publishes every event and waits for all JetStream acks, within the publish deadline. Dedupe
 /// happens in JetStream (`Nats-Msg-Id`), so a retried request stores nothing new and still gets
 /// its 202: a batch answered 503 halfway is completed by its retry. Returns how many were
-/// already stored (duplicates).
+/// already stored (duplicates). The workspace's rate is charged first, for all events or none.
 async fn publish_all(state: &AppState, events: &[Normalized]) -> Result<u64, IngressError> {
     if !rc_common::nats::is_connected(&state.nats) {
         return Err(IngressError::Unavailable("NATS is not connected".into()));
+    }
+    if let (Some(limit), Some(first)) = (&state.rate_limit, events.first())
+        && let Err(wait) = limit.take(&first.envelope.workspace_id, events.len())
+    {
+        metrics::counter!("ingress_rate_limited_total").increment(1);
+        return Err(IngressError::RateLimited(
+            format!(
+                "this workspace is over its rate of events; nothing was stored, retry in {wait} s"
+            ),
+            wait,
+        ));
     }
     let start = Instant::now();
     let duplicates = tokio::time::timeout(state.publish_deadline, publish_windowed(state, events))

@@ -205,7 +205,10 @@ async fn raw_limits(args: &Args, topology: Topology, ticks: f64, md: &mut String
     let key = stack.workspace("bench").await;
     let nats = Watched::nodes("nats-server", &stack.nats.pids());
     let redis = Watched::new("redis-server", stack.redis.pid().expect("redis pid"));
-    let (ingress, ingress_port) = e2e::start_service("ingress", &stack.service_env()).await;
+    let mut env = stack.service_env();
+    // Capacity, not one workspace's rate limit, is measured here.
+    env.push(("RC_INGRESS__WORKSPACE_EVENTS_PER_SEC", "0".into()));
+    let (ingress, ingress_port) = e2e::start_service("ingress", &env).await;
     let ingress = Killed(ingress);
     let (bare, bare_port) = start_bare_handler(&stack).await;
     eprintln!("raw limits: JetStream, Redis, bare handler, ingress …");
