@@ -333,6 +333,18 @@ async fn provider_500_then_200_is_retried_and_sent_once() {
     let events2 = lifecycle_events(&js, "acme", "r-1").await;
     assert_eq!(statuses(&events), ["ENQUEUED", "SENT", "DELIVERED"]);
     assert_eq!(events2.len(), 3, "one event per status");
+    // The channel filter: the message went out on the webhook channel, not email.
+    let ids = |page: &Value| page["results"].as_array().unwrap().len();
+    let (_, by_channel) = get_json(&svc, &key, "/messages?channel=webhook&status=DELIVERED").await;
+    assert_eq!(ids(&by_channel), 1, "{by_channel}");
+    assert_eq!(by_channel["results"][0]["id"], "r-1");
+    let (_, none) = get_json(&svc, &key, "/messages?channel=email").await;
+    assert_eq!(ids(&none), 0, "{none}");
+    let (s, bad) = get_json(&svc, &key, "/messages?channel=fax").await;
+    assert_eq!(
+        (s, bad["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
 
     // Failures past the in-handler attempts go back to JetStream and are retried later.
     for _ in 0..4 {

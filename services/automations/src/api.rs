@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{Engine, NewRun};
 use crate::error::AutomationError as E;
-use crate::store::{self, RunState, now_ms};
+use crate::store::{self, RunFilter, RunState, now_ms};
 use crate::{AppState, catalog};
 use rc_common::automation::{self as contract, cancelation_token, parse_steps};
 
@@ -198,14 +198,25 @@ async fn get_run(
     Ok(Json(run.view(canceled)))
 }
 
-/// Index entries looked at per page at most (a `status` filter may leave a page short).
-const MAX_SCAN: usize = 1000;
+/// Index entries looked at per page at most (filters on several indexes may leave a page short;
+/// its cursor goes on from where the walk stopped).
+const MAX_SCAN: usize = 5_000;
+/// Candidates checked against the other filters' indexes per round trip.
+const BATCH: usize = 250;
+/// Longest filter value (ids and event names).
+const MAX_FILTER: usize = 512;
 
 #[derive(Deserialize)]
 struct RunsQuery {
     cursor: Option<String>,
     limit: Option<usize>,
     status: Option<String>,
+    event: Option<String>,
+    recipient: Option<String>,
+    template: Option<String>,
+    message_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
 }
 
 /// Cursor = `<created ms>_<run id>` of the last index entry looked at; the index is a zset by
@@ -217,54 +228,149 @@ fn parse_run_cursor(c: &str) -> Result<(i64, String), E> {
         .ok_or_else(|| E::Invalid("cursor: not a cursor from this API".into()))
 }
 
+/// `since`/`until`: epoch milliseconds or an RFC 3339 time.
+fn parse_time(name: &str, v: &str) -> Result<i64, E> {
+    let bad = || E::Invalid(format!("{name}: an RFC 3339 time or epoch milliseconds"));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().map_err(|_| bad());
+    }
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| bad())?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())
+}
+
+/// The query string of a runs page (filters as given, so `next_url` keeps them).
+fn runs_query(q: &RunsQuery, cursor: Option<&str>, limit: usize) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let mut out = format!("limit={limit}");
+    let params = [
+        ("cursor", cursor),
+        ("status", q.status.as_deref()),
+        ("event", q.event.as_deref()),
+        ("recipient", q.recipient.as_deref()),
+        ("template", q.template.as_deref()),
+        ("message_id", q.message_id.as_deref()),
+        ("since", q.since.as_deref()),
+        ("until", q.until.as_deref()),
+    ];
+    for (name, v) in params {
+        if let Some(v) = v {
+            out.push_str(&format!(
+                "&{name}={}",
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            ));
+        }
+    }
+    out
+}
+
+/// The filter indexes a query names (AND), validated.
+fn filter_keys(ws: &str, q: &RunsQuery) -> Result<Vec<String>, E> {
+    let mut keys = Vec::new();
+    if let Some(s) = q.status.as_deref() {
+        let state = RunState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+            E::Invalid(format!("status: one of {}", all.join(", ")))
+        })?;
+        keys.push(store::status_key(ws, state));
+    }
+    let values = [
+        (RunFilter::Event, q.event.as_deref()),
+        (RunFilter::Recipient, q.recipient.as_deref()),
+        (RunFilter::Template, q.template.as_deref()),
+        (RunFilter::MessageId, q.message_id.as_deref()),
+    ];
+    for (filter, value) in values {
+        if let Some(v) = value {
+            if v.is_empty() || v.len() > MAX_FILTER || v.chars().any(char::is_control) {
+                return Err(E::Invalid(format!(
+                    "{}: 1-{MAX_FILTER} bytes, no control characters",
+                    filter.as_str()
+                )));
+            }
+            keys.push(store::runs_by_key(ws, filter, v));
+        }
+    }
+    Ok(keys)
+}
+
+/// Newest first. With filters, walks the index with the fewest entries in the window and keeps
+/// the runs that are in every other one (checked by score lookups, a batch per round trip), so
+/// a page never reads the whole run index.
 async fn list_runs(
     State(state): State<AppState>,
     Workspace(ws): Workspace,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Value>, E> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            RunState::parse(s).ok_or_else(|| {
-                let all: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
-                E::Invalid(format!("status: one of {}", all.join(", ")))
-            })
-        })
-        .transpose()?;
+    let mut others = filter_keys(&ws, &q)?;
+    let window = store::Window {
+        since: q
+            .since
+            .as_deref()
+            .map(|v| parse_time("since", v))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|v| parse_time("until", v))
+            .transpose()?,
+    };
     let mut after = q.cursor.as_deref().map(parse_run_cursor).transpose()?;
     let redis = &state.engine.redis;
+    let walked = match others.len() {
+        0 => store::runs_key(&ws),
+        1 => others.remove(0),
+        _ => {
+            let counts = store::index_counts(redis, &others, window).await?;
+            let smallest = (0..counts.len()).min_by_key(|&i| counts[i]).unwrap_or(0);
+            others.swap_remove(smallest)
+        }
+    };
     let mut items = Vec::new();
     let mut scanned = 0;
     let mut exhausted = false;
     'scan: while items.len() < limit && scanned < MAX_SCAN {
-        let want = if status.is_some() {
-            100
-        } else {
+        let want = if others.is_empty() {
             limit - items.len()
+        } else {
+            BATCH
         };
-        let page =
-            store::runs_page(redis, &ws, after.as_ref(), want.min(MAX_SCAN - scanned)).await?;
+        let page = store::index_page(
+            redis,
+            &walked,
+            after.as_ref(),
+            window,
+            want.min(MAX_SCAN - scanned),
+        )
+        .await?;
         if page.is_empty() {
             exhausted = true;
             break;
         }
         let ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
-        let runs = store::load_runs(redis, &ws, &ids).await?;
-        for ((id, score), run) in page.iter().zip(runs) {
+        let keep = store::in_all(redis, &others, &ids).await?;
+        let wanted: Vec<&str> = ids
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut runs = store::load_runs(redis, &ws, &wanted).await?.into_iter();
+        for ((id, score), keep) in page.iter().zip(keep) {
             scanned += 1;
             after = Some((*score, id.clone()));
-            let Some(run) = run else {
+            if !keep {
+                continue;
+            }
+            let Some(run) = runs.next().flatten() else {
                 // Expired: forget it here too.
-                store::forget_run(redis, &ws, id).await?;
+                store::forget_run(redis, &ws, &walked, id).await?;
                 continue;
             };
-            if status.is_none_or(|s| s == run.state) {
-                items.push(run.summary());
-                if items.len() == limit {
-                    break 'scan;
-                }
+            items.push(run.summary());
+            if items.len() == limit {
+                break 'scan;
             }
         }
     }
@@ -272,22 +378,18 @@ async fn list_runs(
     let has_more = !exhausted
         && match &after {
             None => false,
-            Some(a) => !store::runs_page(redis, &ws, Some(a), 1).await?.is_empty(),
+            Some(a) => !store::index_page(redis, &walked, Some(a), window, 1)
+                .await?
+                .is_empty(),
         };
     let cursor = has_more
         .then(|| after.as_ref().map(|(s, id)| format!("{s}_{id}")))
         .flatten();
-    let status = status
-        .map(|s| format!("&status={}", s.as_str()))
-        .unwrap_or_default();
     let path = "/automations/runs";
-    let url = match &q.cursor {
-        Some(c) => format!("{path}?cursor={c}&limit={limit}{status}"),
-        None => format!("{path}?limit={limit}{status}"),
-    };
+    let url = format!("{path}?{}", runs_query(&q, q.cursor.as_deref(), limit));
     let next_url = cursor
         .as_ref()
-        .map(|c| format!("{path}?cursor={c}&limit={limit}{status}"));
+        .map(|c| format!("{path}?{}", runs_query(&q, Some(c), limit)));
     Ok(Json(json!({
         "items": items,
         "has_more": has_more,

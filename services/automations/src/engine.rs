@@ -46,22 +46,6 @@ impl From<redis::RedisError> for Transient {
 
 pub(crate) use rc_common::clock::timestamp_ms as ts;
 
-/// KEYS: run, canceled marker, run index, run expiry index, token set (all one workspace slot).
-/// ARGV: run JSON, retention ms, run id, now ms, "1" when the run has a token.
-/// Prunes at most 100 expired entries per call, so the cost stays bounded.
-const RETIRE: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-if ARGV[5] == '1' then redis.call('SREM', KEYS[5], ARGV[3]) end
-redis.call('ZADD', KEYS[4], tonumber(ARGV[4]) + tonumber(ARGV[2]), ARGV[3])
-local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[4], 'LIMIT', 0, 100)
-for _, id in ipairs(old) do
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
-end
-return #old
-";
-
 /// What a new run starts with.
 pub struct NewRun {
     pub id: String,
@@ -133,41 +117,19 @@ impl Engine {
             depth: new.depth,
             retries: 0,
         };
-        let mut conn = self.redis.clone();
-        let raw = serde_json::to_string(&run).expect("run serializes");
-        let created: bool = redis::cmd("SET")
-            .arg(store::run_key(ws, &run.id))
-            .arg(raw)
-            .arg("NX")
-            .query_async::<Option<String>>(&mut conn)
-            .await?
-            .is_some();
+        let created = store::insert_run(&self.redis, &run, false).await?;
         let member = due_member(ws, &run.id);
+        let mut conn = self.redis.clone();
         if created {
-            if let Some(token) = &run.cancelation_token {
-                conn.sadd::<_, _, ()>(store::token_key(ws, token), &run.id)
-                    .await?;
-            }
-            conn.zadd::<_, _, _, ()>(store::runs_key(ws), &run.id, now)
-                .await?;
             conn.zadd::<_, _, _, ()>(DUE_KEY, &member, now + self.lease_ms)
                 .await?;
             metrics::counter!("automations_runs_created_total").increment(1);
         } else if let Some(existing) = store::load_run(&self.redis, ws, &run.id).await?
             && !existing.is_terminal()
         {
-            // A crash between the writes above: complete them.
-            redis::cmd("ZADD")
-                .arg(store::runs_key(ws))
-                .arg("NX")
-                .arg(existing.created_at_ms)
-                .arg(&run.id)
-                .query_async::<()>(&mut conn)
-                .await?;
-            if let Some(token) = &existing.cancelation_token {
-                conn.sadd::<_, _, ()>(store::token_key(ws, token), &run.id)
-                    .await?;
-            }
+            // A crash before the due index write (or a run older than the filter indexes):
+            // complete the writes.
+            store::insert_run(&self.redis, &existing, true).await?;
             redis::cmd("ZADD")
                 .arg(DUE_KEY)
                 .arg("NX")
@@ -214,21 +176,7 @@ impl Engine {
     /// index, and lets the workspace's run index forget runs whose retention has passed.
     async fn retire(&self, run: &Run) -> Result<(), Transient> {
         let ws = run.workspace.as_str();
-        let raw = serde_json::to_string(run).expect("run serializes");
-        let token = run.cancelation_token.as_deref().unwrap_or("");
-        redis::Script::new(RETIRE)
-            .key(store::run_key(ws, &run.id))
-            .key(store::canceled_key(ws, &run.id))
-            .key(store::runs_key(ws))
-            .key(store::runs_expiry_key(ws))
-            .key(store::token_key(ws, token))
-            .arg(raw)
-            .arg(self.retention_ms.max(1))
-            .arg(&run.id)
-            .arg(now_ms())
-            .arg(if token.is_empty() { "0" } else { "1" })
-            .invoke_async::<i64>(&mut self.redis.clone())
-            .await?;
+        store::retire_run(&self.redis, run, self.retention_ms).await?;
         self.settle(&due_member(ws, &run.id), None).await
     }
 

@@ -37,6 +37,19 @@ pub fn runs_key(ws: &str) -> String {
 pub fn runs_expiry_key(ws: &str) -> String {
     key(ws, "runs:expiry")
 }
+/// Run ids of one filter value, scored by created ms (the list's secondary indexes).
+pub fn runs_by_key(ws: &str, filter: RunFilter, value: &str) -> String {
+    rc_common::keys::runs_by(ws, filter.as_str(), value)
+}
+/// Runs in `state`, scored by created ms; a run is in exactly one.
+pub fn status_key(ws: &str, state: RunState) -> String {
+    runs_by_key(ws, RunFilter::Status, state.as_str())
+}
+/// Retired runs' filter index keys (hash run id → keys joined by `\n`; escaped keys have no
+/// control characters), so pruning a run's retention drops it from every index.
+pub fn runs_indexed_key(ws: &str) -> String {
+    key(ws, "runs:indexed")
+}
 pub fn token_key(ws: &str, token: &str) -> String {
     automations_of(ws, "token", token, "")
 }
@@ -114,6 +127,29 @@ impl RunState {
     }
 }
 
+/// What the run list filters by: one index per value (`rc_common::keys::runs_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFilter {
+    Status,
+    Event,
+    Recipient,
+    Template,
+    MessageId,
+}
+
+impl RunFilter {
+    /// The query parameter and the key component.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunFilter::Status => "status",
+            RunFilter::Event => "event",
+            RunFilter::Recipient => "recipient",
+            RunFilter::Template => "template",
+            RunFilter::MessageId => "message_id",
+        }
+    }
+}
+
 /// What happened to a step (timeline entries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +216,21 @@ impl Run {
             .unwrap_or_default()
             .to_string()
     }
+    /// The filter indexes this run is in besides its status: one per non-empty value (they never
+    /// change after creation).
+    pub fn filter_keys(&self) -> Vec<String> {
+        let recipient = self.recipient();
+        [
+            (RunFilter::Event, self.event.as_str()),
+            (RunFilter::Recipient, recipient.as_str()),
+            (RunFilter::Template, self.template.as_str()),
+            (RunFilter::MessageId, self.source_message_id.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(f, v)| runs_by_key(&self.workspace, f, v))
+        .collect()
+    }
     /// The list view (`GET /automations/runs`): no context or timeline.
     pub fn summary(&self) -> Value {
         serde_json::json!({
@@ -227,14 +278,147 @@ pub async fn load_run(redis: &RedisConn, ws: &str, id: &str) -> redis::RedisResu
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
-/// Saves a run in progress (a finished run is saved with its retention TTL by the engine's
-/// `retire`).
+// ---- run writes: the document and its indexes change together, in one script each --------
+
+/// Lua: `set_status(first, created, id)` puts the run in the status index `KEYS[first]` and, when
+/// that changed its status, takes it out of the five others (`KEYS[first + 1 ..= first + 5]`).
+macro_rules! set_status {
+    () => {
+        r"
+local function set_status(first, created, id)
+  if redis.call('ZADD', KEYS[first], 'NX', created, id) == 1 then
+    for i = first + 1, first + 5 do redis.call('ZREM', KEYS[i], id) end
+  end
+end
+"
+    };
+}
+
+/// KEYS: run, status indexes (current first), run index, token set, then the run's filter
+/// indexes. ARGV: run JSON ('' to repair the indexes of an existing run), created ms, run id,
+/// '1' when the run has a token. 0 when the run already existed (nothing written).
+const INSERT_RUN: &str = concat!(
+    set_status!(),
+    r"
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[9], ARGV[3]) end
+redis.call('ZADD', KEYS[8], 'NX', ARGV[2], ARGV[3])
+for i = 10, #KEYS do redis.call('ZADD', KEYS[i], 'NX', ARGV[2], ARGV[3]) end
+set_status(2, ARGV[2], ARGV[3])
+return 1
+"
+);
+
+/// KEYS: run, status indexes (current first). ARGV: run JSON, created ms, run id.
+const SAVE_RUN: &str = concat!(
+    set_status!(),
+    r"
+redis.call('SET', KEYS[1], ARGV[1])
+set_status(2, ARGV[2], ARGV[3])
+"
+);
+
+/// KEYS: run, canceled marker, run index, run expiry index, token set, indexed-keys hash, status
+/// indexes (current first). ARGV: run JSON, retention ms, run id, now ms, '1' when the run has a
+/// token, created ms, the run's filter index keys joined by `\n`.
+/// Prunes at most 100 expired runs per call from every index, so the cost stays bounded. The
+/// filter keys read back from the hash share the workspace's slot with the declared keys.
+const RETIRE_RUN: &str = concat!(
+    set_status!(),
+    r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if ARGV[5] == '1' then redis.call('SREM', KEYS[5], ARGV[3]) end
+set_status(7, ARGV[6], ARGV[3])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[6], ARGV[3], ARGV[7]) end
+redis.call('ZADD', KEYS[4], tonumber(ARGV[4]) + tonumber(ARGV[2]), ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[4], 'LIMIT', 0, 100)
+for _, id in ipairs(old) do
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+  for i = 7, 12 do redis.call('ZREM', KEYS[i], id) end
+  local keys = redis.call('HGET', KEYS[6], id)
+  if keys then
+    for k in string.gmatch(keys, '[^\n]+') do redis.call('ZREM', k, id) end
+    redis.call('HDEL', KEYS[6], id)
+  end
+end
+return #old
+"
+);
+
+/// Adds the run's status indexes to `script`: its current state's first, then the five others.
+fn status_keys(script: &mut redis::ScriptInvocation<'_>, run: &Run) {
+    script.key(status_key(&run.workspace, run.state));
+    for state in RunState::ALL.into_iter().filter(|s| *s != run.state) {
+        script.key(status_key(&run.workspace, state));
+    }
+}
+
+/// Creates the run with every index entry unless a run with its id exists (true when created).
+/// `repair` (an existing, unfinished run) writes only the index entries it may miss.
+pub async fn insert_run(redis: &RedisConn, run: &Run, repair: bool) -> redis::RedisResult<bool> {
+    let ws = run.workspace.as_str();
+    let raw = if repair {
+        String::new()
+    } else {
+        serde_json::to_string(run).expect("run serializes")
+    };
+    let token = run.cancelation_token.as_deref().unwrap_or("");
+    let script = redis::Script::new(INSERT_RUN);
+    let mut call = script.key(run_key(ws, &run.id));
+    status_keys(&mut call, run);
+    call.key(runs_key(ws)).key(token_key(ws, token));
+    for k in run.filter_keys() {
+        call.key(k);
+    }
+    let created: i64 = call
+        .arg(raw)
+        .arg(run.created_at_ms)
+        .arg(&run.id)
+        .arg(if token.is_empty() { "0" } else { "1" })
+        .invoke_async(&mut redis.clone())
+        .await?;
+    Ok(created == 1)
+}
+
+/// Saves a run in progress (a finished run is saved with its retention TTL by [`retire_run`]).
 pub async fn save_run(redis: &RedisConn, run: &Run) -> redis::RedisResult<()> {
     let raw = serde_json::to_string(run).expect("run serializes");
-    redis
-        .clone()
-        .set::<_, _, ()>(run_key(&run.workspace, &run.id), raw)
+    let script = redis::Script::new(SAVE_RUN);
+    let mut call = script.key(run_key(&run.workspace, &run.id));
+    status_keys(&mut call, run);
+    call.arg(raw)
+        .arg(run.created_at_ms)
+        .arg(&run.id)
+        .invoke_async(&mut redis.clone())
         .await
+}
+
+/// Saves a finished run with its retention TTL, drops it from its token set, and lets the
+/// workspace's indexes forget runs whose retention has passed.
+pub async fn retire_run(redis: &RedisConn, run: &Run, retention_ms: i64) -> redis::RedisResult<()> {
+    let ws = run.workspace.as_str();
+    let raw = serde_json::to_string(run).expect("run serializes");
+    let token = run.cancelation_token.as_deref().unwrap_or("");
+    let script = redis::Script::new(RETIRE_RUN);
+    let mut call = script.key(run_key(ws, &run.id));
+    call.key(canceled_key(ws, &run.id))
+        .key(runs_key(ws))
+        .key(runs_expiry_key(ws))
+        .key(token_key(ws, token))
+        .key(runs_indexed_key(ws));
+    status_keys(&mut call, run);
+    call.arg(raw)
+        .arg(retention_ms.max(1))
+        .arg(&run.id)
+        .arg(now_ms())
+        .arg(if token.is_empty() { "0" } else { "1" })
+        .arg(run.created_at_ms)
+        .arg(run.filter_keys().join("\n"))
+        .invoke_async::<i64>(&mut redis.clone())
+        .await?;
+    Ok(())
 }
 
 pub async fn hget_json(
@@ -398,34 +582,92 @@ pub async fn unlink(
 
 // ---- run index --------------------------------------------------------------------------------
 
-/// Up to `n` run index entries older than `(score, id)` (or the newest ones), newest first.
-pub async fn runs_page(
+/// A created-time window of the run list: `since` inclusive, `until` exclusive (epoch ms).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+impl Window {
+    fn min(&self) -> String {
+        self.since.map_or("-inf".into(), |s| s.to_string())
+    }
+    /// Scores strictly below `bound`.
+    fn below(bound: Option<i64>) -> String {
+        bound.map_or("+inf".into(), |b| format!("({b}"))
+    }
+}
+
+/// Up to `n` entries of the run index `key` within `window` older than `(score, id)` (or the
+/// newest ones), newest first.
+pub async fn index_page(
     redis: &RedisConn,
-    ws: &str,
+    key: &str,
     after: Option<&(i64, String)>,
+    window: Window,
     n: usize,
 ) -> redis::RedisResult<Vec<(String, i64)>> {
-    let key = runs_key(ws);
     let mut conn = redis.clone();
     let mut out = Vec::new();
     let max = match after {
-        None => "+inf".to_string(),
-        Some((score, id)) => {
+        Some((score, id))
+            if window.until.is_none_or(|u| *score < u)
+                && window.since.is_none_or(|s| *score >= s) =>
+        {
             // Same-millisecond entries not yet seen, then strictly older ones.
-            let ties: Vec<String> = conn.zrangebyscore(&key, score, score).await?;
+            let ties: Vec<String> = conn.zrangebyscore(key, score, score).await?;
             let mut ties: Vec<String> = ties.into_iter().filter(|t| t < id).collect();
             ties.sort_unstable_by(|a, b| b.cmp(a));
             out.extend(ties.into_iter().take(n).map(|t| (t, *score)));
-            format!("({score}")
+            Window::below(Some(*score))
         }
+        Some((score, _)) => Window::below(Some(window.until.map_or(*score, |u| u.min(*score)))),
+        None => Window::below(window.until),
     };
     if out.len() < n {
         let more: Vec<(String, f64)> = conn
-            .zrevrangebyscore_limit_withscores(&key, max, "-inf", 0, (n - out.len()) as isize)
+            .zrevrangebyscore_limit_withscores(key, max, window.min(), 0, (n - out.len()) as isize)
             .await?;
         out.extend(more.into_iter().map(|(id, score)| (id, score as i64)));
     }
     Ok(out)
+}
+
+/// Entries of each index key within `window` (one round trip).
+pub async fn index_counts(
+    redis: &RedisConn,
+    keys: &[String],
+    window: Window,
+) -> redis::RedisResult<Vec<u64>> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.zcount(k, window.min(), Window::below(window.until));
+    }
+    pipe.query_async(&mut redis.clone()).await
+}
+
+/// For each of `ids`: whether it is in every index of `keys` (one round trip).
+pub async fn in_all(
+    redis: &RedisConn,
+    keys: &[String],
+    ids: &[&str],
+) -> redis::RedisResult<Vec<bool>> {
+    let mut keep = vec![true; ids.len()];
+    if keys.is_empty() || ids.is_empty() {
+        return Ok(keep);
+    }
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("ZMSCORE").arg(k).arg(ids);
+    }
+    let scores: Vec<Vec<Option<f64>>> = pipe.query_async(&mut redis.clone()).await?;
+    for per_key in scores {
+        for (k, s) in keep.iter_mut().zip(per_key) {
+            *k &= s.is_some();
+        }
+    }
+    Ok(keep)
 }
 
 /// The runs of `ids` (None where the document expired).
@@ -434,6 +676,9 @@ pub async fn load_runs(
     ws: &str,
     ids: &[&str],
 ) -> redis::RedisResult<Vec<Option<Run>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let keys: Vec<String> = ids.iter().map(|id| run_key(ws, id)).collect();
     let raws: Vec<Option<String>> = redis.clone().mget(&keys).await?;
     Ok(raws
@@ -442,9 +687,20 @@ pub async fn load_runs(
         .collect())
 }
 
-/// Drops an expired run from the workspace's index.
-pub async fn forget_run(redis: &RedisConn, ws: &str, id: &str) -> redis::RedisResult<()> {
-    redis.clone().zrem(runs_key(ws), id).await
+/// Drops an expired run from the workspace's index and the index `walked` it was found in
+/// (the retire script prunes the rest).
+pub async fn forget_run(
+    redis: &RedisConn,
+    ws: &str,
+    walked: &str,
+    id: &str,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.zrem(runs_key(ws), id)
+        .ignore()
+        .zrem(walked, id)
+        .ignore();
+    pipe.query_async(&mut redis.clone()).await
 }
 
 /// True when a cancel of the run was requested (not yet finalized).

@@ -165,6 +165,11 @@ pub fn automations(ws: &str, rest: &str) -> String {
 pub fn automations_of(ws: &str, kind: &str, id: &str, rest: &str) -> String {
     format!("{}:auto:{kind}:{}{rest}", Ws(ws), escape(id))
 }
+/// A run index of one filter value (zset of run ids scored by created ms):
+/// `{ws:<ws>}:auto:runs:<filter>:<value>`; `filter` is a fixed name, the value is escaped.
+pub fn runs_by(ws: &str, filter: &str, value: &str) -> String {
+    format!("{}:auto:runs:{filter}:{}", Ws(ws), escape(value))
+}
 /// Notification templates of a workspace (hash id → JSON): written by automations' API, read
 /// when a run sends.
 pub fn notification_templates(ws: &str) -> String {
@@ -242,5 +247,9 @@ mod tests {
             "{ws:acme:tenant:t%7D1}:members"
         );
         assert_eq!(inbox("acme", "u").0, "{ws:acme:inbox:u}:items");
+        assert_eq!(
+            runs_by("acme", "event", "a:b}"),
+            "{ws:acme}:auto:runs:event:a%3Ab%7D"
+        );
     }
 }

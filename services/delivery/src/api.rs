@@ -94,6 +94,8 @@ pub async fn get_history(
 pub struct ListQuery {
     recipient: Option<String>,
     status: Option<String>,
+    /// Messages with a provider attempt on this channel.
+    channel: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
 }
@@ -110,6 +112,15 @@ pub async fn list_messages(
         && store::rank(s).is_none()
     {
         return Err(DeliveryError::Invalid(format!("unknown status {s:?}")));
+    }
+    let channel = q.channel.as_deref();
+    if let Some(c) = channel
+        && !crate::providers::CHANNELS.contains(&c)
+    {
+        return Err(DeliveryError::Invalid(format!(
+            "channel: one of {}",
+            crate::providers::CHANNELS.join(", ")
+        )));
     }
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
@@ -153,7 +164,9 @@ pub async fn list_messages(
             let Some(record) = state.store.load(&ws, &id).await? else {
                 continue;
             };
-            if status.as_ref().is_some_and(|s| *s != record.status) {
+            if status.as_ref().is_some_and(|s| *s != record.status)
+                || channel.is_some_and(|c| !record.providers.iter().any(|p| p.channel == c))
+            {
                 continue;
             }
             results.push(record.to_json());
