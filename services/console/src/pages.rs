@@ -104,13 +104,9 @@ impl Signed {
         &self.session.api_key
     }
 
-    /// Refuses a form whose token is not this session's (403).
-    fn check(&self, csrf: &str) -> Result<(), Response> {
-        if session::same(&self.session.csrf, csrf) {
-            Ok(())
-        } else {
-            Err(refused())
-        }
+    /// Whether a form's token is this session's (else the caller answers [`refused`]).
+    fn check(&self, csrf: &str) -> bool {
+        session::same(&self.session.csrf, csrf)
     }
 }
 
@@ -293,8 +289,8 @@ struct CsrfForm {
 }
 
 async fn signout(State(state): State<AppState>, s: Signed, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(r) = s.check(&f.csrf) {
-        return r;
+    if !s.check(&f.csrf) {
+        return refused();
     }
     state.sessions.remove(&s.id);
     let mut resp = Redirect::to("/console/signin").into_response();
@@ -482,8 +478,8 @@ fn back_to(key: &str) -> Response {
 }
 
 async fn link(State(state): State<AppState>, s: Signed, Form(f): Form<LinkForm>) -> Response {
-    if let Err(r) = s.check(&f.csrf) {
-        return r;
+    if !s.check(&f.csrf) {
+        return refused();
     }
     let mut body = mapping_event(&f.key);
     if f.template_id.is_empty() {
@@ -524,8 +520,8 @@ struct UnlinkForm {
 }
 
 async fn unlink(State(state): State<AppState>, s: Signed, Form(f): Form<UnlinkForm>) -> Response {
-    if let Err(r) = s.check(&f.csrf) {
-        return r;
+    if !s.check(&f.csrf) {
+        return refused();
     }
     let ev = mapping_event(&f.key);
     let mut query = vec![("template_id", f.template_id.as_str())];
@@ -553,18 +549,16 @@ async fn unlink(State(state): State<AppState>, s: Signed, Form(f): Form<UnlinkFo
 
 // ---- dead letters -------------------------------------------------------------------------------
 
-fn known_service(service: &str) -> Result<&'static str, Response> {
-    DLQ_SERVICES
-        .iter()
-        .find(|s| **s == service)
-        .copied()
-        .ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                page_bare("Not found", html! { p { "No such service." } }),
-            )
-                .into_response()
-        })
+fn known_service(service: &str) -> Option<&'static str> {
+    DLQ_SERVICES.iter().find(|s| **s == service).copied()
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        page_bare("Not found", html! { p { "No such service." } }),
+    )
+        .into_response()
 }
 
 fn dlq_tabs(current: &str) -> Markup {
@@ -581,9 +575,8 @@ async fn dead_letters(
     Path(service): Path<String>,
     Query(q): Query<CursorQuery>,
 ) -> Response {
-    let service = match known_service(&service) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(service) = known_service(&service) else {
+        return not_found();
     };
     let mut query = vec![("limit", DLQ_PAGE)];
     if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -646,9 +639,8 @@ async fn dead_letter(
     s: Signed,
     Path((service, seq)): Path<(String, String)>,
 ) -> Response {
-    let service = match known_service(&service) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(service) = known_service(&service) else {
+        return not_found();
     };
     let d = match state
         .api
@@ -683,12 +675,11 @@ async fn replay(
     Path((service, seq)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = s.check(&f.csrf) {
-        return r;
+    if !s.check(&f.csrf) {
+        return refused();
     }
-    let service = match known_service(&service) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(service) = known_service(&service) else {
+        return not_found();
     };
     let path = format!("/dead-letters/{service}/{}/replay", seg(&seq));
     match state
@@ -707,12 +698,11 @@ async fn purge(
     Path(service): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = s.check(&f.csrf) {
-        return r;
+    if !s.check(&f.csrf) {
+        return refused();
     }
-    let service = match known_service(&service) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(service) = known_service(&service) else {
+        return not_found();
     };
     match state
         .api
