@@ -84,6 +84,14 @@ async fn get(
     (r.status(), r.text().await.unwrap())
 }
 
+/// A workspace's mappings, as the automations API lists them.
+async fn mappings_of(automations: &Service, key: &str) -> serde_json::Value {
+    let path = "/automations/mappings";
+    rc_tests::call(automations, key, reqwest::Method::GET, path, None)
+        .await
+        .1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_csrf_headers_escaping_and_isolation() {
     let stack = Stack::start();
@@ -209,14 +217,7 @@ async fn sign_in_csrf_headers_escaping_and_isolation() {
         StatusCode::FORBIDDEN,
         "B's token is not A's"
     );
-    let (_, mappings) = rc_tests::call(
-        &automations,
-        &key_a,
-        reqwest::Method::GET,
-        "/automations/mappings",
-        None,
-    )
-    .await;
+    let mappings = mappings_of(&automations, &key_a).await;
     assert!(
         !mappings.to_string().contains("onerror"),
         "refused forms changed nothing: {mappings}"
@@ -225,14 +226,7 @@ async fn sign_in_csrf_headers_escaping_and_isolation() {
         link(csrf_a.clone(), session_a.clone()).await.status(),
         StatusCode::SEE_OTHER
     );
-    let (_, mappings) = rc_tests::call(
-        &automations,
-        &key_a,
-        reqwest::Method::GET,
-        "/automations/mappings",
-        None,
-    )
-    .await;
+    let mappings = mappings_of(&automations, &key_a).await;
     assert!(mappings.to_string().contains("onerror"), "{mappings}");
 
     // Dead letters of each service answer a page for a signed-in session (the automations API
