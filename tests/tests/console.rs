@@ -151,6 +151,11 @@ async fn sign_in_csrf_headers_escaping_and_isolation() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("That API key was refused.") && page.contains("<form"),
+        "a person gets the form again, not a JSON error: {page}"
+    );
 
     let session_a = sign_in(&c, &console, &key_a).await;
     let session_b = sign_in(&c, &console, &key_b).await;
