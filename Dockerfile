@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # rudder-courier: every service binary in one small non-root image; the command picks the
-# service (rc-ingress, rc-profiles, rc-accounts, rc-automations, rc-forwarder, rc-delivery,
+# service (rc-ingress, rc-profiles, rc-accounts, rc-automations, rc-forwarder, rc-delivery, rc-console,
 # rc-admin). No protoc needed: the proto crate compiles with protox.
 #
 #   make image                                  # docker build -t rudder-courier:dev .
@@ -41,7 +41,7 @@ RUN find . -path ./target -prune -o -name '*.rs' -print0 | xargs -0 touch \
 # 3. Runtime: glibc, libgcc, CA certificates and nothing else (no shell), user 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="rudder-courier" \
-      org.opencontainers.image.description="RudderStack ⇄ Courier services: rc-ingress, rc-profiles, rc-accounts, rc-automations, rc-forwarder, rc-delivery, rc-admin" \
+      org.opencontainers.image.description="RudderStack ⇄ Courier services: rc-ingress, rc-profiles, rc-accounts, rc-automations, rc-forwarder, rc-delivery, rc-console, rc-admin" \
       org.opencontainers.image.source="https://github.com/rudder-courier/rudder-courier" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/ /usr/local/bin/

@@ -136,7 +136,7 @@ for _ in $(seq 1 100); do
 done
 
 # service binary → port; services that are not built yet are skipped.
-SERVICES="rc-ingress:8080 rc-profiles:8081 rc-accounts:8082 rc-automations:8083 rc-forwarder:8084 rc-delivery:8085"
+SERVICES="rc-ingress:8080 rc-profiles:8081 rc-accounts:8082 rc-automations:8083 rc-forwarder:8084 rc-delivery:8085 rc-console:8086"
 started=()
 for entry in $SERVICES; do
   name=${entry%%:*}; port=${entry##*:}
@@ -228,6 +228,10 @@ rudder-courier is running. Base URL (every public path; per-service ports 8080-8
 debugging):
 
   $BASE
+
+Console (sign in with the key below; it calls the API through the base URL):
+
+  http://127.0.0.1:8086/console/
 
 Workspace "dev", API key:
 
