@@ -116,17 +116,30 @@ redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
 return n
 ";
 
+/// An event as the catalog counts it: its workspace, message id, entry key, time and raw JSON.
+#[derive(Clone, Copy)]
+pub struct Received<'a> {
+    pub ws: &'a str,
+    pub message_id: &'a str,
+    pub entry: &'a str,
+    pub at_ms: i64,
+    pub payload: &'a str,
+}
+
 /// Counts the event once per message id; `failure` marks it as refused (the reason is shown
 /// as the entry's `last_error`, and the entry's `status` is `failed` until a good one arrives).
 pub async fn record(
     redis: &RedisConn,
-    ws: &str,
-    message_id: &str,
-    entry: &str,
-    at_ms: i64,
-    payload: &str,
+    event: &Received<'_>,
     failure: Option<&str>,
 ) -> redis::RedisResult<()> {
+    let Received {
+        ws,
+        message_id,
+        entry,
+        at_ms,
+        payload,
+    } = *event;
     let mut conn = redis.clone();
     redis::Script::new(RECORD)
         .key(rc_common::keys::automations_of(ws, "seen", message_id, ""))
@@ -228,22 +241,14 @@ pub struct Tally {
 
 impl Tally {
     /// Gathers an accepted event; writes everything at once (waiting) past [`MAX_PENDING`].
-    pub async fn add(
-        &self,
-        redis: &RedisConn,
-        ws: &str,
-        message_id: &str,
-        entry: &str,
-        at_ms: i64,
-        payload: &str,
-    ) -> redis::RedisResult<()> {
+    pub async fn add(&self, redis: &RedisConn, e: &Received<'_>) -> redis::RedisResult<()> {
         let pending = {
             let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            let w = match waiting.get_mut(ws) {
+            let w = match waiting.get_mut(e.ws) {
                 Some(w) => w,
-                None => waiting.entry(ws.to_string()).or_default(),
+                None => waiting.entry(e.ws.to_string()).or_default(),
             };
-            w.add(entry, message_id.to_string(), at_ms, payload);
+            w.add(e.entry, e.message_id.to_string(), e.at_ms, e.payload);
             waiting.values().map(|w| w.messages.len()).sum::<usize>()
         };
         if pending >= MAX_PENDING {

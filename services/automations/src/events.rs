@@ -117,23 +117,19 @@ impl EventHandler {
             }
             _ => None,
         };
+        let received = catalog::Received {
+            ws,
+            message_id: &env.message_id,
+            entry: &entry,
+            at_ms: at,
+            payload: &payload,
+        };
         if let Some(reason) = &failure {
             // Earlier accepted events first: the entry's status follows the events' order.
             self.tally.flush(redis).await?;
-            catalog::record(
-                redis,
-                ws,
-                &env.message_id,
-                &entry,
-                at,
-                &payload,
-                Some(reason),
-            )
-            .await?;
+            catalog::record(redis, &received, Some(reason)).await?;
         } else {
-            self.tally
-                .add(redis, ws, &env.message_id, &entry, at, &payload)
-                .await?;
+            self.tally.add(redis, &received).await?;
         }
         if let Some(reason) = failure {
             tracing::warn!(workspace = ws, message_id = %env.message_id, reason = %reason, "Invalid inline automation; dead-lettered");
