@@ -6,6 +6,7 @@ use async_nats::jetstream::message::PublishMessage;
 use prost::Message as _;
 use rc_proto::{MessageRequest, RunEvent};
 use rc_tests::automations::{publish_track, wait_for_messages};
+use rc_tests::profiles::eventually;
 use rc_tests::{Stack, stored_messages};
 use serde_json::{Value, json};
 
@@ -835,8 +836,12 @@ async fn mapped_identify_and_group_events_start_runs() {
             .await
             .is_empty()
     );
-    let (s, entry) = a.get("/automations/events/identify").await;
-    assert_eq!(s, 200);
+    // Accepted events are counted by the next catalog flush (≤ 1 s).
+    let entry = eventually("the identify entry", Duration::from_secs(5), || async {
+        let (s, entry) = a.get("/automations/events/identify").await;
+        (s == 200).then_some(entry)
+    })
+    .await;
     assert_eq!(entry["count"], 1);
     assert_eq!(entry["status"], "ok");
     assert_eq!(
@@ -1044,7 +1049,12 @@ async fn invalid_inline_automations_are_dead_lettered_and_shown_in_the_catalog()
     .await;
     assert_eq!(msgs.len(), 1);
     assert_eq!(decode(&msgs[0]).template, "FIXED");
-    let (_, entry) = a.get("/automations/events/Bad%20Action").await;
+    // The good event is counted by the next catalog flush (≤ 1 s).
+    let entry = eventually("the good event counted", Duration::from_secs(5), || async {
+        let (_, entry) = a.get("/automations/events/Bad%20Action").await;
+        (entry["count"] != 1).then_some(entry)
+    })
+    .await;
     assert_eq!(entry["count"], 2);
     assert_eq!(entry["status"], "ok");
     assert_eq!(entry["failed_count"], 1);
@@ -1103,7 +1113,12 @@ async fn invalid_inline_automations_are_dead_lettered_and_shown_in_the_catalog()
     .await;
     assert_eq!(msgs.len(), 2);
     assert_eq!(decode(&msgs[1]).template, "NOPE_SENT");
-    let (_, entry) = a.get("/automations/events/Missing%20Template").await;
+    // The accepted replay is written by the next catalog flush (≤ 1 s).
+    let entry = eventually("the replay accepted", Duration::from_secs(5), || async {
+        let (_, entry) = a.get("/automations/events/Missing%20Template").await;
+        (entry["status"] != "failed").then_some(entry)
+    })
+    .await;
     assert_eq!(entry["status"], "ok", "{entry}");
     assert_eq!(entry["count"], 1);
     assert_eq!(entry["failed_count"], 1);

@@ -214,16 +214,23 @@ async fn track_event_becomes_a_delivered_webhook_and_message_events_in_ruddersta
     .await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(run["state"], "completed", "{run}");
-    let (s, catalog) = call(
-        &p.automations,
-        key,
-        reqwest::Method::GET,
-        "/automations/events",
-        None,
+    // Catalog counts are written by the next flush (≤ 1 s).
+    eventually(
+        "Order Shipped in the catalog",
+        Duration::from_secs(5),
+        async || {
+            let (s, catalog) = call(
+                &p.automations,
+                key,
+                reqwest::Method::GET,
+                "/automations/events",
+                None,
+            )
+            .await;
+            s == 200 && catalog.to_string().contains("Order Shipped")
+        },
     )
     .await;
-    assert_eq!(s, 200, "{catalog}");
-    assert!(catalog.to_string().contains("Order Shipped"), "{catalog}");
 
     // The same RudderStack event retried (same messageId): no second run, message or webhook.
     ingest(

@@ -2,12 +2,25 @@
 //! track event name, per page / screen name, and per identify / group / alias type, updated by the EVENTS consumer, counted once
 //! per message id (a marker with expiry makes redelivery a no-op).
 //!
+//! Accepted events are not written one by one: [`Tally`] gathers them in memory per workspace
+//! and entry and [`Tally::flush`] writes them every [`FLUSH_INTERVAL`] with one script per
+//! workspace, all pipelined (the per-event round trip cost more than the rest of an identify).
+//! The markers are still set (in the flush), so a redelivery never counts twice. Counts are
+//! observability, not effects: an event acked before its flush is not counted if automations
+//! crashes in that second (a graceful shutdown flushes). Refused events are written at once,
+//! after a flush, so the entry's status follows the events' order.
+//!
 //! Keys: `{ws:<ws>}:auto:catalog` (entry key → JSON {first, last, payload}),
 //! `{ws:<ws>}:auto:catalog:count` (entry key → count), `{ws:<ws>}:auto:catalog:failed` (entry
 //! key → refused events), `{ws:<ws>}:auto:catalog:index` (zset by last time),
 //! `{ws:<ws>}:auto:seen:<message id>` (marker, 24 h).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use rc_common::redis::RedisConn;
+use rc_common::shutdown::Shutdown;
 use rc_proto::EventType;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
@@ -103,17 +116,30 @@ redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
 return n
 ";
 
+/// An event as the catalog counts it: its workspace, message id, entry key, time and raw JSON.
+#[derive(Clone, Copy)]
+pub struct Received<'a> {
+    pub ws: &'a str,
+    pub message_id: &'a str,
+    pub entry: &'a str,
+    pub at_ms: i64,
+    pub payload: &'a str,
+}
+
 /// Counts the event once per message id; `failure` marks it as refused (the reason is shown
 /// as the entry's `last_error`, and the entry's `status` is `failed` until a good one arrives).
 pub async fn record(
     redis: &RedisConn,
-    ws: &str,
-    message_id: &str,
-    entry: &str,
-    at_ms: i64,
-    payload: &str,
+    event: &Received<'_>,
     failure: Option<&str>,
 ) -> redis::RedisResult<()> {
+    let Received {
+        ws,
+        message_id,
+        entry,
+        at_ms,
+        payload,
+    } = *event;
     let mut conn = redis.clone();
     redis::Script::new(RECORD)
         .key(rc_common::keys::automations_of(ws, "seen", message_id, ""))
@@ -130,6 +156,223 @@ pub async fn record(
         .await
         .map(|_| ())
 }
+
+/// How often gathered counts are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Events gathered before a handler writes them itself (and waits): bounds the memory held.
+const MAX_PENDING: usize = 10_000;
+
+/// An entry's accepted events waiting for the flush: the earliest time, and the latest event.
+struct Pending {
+    first_ms: i64,
+    last_ms: i64,
+    payload: String,
+}
+
+/// A workspace's waiting events: its entries (and where each is), and each message id with its
+/// entry's index.
+#[derive(Default)]
+struct Waiting {
+    entries: Vec<(String, Pending)>,
+    index: HashMap<String, usize>,
+    messages: Vec<(usize, String)>,
+}
+
+impl Waiting {
+    fn add(&mut self, entry: &str, message_id: String, at_ms: i64, payload: &str) {
+        let i = match self.index.get(entry) {
+            Some(&i) => {
+                let p = &mut self.entries[i].1;
+                p.first_ms = p.first_ms.min(at_ms);
+                p.last_ms = at_ms;
+                payload.clone_into(&mut p.payload);
+                i
+            }
+            None => self.put(
+                entry.to_string(),
+                Pending {
+                    first_ms: at_ms,
+                    last_ms: at_ms,
+                    payload: payload.to_string(),
+                },
+            ),
+        };
+        self.messages.push((i, message_id));
+    }
+
+    /// Adds `p` as the entry's latest events; returns the entry's index.
+    fn put(&mut self, entry: String, p: Pending) -> usize {
+        match self.index.get(&entry) {
+            Some(&i) => {
+                let old = &mut self.entries[i].1;
+                old.first_ms = old.first_ms.min(p.first_ms);
+                old.last_ms = p.last_ms;
+                old.payload = p.payload;
+                i
+            }
+            None => {
+                self.index.insert(entry.clone(), self.entries.len());
+                self.entries.push((entry, p));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    /// Puts back an older batch that could not be written: its events come first.
+    fn merge_older(&mut self, older: Waiting) {
+        let newer = std::mem::replace(self, older);
+        let moved: Vec<usize> = newer
+            .entries
+            .into_iter()
+            .map(|(entry, p)| self.put(entry, p))
+            .collect();
+        self.messages
+            .extend(newer.messages.into_iter().map(|(i, id)| (moved[i], id)));
+    }
+}
+
+/// Accepted events gathered in memory until the next flush (see the module docs).
+#[derive(Default)]
+pub struct Tally {
+    waiting: Mutex<HashMap<String, Waiting>>,
+    /// Serialises flushes, so a batch put back after a failure stays ahead of later ones.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl Tally {
+    /// Gathers an accepted event; writes everything at once (waiting) past [`MAX_PENDING`].
+    pub async fn add(&self, redis: &RedisConn, e: &Received<'_>) -> redis::RedisResult<()> {
+        let pending = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let w = match waiting.get_mut(e.ws) {
+                Some(w) => w,
+                None => waiting.entry(e.ws.to_string()).or_default(),
+            };
+            w.add(e.entry, e.message_id.to_string(), e.at_ms, e.payload);
+            waiting.values().map(|w| w.messages.len()).sum::<usize>()
+        };
+        if pending >= MAX_PENDING {
+            self.flush(redis).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every gathered event: one script per workspace, in one pipeline. On failure the
+    /// events are kept for the next flush.
+    pub async fn flush(&self, redis: &RedisConn) -> redis::RedisResult<()> {
+        let _one = self.flushing.lock().await;
+        let batch = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let script = &*RECORD_BATCH_SCRIPT;
+        let mut pipe = redis::pipe();
+        for (ws, w) in &batch {
+            let mut inv = script.prepare_invoke();
+            inv.key(key(ws, "catalog"))
+                .key(key(ws, "catalog:count"))
+                .key(key(ws, "catalog:index"))
+                .arg(w.entries.len());
+            for (entry, p) in &w.entries {
+                inv.arg(entry)
+                    .arg(p.first_ms)
+                    .arg(p.last_ms)
+                    .arg(&p.payload);
+            }
+            for (i, id) in &w.messages {
+                inv.key(rc_common::keys::automations_of(ws, "seen", id, ""))
+                    .arg(i + 1)
+                    .arg(id);
+            }
+            pipe.invoke_script(&inv).ignore();
+        }
+        let mut conn = redis.clone();
+        let mut sent = pipe.query_async::<()>(&mut conn).await;
+        // A pipeline does not load its script (a new or restarted Redis): load it, send again.
+        if sent
+            .as_ref()
+            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            sent = match script.load_async(&mut conn).await {
+                Ok(_) => pipe.query_async::<()>(&mut conn).await,
+                Err(e) => Err(e),
+            };
+        }
+        if let Err(e) = sent {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            for (ws, older) in batch {
+                waiting.entry(ws).or_default().merge_older(older);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Flushes `tally` every [`FLUSH_INTERVAL`] until shutdown (the consumer's task flushes last,
+/// after its final acks).
+pub async fn flush_every(tally: std::sync::Arc<Tally>, redis: RedisConn, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.triggered() => return,
+        }
+        if let Err(e) = tally.flush(&redis).await {
+            tracing::warn!(error = %e, "Catalog counts not written; kept for the next flush");
+        }
+    }
+}
+
+static RECORD_BATCH_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RECORD_BATCH));
+
+/// KEYS: entries, counts, index, then one seen marker per message. ARGV: the number of entries
+/// n, n × (entry, first ms, last ms, payload), then per message (its entry's 1-based index,
+/// message id). Counts each message not seen before, as RECORD does for one.
+const RECORD_BATCH: &str = r"
+local n = tonumber(ARGV[1])
+local counted = {}
+for k = 4, #KEYS do
+  local a = 2 + 4 * n + 2 * (k - 4)
+  local e = tonumber(ARGV[a])
+  local prev = redis.call('GET', KEYS[k])
+  if prev ~= '1' then redis.call('SET', KEYS[k], '1', 'EX', 86400) end
+  if not prev then
+    counted[e] = (counted[e] or 0) + 1
+  elseif prev == 'f' then
+    -- A refused event now accepted: clears the failed status without counting it again.
+    local entry = ARGV[2 + 4 * (e - 1)]
+    local raw = redis.call('HGET', KEYS[1], entry)
+    if raw then
+      local old = cjson.decode(raw)
+      local err = old['last_error']
+      if type(err) == 'table' and err['message_id'] == ARGV[a + 1] then
+        old['last_status'] = 'ok'
+        redis.call('HSET', KEYS[1], entry, cjson.encode(old))
+      end
+    end
+  end
+end
+for e, c in pairs(counted) do
+  local b = 2 + 4 * (e - 1)
+  local entry = ARGV[b]
+  redis.call('HINCRBY', KEYS[2], entry, c)
+  local first = tonumber(ARGV[b + 1])
+  local last = tonumber(ARGV[b + 2])
+  local last_error = nil
+  local raw = redis.call('HGET', KEYS[1], entry)
+  if raw then
+    local old = cjson.decode(raw)
+    if old['first_ms'] and tonumber(old['first_ms']) < first then first = tonumber(old['first_ms']) end
+    last_error = old['last_error']
+  end
+  redis.call('HSET', KEYS[1], entry, cjson.encode({first_ms = first, last_ms = last, payload = ARGV[b + 3], last_status = 'ok', last_error = last_error}))
+  redis.call('ZADD', KEYS[3], last, entry)
+end
+return 0
+";
 
 async fn view(redis: &RedisConn, ws: &str, entry: &str, raw: Value) -> redis::RedisResult<Value> {
     let count: Option<i64> = redis.clone().hget(key(ws, "catalog:count"), entry).await?;
@@ -269,7 +512,36 @@ pub async fn page(
 
 #[cfg(test)]
 mod tests {
-    use super::Cursor;
+    use super::{Cursor, Waiting};
+
+    #[test]
+    fn a_batch_put_back_stays_ahead_of_later_events() {
+        let mut older = Waiting::default();
+        older.add("track:A", "m1".into(), 10, "a1");
+        older.add("identify", "m2".into(), 20, "i1");
+        let mut now = Waiting::default();
+        now.add("identify", "m3".into(), 5, "i2");
+        now.add("track:B", "m4".into(), 40, "b1");
+        now.merge_older(older);
+        let ids: Vec<(&str, &str)> = now
+            .messages
+            .iter()
+            .map(|(i, id)| (now.entries[*i].0.as_str(), id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("track:A", "m1"),
+                ("identify", "m2"),
+                ("identify", "m3"),
+                ("track:B", "m4")
+            ]
+        );
+        let identify = &now.entries[now.index["identify"]].1;
+        // The earliest time of both; the latest event is the newer batch's.
+        assert_eq!((identify.first_ms, identify.last_ms), (5, 5));
+        assert_eq!(identify.payload, "i2");
+    }
 
     #[test]
     fn cursors_round_trip_keys_with_colons() {

@@ -18,6 +18,8 @@ use crate::store::{self, now_ms};
 
 pub struct EventHandler {
     pub engine: Engine,
+    /// Accepted events' catalog counts, written in batches.
+    pub tally: std::sync::Arc<catalog::Tally>,
 }
 
 fn json_of(bytes: &[u8]) -> Value {
@@ -115,16 +117,20 @@ impl EventHandler {
             }
             _ => None,
         };
-        catalog::record(
-            redis,
+        let received = catalog::Received {
             ws,
-            &env.message_id,
-            &entry,
-            at,
-            &payload,
-            failure.as_deref(),
-        )
-        .await?;
+            message_id: &env.message_id,
+            entry: &entry,
+            at_ms: at,
+            payload: &payload,
+        };
+        if let Some(reason) = &failure {
+            // Earlier accepted events first: the entry's status follows the events' order.
+            self.tally.flush(redis).await?;
+            catalog::record(redis, &received, Some(reason)).await?;
+        } else {
+            self.tally.add(redis, &received).await?;
+        }
         if let Some(reason) = failure {
             tracing::warn!(workspace = ws, message_id = %env.message_id, reason = %reason, "Invalid inline automation; dead-lettered");
             metrics::counter!("automations_inline_invalid_total").increment(1);

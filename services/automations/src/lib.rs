@@ -129,10 +129,24 @@ pub async fn run(
     spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));
+    let tally = Arc::new(catalog::Tally::default());
     let handler = Arc::new(events::EventHandler {
         engine: engine.clone(),
+        tally: tally.clone(),
     });
-    rt.spawn_when_streams_ready(|js, shutdown| consumer::run(js, spec, handler, shutdown));
+    let redis = rt.redis.clone();
+    rt.spawn(catalog::flush_every(
+        tally.clone(),
+        redis.clone(),
+        rt.shutdown.clone(),
+    ));
+    rt.spawn_when_streams_ready(|js, shutdown| async move {
+        consumer::run(js, spec, handler, shutdown).await;
+        // The last acked events' counts.
+        if let Err(e) = tally.flush(&redis).await {
+            tracing::warn!(error = %e, "Catalog counts not written at shutdown");
+        }
+    });
     rt.spawn(scheduler::run(
         engine.clone(),
         Duration::from_millis(cfg.poll_interval_ms),
