@@ -29,6 +29,8 @@ run: deps
 test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
+	# The end-to-end suite again, on a 3-node JetStream cluster and a Redis Cluster.
+	RC_TEST_CLUSTER=1 $(CARGO) test -p rc-tests --test e2e
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -243,6 +243,16 @@ impl Stack {
         }
     }
 
+    /// [`Stack::start`], or [`Stack::start_cluster`] when `RC_TEST_CLUSTER=1`: `make test` runs
+    /// the end-to-end suite a second time that way, on the engines production runs.
+    pub fn start_for_suite() -> Self {
+        if std::env::var("RC_TEST_CLUSTER").is_ok_and(|v| v == "1") {
+            Self::start_cluster()
+        } else {
+            Self::start()
+        }
+    }
+
     /// A 3-node JetStream cluster (R3 streams) and a Redis Cluster of 3 primaries with a
     /// replica each, instead of single servers.
     pub fn start_cluster() -> Self {

@@ -370,7 +370,7 @@ async fn killing_a_redis_primary_fails_over_and_loses_no_acknowledged_effect() {
     assert_all_profiles(&profiles, &key, &load.acked).await;
 }
 
-/// A rolling restart of every service, two replicas each, under load (on the clusters, as in
+/// A rolling restart of every consumer and API service, two replicas each, under load (on the clusters, as in
 /// production): each replica in turn gets SIGTERM, drains, and starts again while the other
 /// serves. Every acknowledged event is applied, and no message is sent twice (each user's
 /// inbox holds exactly one).
@@ -383,25 +383,48 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
     let mut env = stack.service_env();
     env.push(("RC_SHUTDOWN__READINESS_GRACE_MS", "200".into()));
     env.push(("RC_SECRETS__ENCRYPTION_KEY", new_encryption_key()));
-    const BINARIES: [&str; 4] = ["rc-ingress", "rc-profiles", "rc-automations", "rc-delivery"];
+    // The fake data plane is plain http on loopback.
+    env.push(("RC_OUTBOUND__ALLOW_PRIVATE_NETWORKS", "true".into()));
+    env.push(("RC_FORWARDER__ALLOW_HTTP", "true".into()));
+    const BINARIES: [&str; 6] = [
+        "rc-ingress",
+        "rc-profiles",
+        "rc-accounts",
+        "rc-automations",
+        "rc-delivery",
+        "rc-forwarder",
+    ];
     let mut replicas = Vec::new();
     for binary in BINARIES {
         for _ in 0..2 {
             replicas.push((binary, ServiceProcess::start(binary, &env).await));
         }
     }
-    let delivery_url = |replicas: &[(&str, ServiceProcess)]| {
+    let base_url = |replicas: &[(&str, ServiceProcess)], binary: &str| {
         replicas
             .iter()
-            .find(|(b, _)| *b == "rc-delivery")
+            .find(|(b, _)| *b == binary)
             .map(|(_, p)| p.url(""))
             .unwrap()
     };
+    let delivery_url = |replicas: &[(&str, ServiceProcess)]| base_url(replicas, "rc-delivery");
     let http = http();
     let r = http
         .put(format!("{}/providers/inbox", delivery_url(&replicas)))
         .bearer_auth(&key)
         .json(&json!({"type": "inbox", "channels": ["inbox"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let dp = DataPlane::start(WRITE_KEY).await;
+    let r = http
+        .put(format!(
+            "{}/integrations/rudderstack",
+            base_url(&replicas, "rc-forwarder")
+        ))
+        .bearer_auth(&key)
+        .json(&json!({"writeKey": WRITE_KEY, "dataPlaneUrl": dp.url(), "enabled": true}))
         .send()
         .await
         .unwrap();
@@ -427,9 +450,14 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
                 let urls = ingress_urls.clone();
                 sends.spawn(async move {
                     let user = format!("w-{i}");
-                    let event = json!({"type": "track", "event": "Ping", "userId": user, "messageId": format!("m-{user}"),
-                        "properties": {"courier": {"automation": {"steps": [{"action": "send",
-                            "message": {"to": {"user_id": user}, "content": {"title": "Ping", "body": "pong"}}}]}}}});
+                    // A send (automations → delivery → forwarder) and a membership (accounts),
+                    // stored together or not at all.
+                    let event = json!({"batch": [
+                        {"type": "track", "event": "Ping", "userId": user, "messageId": format!("m-{user}"),
+                         "properties": {"courier": {"automation": {"steps": [{"action": "send",
+                            "message": {"to": {"user_id": user}, "content": {"title": "Ping", "body": "pong"}}}]}}}},
+                        {"type": "group", "userId": user, "groupId": format!("team-{}", i % 10),
+                         "messageId": format!("g-{user}"), "traits": {"name": "Team"}}]});
                     for attempt in 0.. {
                         let url = &urls[(i + attempt) % urls.len()];
                         let sent = http.post(url).bearer_auth(&key).json(&event)
@@ -463,6 +491,41 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
     load.await.expect("load");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert_eq!(acked.len(), EVENTS);
+
+    // Every membership, and "Message Delivered" at the data plane for every user.
+    let accounts = base_url(&replicas, "rc-accounts");
+    for user in &acked {
+        let i: usize = user.trim_start_matches("w-").parse().unwrap();
+        eventually("the membership", Duration::from_secs(60), async || {
+            let tenants = http
+                .get(format!("{accounts}/users/{user}/tenants"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .ok();
+            match tenants {
+                Some(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.contains(&format!("team-{}", i % 10))),
+                None => false,
+            }
+        })
+        .await;
+    }
+    eventually(
+        "Message Delivered for every user",
+        Duration::from_secs(90),
+        async || {
+            let events = dp.events();
+            acked.iter().all(|user| {
+                events
+                    .iter()
+                    .any(|e| e["event"] == "Message Delivered" && e["userId"] == user.as_str())
+            })
+        },
+    )
+    .await;
 
     // Exactly one message in every user's inbox.
     let delivery = delivery_url(&replicas);

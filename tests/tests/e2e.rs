@@ -1,6 +1,9 @@
 //! The whole pipeline, every service at once over real NATS and Redis: RudderStack-shaped events
 //! through the ingress → profiles (identify) → automations (mapped track) → delivery (signed
 //! webhook, inbox) → forwarder → a fake RudderStack data plane that enforces the gateway's rules.
+//!
+//! `make test` runs this file twice: on one nats-server and one redis-server, then with
+//! `RC_TEST_CLUSTER=1` on a 3-node JetStream cluster and a Redis Cluster (`Stack::start_for_suite`).
 
 use std::time::Duration;
 
@@ -63,7 +66,7 @@ fn delivered_reported(dp: &DataPlane, user: &str) -> bool {
 }
 
 async fn pipeline() -> Pipeline {
-    let stack = Stack::start();
+    let stack = Stack::start_for_suite();
     let key = stack.workspace("acme").await;
     let ingress = stack.ingress().await;
     let profiles = stack.profiles().await;
@@ -386,7 +389,7 @@ async fn every_consumer_resumes_after_a_nats_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_binary_drains_on_sigterm_and_exits_cleanly() {
     use rc_tests::ServiceProcess;
-    let stack = Stack::start();
+    let stack = Stack::start_for_suite();
     let mut env = stack.service_env();
     env.push(("RC_SECRETS__ENCRYPTION_KEY", new_encryption_key()));
     env.push(("RC_SHUTDOWN__READINESS_GRACE_MS", "500".into()));
