@@ -231,6 +231,9 @@ async fn raw_limits(args: &Args, topology: Topology, ticks: f64, md: &mut String
     .await;
     let hset = raw::redis_ops(&stack, raw::RedisOp::Hset, 100_000, ticks).await;
     let evalsha = raw::redis_ops(&stack, raw::RedisOp::Evalsha, 50_000, ticks).await;
+    let replica = raw::attach_replica(&stack);
+    let evalsha_wait = raw::redis_ops(&stack, raw::RedisOp::EvalshaWait, 50_000, ticks).await;
+    drop(replica);
 
     let bare_w = [Watched::new("bare handler", bare.0.id()), nats.clone()];
     let (bare_r, bare_cpu) = measured_load(
@@ -313,6 +316,12 @@ async fn raw_limits(args: &Args, topology: Topology, ticks: f64, md: &mut String
         "| Redis EVALSHA (SET NX EX + HSET + EXPIRE), pipelined 64 | {} | redis-server {:.1} | | | |",
         num(evalsha.per_s()),
         evalsha.cpu_us_per_op()
+    );
+    let _ = writeln!(
+        md,
+        "| Redis EVALSHA as above, each pipeline of 64 ending in WAIT 1 (a replica on this machine) | {} | redis-server {:.1} | | | |",
+        num(evalsha_wait.per_s()),
+        evalsha_wait.cpu_us_per_op()
     );
     let rows: [(&str, &LoadResult, &[Watched], &[f64]); 3] = [
         (

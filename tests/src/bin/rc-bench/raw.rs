@@ -132,10 +132,41 @@ const SCRIPT: &str = "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then 
 pub enum RedisOp {
     Hset,
     Evalsha,
+    /// EVALSHA pipelined, each pipeline of 64 ending in `WAIT 1`: what a consumer with
+    /// `redis.wait_replicas = 1` adds (one WAIT per group of acks).
+    EvalshaWait,
 }
 
 /// `count` commands pipelined 64 at a time from 4 connections' worth of work on one
 /// multiplexed connection; redis-server's CPU per command.
+/// Attaches a replica (a redis-server of its own on this machine) to the stack's Redis and
+/// waits until it has synced.
+pub fn attach_replica(stack: &Stack) -> rc_tests::RedisServer {
+    let replica = rc_tests::RedisServer::start();
+    let mut conn = redis::Client::open(replica.url())
+        .expect("replica url")
+        .get_connection()
+        .expect("replica");
+    let port = stack.redis.url().rsplit(':').next().unwrap().to_string();
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port)
+        .query(&mut conn)
+        .expect("REPLICAOF");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut conn)
+            .expect("INFO");
+        if info.contains("master_link_status:up") {
+            return replica;
+        }
+        assert!(Instant::now() < deadline, "the replica never synced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub async fn redis_ops(stack: &Stack, op: RedisOp, count: u64, ticks: f64) -> RawResult {
     let client = redis::Client::open(stack.redis.url()).expect("redis url");
     let mut conn = client
@@ -172,7 +203,7 @@ pub async fn redis_ops(stack: &Stack, op: RedisOp, count: u64, ticks: f64) -> Ra
                                 .arg(i)
                                 .ignore();
                         }
-                        RedisOp::Evalsha => {
+                        RedisOp::Evalsha | RedisOp::EvalshaWait => {
                             p.cmd("EVALSHA")
                                 .arg(&sha)
                                 .arg(2)
@@ -184,6 +215,9 @@ pub async fn redis_ops(stack: &Stack, op: RedisOp, count: u64, ticks: f64) -> Ra
                         }
                     }
                     i += 4;
+                }
+                if matches!(op, RedisOp::EvalshaWait) {
+                    p.cmd("WAIT").arg(1).arg(1_000).ignore();
                 }
                 let () = p.query_async(&mut conn).await.expect("pipeline");
             }
