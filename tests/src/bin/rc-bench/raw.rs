@@ -182,6 +182,11 @@ pub async fn redis_ops(stack: &Stack, op: RedisOp, count: u64, ticks: f64) -> Ra
     let pid = stack.redis.pid().expect("redis-server pid");
     let cpu0 = cpu_s(pid, ticks);
     let start = Instant::now();
+    // Fresh keys for each run, so a later run does not find the earlier one's (SET NX).
+    let prefix = match op {
+        RedisOp::EvalshaWait => "rawbench-wait",
+        _ => "rawbench",
+    };
     let mut tasks = Vec::new();
     for worker in 0..4u64 {
         let (mut conn, sha) = (conn.clone(), sha.clone());
@@ -207,8 +212,8 @@ pub async fn redis_ops(stack: &Stack, op: RedisOp, count: u64, ticks: f64) -> Ra
                             p.cmd("EVALSHA")
                                 .arg(&sha)
                                 .arg(2)
-                                .arg(format!("rawbench:{{u{i}}}:seen"))
-                                .arg(format!("rawbench:{{u{i}}}:state"))
+                                .arg(format!("{prefix}:{{u{i}}}:seen"))
+                                .arg(format!("{prefix}:{{u{i}}}:state"))
                                 .arg(i)
                                 .arg("x")
                                 .ignore();
