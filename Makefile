@@ -26,8 +26,11 @@ run: deps
 
 # The service binaries first: crash and drain tests run them as real processes
 # (`cargo test` builds other packages' binaries only in their unit-test form).
+# `--all-targets` here gives the binaries the same feature set as the tests, so
+# `cargo test` reuses every artifact instead of compiling the workspace twice
+# (a second copy of target/ once filled CI's disk).
 test: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --all-targets
 	# The end-to-end suite again, on a 3-node JetStream cluster and a Redis Cluster.
 	RC_TEST_CLUSTER=1 $(CARGO) test -p rc-tests --test e2e
