@@ -12,18 +12,30 @@
 #                     .data/nats-cluster) and a Redis Cluster of 3 primaries + 3 replicas
 #                     (ports 7000-7005, data in .data/redis-cluster), WAIT for 1 replica
 #   PROFILE=dev       build without optimizations (faster to build)
+#   SKIP_BUILD=1      run the binaries already built for PROFILE
+#   BIN_DIR=...       take the binaries from this directory (implies nothing about building)
 #   FRONT_DOOR_PORT=8000  the base URL's port
+#   PORT_BASE=8080    services on PORT_BASE .. PORT_BASE+6 (ingress, profiles, accounts,
+#                     automations, forwarder, delivery, console)
+#   NATS_PORT=4222 REDIS_PORT=6379  the single-node servers' ports
+#   DATA_DIR=.data    stores, logs, the dev key and the secrets key
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DATA=$ROOT/.data
+DATA=${DATA_DIR:-$ROOT/.data}
 mkdir -p "$DATA/nats" "$DATA/redis" "$DATA/logs"
 PROFILE=${PROFILE:-release}
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
-BIN=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+if [ -n "${BIN_DIR:-}" ]; then
+  BIN=$BIN_DIR
+else
+  TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+  BIN=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+fi
 
-echo "==> building ($PROFILE)"
-cargo build --profile "$PROFILE" --bins
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  echo "==> building ($PROFILE)"
+  cargo build --profile "$PROFILE" --bins
+fi
 
 # The front door, NATS and Redis run in sessions of their own (setsid), so a terminal's Ctrl-C
 # reaches only this script and the services, and cleanup stops them in order.
@@ -42,7 +54,9 @@ cleanup() {
     wait "$p" 2>/dev/null || true
   done
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C / SIGTERM end the script; the EXIT trap then stops the stack once, in order.
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if [ "${CLUSTER:-0}" = 1 ]; then
   # Three nats-servers joined by routes; streams are created with three replicas.
@@ -136,7 +150,15 @@ for _ in $(seq 1 100); do
 done
 
 # service binary → port; services that are not built yet are skipped.
-SERVICES="rc-ingress:8080 rc-profiles:8081 rc-accounts:8082 rc-automations:8083 rc-forwarder:8084 rc-delivery:8085 rc-console:8086"
+PORT_BASE=${PORT_BASE:-8080}
+INGRESS_PORT=$PORT_BASE PROFILES_PORT=$((PORT_BASE + 1)) ACCOUNTS_PORT=$((PORT_BASE + 2))
+AUTOMATIONS_PORT=$((PORT_BASE + 3)) FORWARDER_PORT=$((PORT_BASE + 4)) DELIVERY_PORT=$((PORT_BASE + 5))
+CONSOLE_PORT=$((PORT_BASE + 6))
+SERVICES="rc-ingress:$INGRESS_PORT rc-profiles:$PROFILES_PORT rc-accounts:$ACCOUNTS_PORT rc-automations:$AUTOMATIONS_PORT rc-forwarder:$FORWARDER_PORT rc-delivery:$DELIVERY_PORT rc-console:$CONSOLE_PORT"
+FRONT_DOOR_PORT=${FRONT_DOOR_PORT:-8000}
+BASE=http://127.0.0.1:$FRONT_DOOR_PORT
+# The console calls the public API through the front door.
+export RC_CONSOLE__API_URL=${RC_CONSOLE__API_URL:-$BASE}
 started=()
 for entry in $SERVICES; do
   name=${entry%%:*}; port=${entry##*:}
@@ -148,18 +170,16 @@ done
 
 # The front door: nginx on scripts/front-door.conf.in (routes checked against deploy/ by
 # tests/tests/deploy_parity.rs), in front of the services' own ports.
-FRONT_DOOR_PORT=${FRONT_DOOR_PORT:-8000}
-BASE=http://127.0.0.1:$FRONT_DOOR_PORT
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 mkdir -p "$DATA/nginx"
 sed -e "s#@RUN_DIR@#$DATA/nginx#g" -e "s#@LISTEN@#127.0.0.1:$FRONT_DOOR_PORT#" \
-    -e 's#@INGRESS@#127.0.0.1:8080#' -e 's#@PROFILES@#127.0.0.1:8081#' \
-    -e 's#@ACCOUNTS@#127.0.0.1:8082#' -e 's#@AUTOMATIONS@#127.0.0.1:8083#' \
-    -e 's#@FORWARDER@#127.0.0.1:8084#' -e 's#@DELIVERY@#127.0.0.1:8085#' \
+    -e "s#@INGRESS@#127.0.0.1:$INGRESS_PORT#" -e "s#@PROFILES@#127.0.0.1:$PROFILES_PORT#" \
+    -e "s#@ACCOUNTS@#127.0.0.1:$ACCOUNTS_PORT#" -e "s#@AUTOMATIONS@#127.0.0.1:$AUTOMATIONS_PORT#" \
+    -e "s#@FORWARDER@#127.0.0.1:$FORWARDER_PORT#" -e "s#@DELIVERY@#127.0.0.1:$DELIVERY_PORT#" \
     scripts/front-door.conf.in > "$DATA/nginx/nginx.conf"
 setsid "$NGINX" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf" -e "$DATA/logs/nginx.log" >>"$DATA/logs/nginx.log" 2>&1 &
 proxy_pid=$!
-echo "==> front door (nginx) on $BASE (log: .data/logs/nginx.log)"
+echo "==> front door (nginx) on $BASE (log: $DATA/logs/nginx.log)"
 
 KEY_FILE=$DATA/dev_api_key
 if [ -n "${DEV_API_KEY:-}" ]; then
@@ -180,9 +200,9 @@ for entry in "${started[@]}"; do
     sleep 0.1
   done
   if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
-    echo "==> $name ready on http://127.0.0.1:$port (log: .data/logs/$name.log)"
+    echo "==> $name ready on http://127.0.0.1:$port (log: $DATA/logs/$name.log)"
   else
-    echo "!!  $name is not ready on :$port; see .data/logs/$name.log"
+    echo "!!  $name is not ready on :$port; see $DATA/logs/$name.log"
   fi
 done
 
@@ -224,14 +244,14 @@ done
 
 cat <<MSG
 
-rudder-courier is running. Base URL (every public path; per-service ports 8080-8085 stay for
+rudder-courier is running. Base URL (every public path; per-service ports $INGRESS_PORT-$DELIVERY_PORT stay for
 debugging):
 
   $BASE
 
 Console (sign in with the key below; it calls the API through the base URL):
 
-  http://127.0.0.1:8086/console/
+  http://127.0.0.1:$CONSOLE_PORT/console/
 
 Workspace "dev", API key:
 
