@@ -38,17 +38,19 @@ struct Load {
 }
 
 /// POSTs one event until it is stored, as RudderStack does: a 503/429 is retried after its
-/// `Retry-After`; anything else but 202 fails the test.
+/// `Retry-After`, a refused or timed-out request (a replica restarting) on the next URL of
+/// `urls`, starting at `first`; anything else but 202 fails the test.
 async fn store(
     http: &reqwest::Client,
-    ingress: &Service,
+    urls: &[String],
+    first: usize,
     key: &str,
     event: &Value,
     load: &Mutex<Load>,
 ) {
-    loop {
+    for attempt in first.. {
         let sent = http
-            .post(ingress.url("/inbound/rudderstack"))
+            .post(&urls[attempt % urls.len()])
             .bearer_auth(key)
             .json(event)
             .timeout(Duration::from_secs(10))
@@ -56,7 +58,7 @@ async fn store(
             .await;
         let response = match sent {
             Ok(r) => r,
-            // The ingress itself stays up; a timeout here is a retryable answer too.
+            // A timeout or a refused connection is a retryable answer too.
             Err(_) => {
                 note_retryable(load);
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -113,7 +115,8 @@ fn identify_load(
                 let user = format!("{prefix}-{i}");
                 let event = json!({"type": "identify", "userId": user, "messageId": format!("m-{user}"),
                     "traits": {"plan": "team", "n": i}});
-                store(&http, &ingress, &key, &event, &load).await;
+                let url = [ingress.url("/inbound/rudderstack")];
+                store(&http, &url, 0, &key, &event, &load).await;
                 load.lock().unwrap().acked.insert(user);
             });
         }
@@ -121,38 +124,54 @@ fn identify_load(
     })
 }
 
-/// Every acknowledged user has a profile, read through the profiles API.
-async fn assert_all_profiles(profiles: &Service, key: &str, acked: &BTreeSet<String>) {
-    let http = http();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut missing: Vec<&String> = acked.iter().collect();
-    while !missing.is_empty() {
+/// Polls `done` for every item until it holds for all of them; fails after `timeout`,
+/// naming some of the items left.
+async fn until_all<T: std::fmt::Debug>(
+    what: &str,
+    items: impl IntoIterator<Item = T>,
+    timeout: Duration,
+    mut done: impl AsyncFnMut(&T) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<T> = items.into_iter().collect();
+    let total = pending.len();
+    loop {
         let mut still = Vec::new();
-        for user in missing {
-            let status = http
-                .get(profiles.url(&format!("/profiles/{user}")))
-                .bearer_auth(key)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            if status != 200 {
-                still.push(user);
+        for item in pending {
+            if !done(&item).await {
+                still.push(item);
             }
         }
-        missing = still;
-        if missing.is_empty() {
-            break;
+        pending = still;
+        if pending.is_empty() {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} acknowledged identifies have no profile, e.g. {:?}",
-            missing.len(),
-            acked.len(),
-            &missing[..missing.len().min(5)]
+            "{} of {total} {what} after {timeout:?}, e.g. {:?}",
+            pending.len(),
+            &pending[..pending.len().min(5)]
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Every acknowledged user has a profile, read through the profiles API.
+async fn assert_all_profiles(profiles: &Service, key: &str, acked: &BTreeSet<String>) {
+    let http = http();
+    until_all(
+        "acknowledged identifies have no profile",
+        acked,
+        Duration::from_secs(60),
+        async |user| {
+            http.get(profiles.url(&format!("/profiles/{user}")))
+                .bearer_auth(key)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,9 +457,10 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
         .map(|(_, p)| p.url("/inbound/rudderstack"))
         .collect();
     const EVENTS: usize = 600;
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let acked = Arc::new(Mutex::new(Load::default()));
     let load = {
         let (http, key, acked) = (http.clone(), key.clone(), acked.clone());
+        let ingress_urls = Arc::new(ingress_urls);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(25));
             let mut sends = tokio::task::JoinSet::new();
@@ -458,17 +478,8 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
                             "message": {"to": {"user_id": user}, "content": {"title": "Ping", "body": "pong"}}}]}}}},
                         {"type": "group", "userId": user, "groupId": format!("team-{}", i % 10),
                          "messageId": format!("g-{user}"), "traits": {"name": "Team"}}]});
-                    for attempt in 0.. {
-                        let url = &urls[(i + attempt) % urls.len()];
-                        let sent = http.post(url).bearer_auth(&key).json(&event)
-                            .timeout(Duration::from_secs(10)).send().await;
-                        match sent.map(|r| r.status().as_u16()) {
-                            Ok(202) => break,
-                            Ok(503 | 429) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                            Ok(other) => panic!("unexpected {other}"),
-                        }
-                    }
-                    acked.lock().unwrap().insert(user);
+                    store(&http, &urls, i, &key, &event, &acked).await;
+                    acked.lock().unwrap().acked.insert(user);
                 });
             }
             while sends.join_next().await.is_some() {}
@@ -486,10 +497,10 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
     }
     eprintln!(
         "rolled; {} of {EVENTS} acknowledged so far",
-        acked.lock().unwrap().len()
+        acked.lock().unwrap().acked.len()
     );
     load.await.expect("load");
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let acked = std::mem::take(&mut acked.lock().unwrap().acked);
     assert_eq!(acked.len(), EVENTS);
 
     // Every membership, and "Message Delivered" at the data plane for every user.
@@ -529,11 +540,11 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
 
     // Exactly one message in every user's inbox.
     let delivery = delivery_url(&replicas);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut pending: Vec<String> = acked.into_iter().collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for user in pending {
+    until_all(
+        "users never got their message",
+        acked,
+        Duration::from_secs(90),
+        async |user| {
             let inbox: Value = http
                 .get(format!("{delivery}/inbox/{user}"))
                 .bearer_auth(&key)
@@ -544,22 +555,12 @@ async fn a_rolling_restart_under_load_loses_nothing_and_sends_nothing_twice() {
                 .await
                 .unwrap_or(Value::Null);
             match inbox["messages"].as_array().map(Vec::len) {
-                Some(1) => {}
                 Some(n) if n > 1 => panic!("{user} got {n} messages: {inbox}"),
-                _ => still.push(user),
+                n => n == Some(1),
             }
-        }
-        pending = still;
-        assert!(
-            pending.is_empty() || Instant::now() < deadline,
-            "{} users never got their message, e.g. {:?}",
-            pending.len(),
-            &pending[..pending.len().min(5)]
-        );
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// `wait_replicas = 1`: with the replica of the workspace's primary down, an identify is

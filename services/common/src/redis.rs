@@ -76,6 +76,10 @@ impl RedisConn {
     /// acknowledged effect with it. One `WAIT` serves every caller queued behind the one in
     /// flight (group commit). `Err` (too few replicas in `wait_timeout_ms`, or Redis down) is
     /// an outage: the consumer naks and waits. A no-op when `wait_replicas` is 0.
+    ///
+    /// `WAIT` covers the writes of the connection it runs on: if the single-URL
+    /// `ConnectionManager` reconnected between the writes and the `WAIT`, it covers none of
+    /// them (README "Durability" says why that is accepted there).
     pub async fn replicated(&self) -> Result<(), String> {
         match &self.barrier {
             None => Ok(()),
