@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{binary, free_port, kill, wait_for_port};
+use crate::{binary, kill, stable_port, wait_for_port};
 
 /// How long a Redis primary may be unreachable before its replica takes over. Short, so
 /// failover tests stay quick; production keeps Redis' 15 s default or sets its own.
@@ -39,15 +39,15 @@ pub(crate) struct NatsNode {
 impl NatsNode {
     /// `n` nodes, started; one node has no `cluster` block at all.
     pub(crate) fn group(n: usize, durable: bool) -> Vec<NatsNode> {
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..n).map(|_| stable_port()).collect();
         let routes = if n > 1 { ports.clone() } else { Vec::new() };
         let mut nodes: Vec<NatsNode> = ports
             .into_iter()
             .enumerate()
             .map(|(i, cluster_port)| NatsNode {
                 name: format!("n{i}"),
-                port: free_port(),
-                monitor_port: free_port(),
+                port: stable_port(),
+                monitor_port: stable_port(),
                 cluster_port,
                 routes: routes.clone(),
                 dir: tempfile::tempdir().expect("tempdir"),
@@ -194,7 +194,7 @@ pub(crate) struct RedisNode {
 impl RedisNode {
     pub(crate) fn start(cluster: bool) -> RedisNode {
         let mut node = RedisNode {
-            port: free_port(),
+            port: stable_port(),
             cluster,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
@@ -242,7 +242,9 @@ impl RedisNode {
             "",
         ])
         .arg("--dir")
-        .arg(self.dir.path());
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(self.dir.path().join("redis.log"));
         if self.cluster {
             cmd.args([
                 "--cluster-enabled",
@@ -263,11 +265,12 @@ impl RedisNode {
             .spawn()
             .expect("redis-server must be installed (make deps), or set REDIS_SERVER_BIN");
         self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(15)),
-            "redis-server did not start on port {}",
-            self.port
-        );
+        if !wait_for_port(self.port, Duration::from_secs(15)) {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            panic!("redis-server did not start on port {}: {tail:?}", self.port);
+        }
     }
 
     pub(crate) fn url(&self) -> String {

@@ -47,6 +47,37 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free port below the kernel's ephemeral range (32768+), for a server the test may stop and
+/// start again on the same port: a port from the ephemeral range can meanwhile become some
+/// connection's local port, and the restart then fails (seen in CI). `port + 10000` is free
+/// and below that range too: Redis Cluster listens there for its bus.
+pub fn stable_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 12_768; // LOW + SPAN + 10_000 = 32_768
+    // Start somewhere different in every process, then walk: two tests of one process never
+    // take the same port, and concurrent test processes rarely meet.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
 pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -584,7 +615,7 @@ impl ServiceProcess {
     /// Starts `binary` on a free port with `env` (plus the listen address) and waits for
     /// `/readyz`.
     pub async fn start(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
-        Self::start_on(free_port(), binary, env).await
+        Self::start_on(stable_port(), binary, env).await
     }
 
     /// Starts `binary` again on this process's port (after [`ServiceProcess::terminate`] or
