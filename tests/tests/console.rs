@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rc_tests::automations::publish_track;
 use rc_tests::profiles::eventually;
-use rc_tests::{Service, Stack};
+use rc_tests::{Endpoint, Service, Stack};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE, X_FRAME_OPTIONS};
 use serde_json::json;
@@ -14,8 +14,13 @@ use serde_json::json;
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
 async fn console(api: &Service) -> Service {
+    console_at(&api.url("")).await
+}
+
+/// The console in-process, calling the public API at `api_url`.
+async fn console_at(api_url: &str) -> Service {
     let mut settings = console::Settings::default();
-    settings.console.api_url = api.url("");
+    settings.console.api_url = api_url.to_string();
     Service::spawn(|listener, shutdown| async move {
         console::run(settings, Some(listener), shutdown).await
     })
@@ -51,7 +56,7 @@ fn csrf_in(html: &str) -> String {
 }
 
 /// Signs in with `key`; answers the session cookie header value.
-async fn sign_in(c: &reqwest::Client, console: &Service, key: &str) -> String {
+async fn sign_in(c: &reqwest::Client, console: &impl Endpoint, key: &str) -> String {
     let form = c.get(console.url("/console/signin")).send().await.unwrap();
     let pre = cookie_of(&form, "rc_console_signin").unwrap();
     let token = csrf_in(&form.text().await.unwrap());
@@ -71,7 +76,7 @@ async fn sign_in(c: &reqwest::Client, console: &Service, key: &str) -> String {
 
 async fn get(
     c: &reqwest::Client,
-    console: &Service,
+    console: &impl Endpoint,
     session: &str,
     path: &str,
 ) -> (StatusCode, String) {
@@ -267,4 +272,346 @@ async fn sign_in_csrf_headers_escaping_and_isolation() {
             .0,
         StatusCode::SEE_OTHER
     );
+}
+
+/// The first link (or form action) in `html` whose target starts with `prefix`.
+fn first_link(html: &str, prefix: &str) -> String {
+    let at = html
+        .find(&format!("\"{prefix}"))
+        .unwrap_or_else(|| panic!("no {prefix} in {html}"))
+        + 1;
+    html[at..at + html[at..].find('"').unwrap()].to_string()
+}
+
+/// A signed-in POST of a form; answers status and body.
+async fn post_form(
+    c: &reqwest::Client,
+    console: &impl Endpoint,
+    session: &str,
+    path: &str,
+    pairs: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let r = c
+        .post(console.url(path))
+        .header("cookie", session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(pairs))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// Pages 2-6 against every service behind the real front door (nginx on
+/// scripts/front-door.conf.in), the console itself served through it at `/` and `/console/`:
+/// link an event to a new automation sending to the inbox, see the run's timeline, the message,
+/// the inbox, profiles and tenants, configure outbound against the fake data plane and see
+/// "Message Sent" arrive, create and edit an automation template (a bad step is shown at its
+/// path), and replay a dead letter of the forwarder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_through_the_front_door() {
+    use rc_tests::dataplane::DataPlane;
+    use rc_tests::frontdoor::FrontDoor;
+    use reqwest::Method;
+
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let ingress = stack.ingress().await;
+    let profiles = stack.profiles().await;
+    let accounts = stack.accounts().await;
+    let automations = stack.automations().await;
+    let delivery = stack.delivery().await;
+    let forwarder = stack
+        .forwarder_with(stack.forwarder_settings(&rc_tests::forwarder::new_encryption_key()))
+        .await;
+    let apis = [
+        ("ingress", &ingress),
+        ("profiles", &profiles),
+        ("accounts", &accounts),
+        ("automations", &automations),
+        ("forwarder", &forwarder),
+        ("delivery", &delivery),
+    ];
+    let api = FrontDoor::start(&apis);
+    let console = console_at(&api.base_url()).await;
+    let mut routes = apis.to_vec();
+    routes.push(("console", &console));
+    let door = FrontDoor::start(&routes);
+    let c = client();
+
+    // The front door sends `/` to the console and serves its pages; API paths are unchanged.
+    let r = c.get(door.url("/")).send().await.unwrap();
+    assert!(r.status().is_redirection() && r.headers()[LOCATION] == "/console/");
+    let r = c.get(door.url("/console/signin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, _) = rc_tests::call(&door, &key, Method::GET, "/automations/templates", None).await;
+    assert_eq!(s, 200);
+    let session = sign_in(&c, &console, &key).await;
+    let page = |path: &'static str| {
+        let (c, door, session) = (c.clone(), &door, session.clone());
+        async move {
+            let (s, html) = get(&c, door, &session, path).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {html}");
+            html
+        }
+    };
+    let csrf = csrf_in(&page("/console/runs").await);
+
+    // The inbox provider and a notification template, as a workspace sets them up.
+    let (s, b) = rc_tests::call(
+        &door,
+        &key,
+        Method::PUT,
+        "/providers/inbox",
+        Some(json!({"type": "inbox", "channels": ["inbox"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = rc_tests::call(&door, &key, Method::POST, "/notifications/templates",
+        Some(json!({"id": "WELCOME", "name": "Welcome", "channels": {"inbox": {"title": "Welcome {{plan}}", "body": "Hello <b>{{plan}}</b>"}}}))).await;
+    assert_eq!(s, 201, "{b}");
+    let html = page("/console/notifications/WELCOME").await;
+    assert!(html.contains("Hello &lt;b&gt;{{plan}}&lt;/b&gt;"), "{html}");
+
+    // A track arrives; it is linked by the integration page's form to a new automation.
+    let track = |id: &'static str| {
+        json!({"type": "track", "event": "Signed Up", "userId": "u_1", "messageId": id,
+               "properties": {"plan": "team"}})
+    };
+    let (s, b) = rc_tests::call(
+        &door,
+        &key,
+        Method::POST,
+        "/inbound/rudderstack",
+        Some(track("m-1")),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    eventually(
+        "the event on the integration page",
+        Duration::from_secs(20),
+        || async {
+            page("/console/rudderstack")
+                .await
+                .contains("Signed Up")
+                .then_some(())
+        },
+    )
+    .await;
+    let (s, b) = post_form(
+        &c,
+        &door,
+        &session,
+        "/console/rudderstack/link",
+        &[
+            ("csrf", &csrf),
+            ("key", "track:Signed Up"),
+            ("template_id", ""),
+            ("name", "Welcome flow"),
+            ("notification", "WELCOME"),
+            ("recipient", "refs.data.userId"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{b}");
+
+    // Outbound: write key write-only, then a test event and real message events arrive.
+    let dp = DataPlane::start("wk_console_secret_9f2a").await;
+    let (s, b) = post_form(
+        &c,
+        &door,
+        &session,
+        "/console/outbound",
+        &[
+            ("csrf", &csrf),
+            ("writeKey", "wk_console_secret_9f2a"),
+            ("dataPlaneUrl", &dp.url()),
+            ("enabled", "true"),
+            ("status", "SENT"),
+            ("status", "DELIVERED"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{b}");
+    let html = page("/console/outbound").await;
+    assert!(
+        !html.contains("wk_console_secret_9f2a") && html.contains("9f2a"),
+        "masked: {html}"
+    );
+    let (s, html) = post_form(
+        &c,
+        &door,
+        &session,
+        "/console/outbound/test",
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("the data plane answered 200"), "{html}");
+
+    let (s, b) = rc_tests::call(
+        &door,
+        &key,
+        Method::POST,
+        "/inbound/rudderstack",
+        Some(track("m-2")),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    eventually(
+        "Message Sent at the data plane",
+        Duration::from_secs(20),
+        || async {
+            dp.events()
+                .iter()
+                .any(|e| e["event"] == "Message Sent" && e["userId"] == "u_1")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Runs: filtered by event, a run's timeline shows its send step done.
+    let runs = page("/console/runs?event=Signed%20Up&status=completed").await;
+    let run = get(&c, &door, &session, &first_link(&runs, "/console/runs/"))
+        .await
+        .1;
+    assert!(
+        run.contains("Timeline") && run.contains("send") && run.contains("done"),
+        "{run}"
+    );
+    assert!(
+        page("/console/runs?status=failed")
+            .await
+            .contains("No runs match.")
+    );
+
+    // Messages: by recipient and channel; one message's provider attempts; the inbox.
+    let messages = page("/console/messages?recipient=u_1&channel=inbox").await;
+    let message = get(
+        &c,
+        &door,
+        &session,
+        &first_link(&messages, "/console/messages/"),
+    )
+    .await
+    .1;
+    assert!(
+        message.contains("Provider attempts") && message.contains("inbox"),
+        "{message}"
+    );
+    let inbox = page("/console/inbox?user=u_1").await;
+    assert!(
+        inbox.contains("Welcome team") && inbox.contains("Hello &lt;b&gt;team&lt;/b&gt;"),
+        "{inbox}"
+    );
+
+    // Profiles and tenants.
+    for event in [
+        json!({"type": "identify", "userId": "u_1", "traits": {"name": "Ada <script>"}}),
+        json!({"type": "group", "groupId": "acct_1", "userId": "u_1", "traits": {"name": "Acme"}}),
+    ] {
+        let (s, b) = rc_tests::call(
+            &door,
+            &key,
+            Method::POST,
+            "/inbound/rudderstack",
+            Some(event),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+    }
+    let html = eventually("profile and tenant", Duration::from_secs(20), || async {
+        let html = page("/console/profiles?user=u_1").await;
+        (html.contains("Ada &lt;script&gt;") && html.contains("/console/tenants/acct%5F1"))
+            .then_some(html)
+    })
+    .await;
+    assert!(!html.contains("Ada <script>"));
+    assert!(
+        page("/console/tenants/acct%5F1")
+            .await
+            .contains("/console/profiles?user=u%5F1")
+    );
+
+    // Automations: the linked template is listed; a bad step is refused at its path.
+    let list = page("/console/automations").await;
+    assert!(list.contains("Welcome flow"), "{list}");
+    let (s, html) = post_form(
+        &c,
+        &door,
+        &session,
+        "/console/automations",
+        &[
+            ("csrf", &csrf),
+            ("name", "Broken"),
+            (
+                "steps",
+                r#"[{"action": "delay", "duration": "1 day"}, {"action": "teleport"}]"#,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        html.contains("id=\"steps-error\"") && html.contains("steps[1]"),
+        "{html}"
+    );
+    let (s, _) = post_form(
+        &c,
+        &door,
+        &session,
+        "/console/automations",
+        &[
+            ("csrf", &csrf),
+            ("name", "Later"),
+            ("steps", r#"[{"action": "delay", "duration": "1 day"}]"#),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(page("/console/automations").await.contains("Later"));
+
+    // The forwarder's dead letters on the outbound page: a batch the data plane refuses (400)
+    // is dead-lettered; replayed once the data plane accepts again, it arrives.
+    dp.set_mode(rc_tests::dataplane::Mode::Fail(400));
+    let (s, b) = rc_tests::call(
+        &door,
+        &key,
+        Method::POST,
+        "/inbound/rudderstack",
+        Some(track("m-3")),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let html = eventually(
+        "a dead letter on the outbound page",
+        Duration::from_secs(30),
+        || async {
+            let html = page("/console/outbound").await;
+            html.contains("/console/dead-letters/forwarder/")
+                .then_some(html)
+        },
+    )
+    .await;
+    dp.set_mode(rc_tests::dataplane::Mode::Normal);
+    let before = dp.events().len();
+    // The list's replay form (the first forwarder link is the dead letter's own page).
+    let replay = &html[html
+        .find("action=\"/console/dead-letters/forwarder/")
+        .unwrap()..];
+    let (s, _) = post_form(
+        &c,
+        &door,
+        &session,
+        &first_link(replay, "/console/dead-letters/forwarder/"),
+        &[("csrf", &csrf), ("from", "outbound")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    eventually(
+        "the replayed event at the data plane",
+        Duration::from_secs(20),
+        || async { (dp.events().len() > before).then_some(()) },
+    )
+    .await;
 }
