@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use rc_tests::automations::publish_track;
+use rc_tests::dataplane::DataPlane;
+use rc_tests::frontdoor::FrontDoor;
 use rc_tests::profiles::eventually;
 use rc_tests::{Endpoint, Service, Stack};
+use reqwest::Method;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE, X_FRAME_OPTIONS};
 use serde_json::json;
@@ -302,6 +305,91 @@ async fn post_form(
     (r.status(), r.text().await.unwrap())
 }
 
+/// Every service behind the real front door (nginx on scripts/front-door.conf.in), the console
+/// calling the API through one front door and served through another at `/` and `/console/`,
+/// a workspace with an inbox provider and a notification template `WELCOME`.
+struct Site {
+    _stack: Stack,
+    key: String,
+    _services: Vec<Service>,
+    console: Service,
+    _api: FrontDoor,
+    door: FrontDoor,
+}
+
+impl Site {
+    async fn start() -> Site {
+        let stack = Stack::start();
+        let key = stack.workspace("acme").await;
+        let forwarder_settings =
+            stack.forwarder_settings(&rc_tests::forwarder::new_encryption_key());
+        let services = vec![
+            stack.ingress().await,
+            stack.profiles().await,
+            stack.accounts().await,
+            stack.automations().await,
+            stack.forwarder_with(forwarder_settings).await,
+            stack.delivery().await,
+        ];
+        let names = [
+            "ingress",
+            "profiles",
+            "accounts",
+            "automations",
+            "forwarder",
+            "delivery",
+        ];
+        let mut routes: Vec<(&str, &Service)> = names.into_iter().zip(&services).collect();
+        let api = FrontDoor::start(&routes);
+        let console = console_at(&api.base_url()).await;
+        routes.push(("console", &console));
+        let door = FrontDoor::start(&routes);
+        let site = Site {
+            _stack: stack,
+            key,
+            _services: services,
+            console,
+            _api: api,
+            door,
+        };
+        let (s, b) = site
+            .call(
+                Method::PUT,
+                "/providers/inbox",
+                Some(json!({"type": "inbox", "channels": ["inbox"]})),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let template = json!({"id": "WELCOME", "name": "Welcome", "channels": {"inbox":
+            {"title": "Welcome {{plan}}", "body": "Hello <b>{{plan}}</b>"}}});
+        let (s, b) = site
+            .call(Method::POST, "/notifications/templates", Some(template))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        site
+    }
+
+    /// The public API through the front door, with the workspace's key.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        rc_tests::call(&self.door, &self.key, method, path, body).await
+    }
+
+    /// A RudderStack track of `event` by u_1, as the Webhook destination posts it.
+    async fn track(&self, event: &str, message_id: &str) {
+        let body = json!({"type": "track", "event": event, "userId": "u_1",
+            "messageId": message_id, "properties": {"plan": "team"}});
+        let (s, b) = self
+            .call(Method::POST, "/inbound/rudderstack", Some(body))
+            .await;
+        assert_eq!(s, 202, "{b}");
+    }
+}
+
 /// Pages 2-6 against every service behind the real front door (nginx on
 /// scripts/front-door.conf.in), the console itself served through it at `/` and `/console/`:
 /// link an event to a new automation sending to the inbox, see the run's timeline, the message,
@@ -310,33 +398,8 @@ async fn post_form(
 /// path), and replay a dead letter of the forwarder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_through_the_front_door() {
-    use rc_tests::dataplane::DataPlane;
-    use rc_tests::frontdoor::FrontDoor;
-    use reqwest::Method;
-
-    let stack = Stack::start();
-    let key = stack.workspace("acme").await;
-    let ingress = stack.ingress().await;
-    let profiles = stack.profiles().await;
-    let accounts = stack.accounts().await;
-    let automations = stack.automations().await;
-    let delivery = stack.delivery().await;
-    let forwarder = stack
-        .forwarder_with(stack.forwarder_settings(&rc_tests::forwarder::new_encryption_key()))
-        .await;
-    let apis = [
-        ("ingress", &ingress),
-        ("profiles", &profiles),
-        ("accounts", &accounts),
-        ("automations", &automations),
-        ("forwarder", &forwarder),
-        ("delivery", &delivery),
-    ];
-    let api = FrontDoor::start(&apis);
-    let console = console_at(&api.base_url()).await;
-    let mut routes = apis.to_vec();
-    routes.push(("console", &console));
-    let door = FrontDoor::start(&routes);
+    let site = Site::start().await;
+    let (key, door, console) = (site.key.as_str(), &site.door, &site.console);
     let c = client();
 
     // The front door sends `/` to the console and serves its pages; API paths are unchanged.
@@ -344,11 +407,11 @@ async fn every_page_through_the_front_door() {
     assert!(r.status().is_redirection() && r.headers()[LOCATION] == "/console/");
     let r = c.get(door.url("/console/signin")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let (s, _) = rc_tests::call(&door, &key, Method::GET, "/automations/templates", None).await;
+    let (s, _) = rc_tests::call(door, key, Method::GET, "/automations/templates", None).await;
     assert_eq!(s, 200);
-    let session = sign_in(&c, &console, &key).await;
+    let session = sign_in(&c, console, key).await;
     let page = |path: &'static str| {
-        let (c, door, session) = (c.clone(), &door, session.clone());
+        let (c, door, session) = (c.clone(), door, session.clone());
         async move {
             let (s, html) = get(&c, door, &session, path).await;
             assert_eq!(s, StatusCode::OK, "{path}: {html}");
@@ -357,36 +420,11 @@ async fn every_page_through_the_front_door() {
     };
     let csrf = csrf_in(&page("/console/runs").await);
 
-    // The inbox provider and a notification template, as a workspace sets them up.
-    let (s, b) = rc_tests::call(
-        &door,
-        &key,
-        Method::PUT,
-        "/providers/inbox",
-        Some(json!({"type": "inbox", "channels": ["inbox"]})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = rc_tests::call(&door, &key, Method::POST, "/notifications/templates",
-        Some(json!({"id": "WELCOME", "name": "Welcome", "channels": {"inbox": {"title": "Welcome {{plan}}", "body": "Hello <b>{{plan}}</b>"}}}))).await;
-    assert_eq!(s, 201, "{b}");
     let html = page("/console/notifications/WELCOME").await;
     assert!(html.contains("Hello &lt;b&gt;{{plan}}&lt;/b&gt;"), "{html}");
 
     // A track arrives; it is linked by the integration page's form to a new automation.
-    let track = |id: &'static str| {
-        json!({"type": "track", "event": "Signed Up", "userId": "u_1", "messageId": id,
-               "properties": {"plan": "team"}})
-    };
-    let (s, b) = rc_tests::call(
-        &door,
-        &key,
-        Method::POST,
-        "/inbound/rudderstack",
-        Some(track("m-1")),
-    )
-    .await;
-    assert_eq!(s, 202, "{b}");
+    site.track("Signed Up", "m-1").await;
     eventually(
         "the event on the integration page",
         Duration::from_secs(20),
@@ -400,7 +438,7 @@ async fn every_page_through_the_front_door() {
     .await;
     let (s, b) = post_form(
         &c,
-        &door,
+        door,
         &session,
         "/console/rudderstack/link",
         &[
@@ -419,7 +457,7 @@ async fn every_page_through_the_front_door() {
     let dp = DataPlane::start("wk_console_secret_9f2a").await;
     let (s, b) = post_form(
         &c,
-        &door,
+        door,
         &session,
         "/console/outbound",
         &[
@@ -440,7 +478,7 @@ async fn every_page_through_the_front_door() {
     );
     let (s, html) = post_form(
         &c,
-        &door,
+        door,
         &session,
         "/console/outbound/test",
         &[("csrf", &csrf)],
@@ -449,15 +487,7 @@ async fn every_page_through_the_front_door() {
     assert_eq!(s, StatusCode::OK);
     assert!(html.contains("the data plane answered 200"), "{html}");
 
-    let (s, b) = rc_tests::call(
-        &door,
-        &key,
-        Method::POST,
-        "/inbound/rudderstack",
-        Some(track("m-2")),
-    )
-    .await;
-    assert_eq!(s, 202, "{b}");
+    site.track("Signed Up", "m-2").await;
     eventually(
         "Message Sent at the data plane",
         Duration::from_secs(20),
@@ -472,7 +502,7 @@ async fn every_page_through_the_front_door() {
 
     // Runs: filtered by event, a run's timeline shows its send step done.
     let runs = page("/console/runs?event=Signed%20Up&status=completed").await;
-    let run = get(&c, &door, &session, &first_link(&runs, "/console/runs/"))
+    let run = get(&c, door, &session, &first_link(&runs, "/console/runs/"))
         .await
         .1;
     assert!(
@@ -489,7 +519,7 @@ async fn every_page_through_the_front_door() {
     let messages = page("/console/messages?recipient=u_1&channel=inbox").await;
     let message = get(
         &c,
-        &door,
+        door,
         &session,
         &first_link(&messages, "/console/messages/"),
     )
@@ -510,14 +540,8 @@ async fn every_page_through_the_front_door() {
         json!({"type": "identify", "userId": "u_1", "traits": {"name": "Ada <script>"}}),
         json!({"type": "group", "groupId": "acct_1", "userId": "u_1", "traits": {"name": "Acme"}}),
     ] {
-        let (s, b) = rc_tests::call(
-            &door,
-            &key,
-            Method::POST,
-            "/inbound/rudderstack",
-            Some(event),
-        )
-        .await;
+        let (s, b) =
+            rc_tests::call(door, key, Method::POST, "/inbound/rudderstack", Some(event)).await;
         assert_eq!(s, 202, "{b}");
     }
     let html = eventually("profile and tenant", Duration::from_secs(20), || async {
@@ -538,7 +562,7 @@ async fn every_page_through_the_front_door() {
     assert!(list.contains("Welcome flow"), "{list}");
     let (s, html) = post_form(
         &c,
-        &door,
+        door,
         &session,
         "/console/automations",
         &[
@@ -558,7 +582,7 @@ async fn every_page_through_the_front_door() {
     );
     let (s, _) = post_form(
         &c,
-        &door,
+        door,
         &session,
         "/console/automations",
         &[
@@ -574,15 +598,7 @@ async fn every_page_through_the_front_door() {
     // The forwarder's dead letters on the outbound page: a batch the data plane refuses (400)
     // is dead-lettered; replayed once the data plane accepts again, it arrives.
     dp.set_mode(rc_tests::dataplane::Mode::Fail(400));
-    let (s, b) = rc_tests::call(
-        &door,
-        &key,
-        Method::POST,
-        "/inbound/rudderstack",
-        Some(track("m-3")),
-    )
-    .await;
-    assert_eq!(s, 202, "{b}");
+    site.track("Signed Up", "m-3").await;
     let html = eventually(
         "a dead letter on the outbound page",
         Duration::from_secs(30),
@@ -601,7 +617,7 @@ async fn every_page_through_the_front_door() {
         .unwrap()..];
     let (s, _) = post_form(
         &c,
-        &door,
+        door,
         &session,
         &first_link(replay, "/console/dead-letters/forwarder/"),
         &[("csrf", &csrf), ("from", "outbound")],
@@ -614,4 +630,253 @@ async fn every_page_through_the_front_door() {
         || async { (dp.events().len() > before).then_some(()) },
     )
     .await;
+}
+
+/// Debian's chromium driven by chromedriver over WebDriver (fantoccini); both end with it.
+struct Browser {
+    client: fantoccini::Client,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = rc_tests::free_port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian chromium-driver; make deps installs it)");
+        assert!(
+            rc_tests::wait_for_port(port, Duration::from_secs(20)),
+            "chromedriver did not listen"
+        );
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+            "--window-size=1280,900".into(),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = fantoccini::ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a WebDriver session in headless chromium");
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    /// Saves the page as `docs/screenshots/<name>.png` (the README shows them).
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn text(&self) -> String {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(fantoccini::Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Clicks what `css` selects (a link or a submit button) and waits for the next page.
+    async fn click(&self, css: &str) {
+        let target = self
+            .client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        self.click_and_load(target).await;
+    }
+
+    async fn click_and_load(&self, target: fantoccini::elements::Element) {
+        let old = self
+            .client
+            .find(fantoccini::Locator::Css("html"))
+            .await
+            .unwrap();
+        target.click().await.unwrap();
+        // The old document's root goes stale once the next page has replaced it.
+        eventually("the next page", Duration::from_secs(10), || async {
+            old.tag_name().await.is_err().then_some(())
+        })
+        .await;
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let field = self
+            .client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(value).await.unwrap();
+    }
+
+    /// Reloads `url` until the page's text contains `needle`.
+    async fn wait_for(&self, url: &str, needle: &str) {
+        eventually(needle, Duration::from_secs(30), || async {
+            self.goto(url).await;
+            self.text().await.contains(needle).then_some(())
+        })
+        .await;
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Issue 12's "Done when", in real headless Chromium: sign in; a track sent through the ingress
+/// appears on the integration page; it is linked by clicks to a new automation sending to the
+/// inbox; sent again, its run's timeline and message show; outbound is configured against the
+/// fake data plane and "Message Sent" arrives; a dead letter is replayed; the XSS event renders
+/// as text with no alert. Saves a screenshot of every page to docs/screenshots/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_walks_every_page() {
+    let site = Site::start().await;
+    let b = Browser::start().await;
+    let url = |path: &str| site.door.url(path);
+
+    b.goto(&url("/")).await;
+    b.screenshot("signin").await;
+    b.fill("#api_key", &site.key).await;
+    b.click("form button[type=submit]").await;
+    assert!(b.text().await.contains("Webhook URL"));
+
+    // Outbound first, so the messages below are reported to the data plane.
+    let dp = DataPlane::start("wk_browser_secret_77aa").await;
+    b.goto(&url("/console/outbound")).await;
+    b.fill("#writeKey", "wk_browser_secret_77aa").await;
+    b.fill("#dataPlaneUrl", &dp.url()).await;
+    b.click("form[action='/console/outbound'] button[type=submit]")
+        .await;
+    b.click("form[action='/console/outbound/test'] button")
+        .await;
+    let text = b.text().await;
+    assert!(text.contains("the data plane answered 200"), "{text}");
+    assert!(
+        !b.client
+            .source()
+            .await
+            .unwrap()
+            .contains("wk_browser_secret_77aa")
+    );
+
+    site.track("Signed Up", "b-1").await;
+    b.wait_for(&url("/console/rudderstack"), "Signed Up").await;
+    b.screenshot("rudderstack").await;
+    let link = b
+        .client
+        .find(fantoccini::Locator::LinkText("Signed Up"))
+        .await
+        .unwrap();
+    b.click_and_load(link).await;
+    b.fill("#name", "Welcome flow").await;
+    b.fill("#notification", "WELCOME").await;
+    b.screenshot("event").await;
+    b.click("form[action='/console/rudderstack/link'] button[type=submit]")
+        .await;
+    assert!(b.text().await.contains("Welcome flow"), "linked");
+
+    site.track("Signed Up", "b-2").await;
+    b.wait_for(&url("/console/runs?status=completed"), "Signed Up")
+        .await;
+    b.screenshot("runs").await;
+    b.click("table a[href^='/console/runs/']").await;
+    let run = b.text().await;
+    assert!(run.contains("Timeline") && run.contains("done"), "{run}");
+    b.screenshot("run").await;
+
+    b.wait_for(&url("/console/messages?recipient=u_1"), "WELCOME")
+        .await;
+    b.screenshot("messages").await;
+    b.click("table a[href^='/console/messages/']").await;
+    assert!(b.text().await.contains("Provider attempts"));
+    b.screenshot("message").await;
+    b.goto(&url("/console/inbox?user=u_1")).await;
+    assert!(
+        b.text().await.contains("Hello <b>team</b>"),
+        "template text is text"
+    );
+    eventually(
+        "Message Sent at the data plane",
+        Duration::from_secs(20),
+        || async {
+            dp.events()
+                .iter()
+                .any(|e| e["event"] == "Message Sent" && e["userId"] == "u_1")
+                .then_some(())
+        },
+    )
+    .await;
+    b.goto(&url("/console/outbound")).await;
+    b.screenshot("outbound").await;
+
+    // A dead letter (the data plane refuses a batch with 400), replayed from the outbound page.
+    dp.set_mode(rc_tests::dataplane::Mode::Fail(400));
+    site.track("Signed Up", "b-3").await;
+    b.wait_for(
+        &url("/console/dead-letters/forwarder"),
+        "data plane answered 400",
+    )
+    .await;
+    b.screenshot("dead-letters").await;
+    dp.set_mode(rc_tests::dataplane::Mode::Normal);
+    let before = dp.events().len();
+    let letters = b.text().await.matches("Replay").count();
+    b.click("form[action$='/replay'] button").await;
+    assert_eq!(
+        b.text().await.matches("Replay").count(),
+        letters - 1,
+        "replayed and removed"
+    );
+    eventually("the replayed event", Duration::from_secs(20), || async {
+        (dp.events().len() > before).then_some(())
+    })
+    .await;
+
+    b.goto(&url("/console/automations")).await;
+    b.screenshot("automations").await;
+    b.goto(&url("/console/profiles?user=u_1")).await;
+    b.screenshot("profiles").await;
+
+    // The hostile event name is text on the page, and no alert opened.
+    site.track(XSS, "b-xss").await;
+    b.wait_for(&url("/console/rudderstack"), XSS).await;
+    assert!(
+        b.client.get_alert_text().await.is_err(),
+        "no alert: the name never ran"
+    );
+    b.client
+        .find(fantoccini::Locator::LinkText(XSS))
+        .await
+        .expect("the name shown as link text");
+    b.close().await;
 }
