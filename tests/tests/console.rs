@@ -422,6 +422,30 @@ async fn every_page_through_the_front_door() {
 
     let html = page("/console/notifications/WELCOME").await;
     assert!(html.contains("Hello &lt;b&gt;{{plan}}&lt;/b&gt;"), "{html}");
+    // The preview per channel, rendered by delivery with the sample data, still text.
+    let html = page("/console/notifications/WELCOME?data=%7B%22plan%22%3A%22team%22%7D").await;
+    assert!(
+        html.contains("Welcome team") && html.contains("Hello &lt;b&gt;team&lt;/b&gt;"),
+        "{html}"
+    );
+    let html = page("/console/notifications/WELCOME?data=%7Bnope").await;
+    assert!(html.contains("sample data: not JSON"), "{html}");
+    // The render API is bounded like a stored template: too many channels, too deep, too big.
+    let many: serde_json::Map<String, serde_json::Value> = (0..17)
+        .map(|i| (format!("c{i}"), json!({"body": "x"})))
+        .collect();
+    let deep = (0..200).fold(json!(1), |v, _| json!([v]));
+    let big = json!({"channels": {"inbox": {"body": "{{x}}"}}, "data": {"x": "y".repeat(70_000)}});
+    for body in [
+        json!({"channels": many}),
+        json!({"channels": {}, "data": deep}),
+        big,
+    ] {
+        let (s, b) = site
+            .call(Method::POST, "/messages/render", Some(body))
+            .await;
+        assert_eq!(s, 400, "{b}");
+    }
 
     // A track arrives; it is linked by the integration page's form to a new automation.
     site.track("Signed Up", "m-1").await;

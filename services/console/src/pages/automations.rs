@@ -1,8 +1,9 @@
 //! Page 3: automation templates (list, create, edit steps as JSON; the API's validation error,
-//! which starts with the JSON path, is shown next to the text) and notification templates.
+//! which starts with the JSON path, is shown next to the text) and notification templates with
+//! a rendered preview per channel.
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use reqwest::Method;
@@ -186,12 +187,20 @@ pub(super) async fn save(
     }
 }
 
-/// A notification template: each channel's content as stored (variables are filled in per
-/// message by the delivery service).
+#[derive(Deserialize)]
+pub(super) struct PreviewQuery {
+    /// Sample data (JSON) the preview renders `{{…}}` with.
+    #[serde(default)]
+    data: Option<String>,
+}
+
+/// A notification template with each channel rendered by the delivery service (its
+/// `POST /messages/render`, the renderer messages use) with the sample data given.
 pub(super) async fn notification(
     State(state): State<AppState>,
     s: Signed,
     Path(id): Path<String>,
+    Query(q): Query<PreviewQuery>,
 ) -> Response {
     let t = ok_or_page!(
         state
@@ -203,16 +212,36 @@ pub(super) async fn notification(
             )
             .await
     );
+    let sample = q.data.unwrap_or_else(|| "{}".into());
+    let preview = match serde_json::from_str::<Value>(&sample) {
+        Ok(data) => {
+            let body = json!({"channels": t["channels"], "data": data});
+            state
+                .api
+                .call(s.key(), Method::POST, "/messages/render", &[], Some(&body))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(format!("sample data: not JSON ({e})")),
+    };
     page(
         &s,
         &format!("Notification template {id}"),
         html! {
-            @for (channel, c) in t["channels"].as_object().into_iter().flatten() {
-                section.preview aria-label=(channel) {
-                    h2 { (channel) }
-                    @if let Some(title) = c.get("title").or(c.get("subject")).and_then(Value::as_str) { p { strong { (title) } } }
-                    @if let Some(body) = c.get("body").or(c.get("text")).and_then(Value::as_str) { p.body { (body) } }
-                }
+            form method="get" {
+                label for="data" { "Sample data (JSON) for the preview" }
+                textarea id="data" name="data" rows="4" { (sample) }
+                button type="submit" { "Preview" }
+            }
+            @match &preview {
+                Err(e) => p.error role="alert" { (e) },
+                Ok(r) => @for (channel, c) in r["channels"].as_object().into_iter().flatten() {
+                    section.preview aria-label={ "Preview: " (channel) } {
+                        h2 { (channel) }
+                        p { strong { (text(&c["title"])) } }
+                        p.body { (text(&c["body"])) }
+                    }
+                },
             }
             h2 { "The template" }
             (json_block("notification", &t))
