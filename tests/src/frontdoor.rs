@@ -10,8 +10,8 @@ use tempfile::TempDir;
 
 use crate::{Endpoint, Service, free_port, wait_for_port};
 
-/// The upstreams the config names, by placeholder.
-const UPSTREAMS: [&str; 7] = [
+/// The upstreams the config names, by placeholder (the API services, then the console).
+pub const UPSTREAMS: [&str; 7] = [
     "ingress",
     "profiles",
     "accounts",

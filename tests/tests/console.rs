@@ -331,15 +331,11 @@ impl Site {
             stack.forwarder_with(forwarder_settings).await,
             stack.delivery().await,
         ];
-        let names = [
-            "ingress",
-            "profiles",
-            "accounts",
-            "automations",
-            "forwarder",
-            "delivery",
-        ];
-        let mut routes: Vec<(&str, &Service)> = names.into_iter().zip(&services).collect();
+        // The API services in the front door's order (the console comes last).
+        let mut routes: Vec<(&str, &Service)> = rc_tests::frontdoor::UPSTREAMS
+            .into_iter()
+            .zip(&services)
+            .collect();
         let api = FrontDoor::start(&routes);
         let console = console_at(&api.base_url()).await;
         routes.push(("console", &console));
@@ -388,6 +384,21 @@ impl Site {
             .await;
         assert_eq!(s, 202, "{b}");
     }
+}
+
+/// Waits for u_1's "Message Sent" at the fake data plane (the forwarder reported it).
+async fn message_sent_arrives(dp: &DataPlane) {
+    let sent = || {
+        dp.events()
+            .iter()
+            .any(|e| e["event"] == "Message Sent" && e["userId"] == "u_1")
+    };
+    eventually(
+        "Message Sent at the data plane",
+        Duration::from_secs(20),
+        || async { sent().then_some(()) },
+    )
+    .await;
 }
 
 /// Pages 2-6 against every service behind the real front door (nginx on
@@ -512,17 +523,7 @@ async fn every_page_through_the_front_door() {
     assert!(html.contains("the data plane answered 200"), "{html}");
 
     site.track("Signed Up", "m-2").await;
-    eventually(
-        "Message Sent at the data plane",
-        Duration::from_secs(20),
-        || async {
-            dp.events()
-                .iter()
-                .any(|e| e["event"] == "Message Sent" && e["userId"] == "u_1")
-                .then_some(())
-        },
-    )
-    .await;
+    message_sent_arrives(&dp).await;
 
     // Runs: filtered by event, a run's timeline shows its send step done.
     let runs = page("/console/runs?event=Signed%20Up&status=completed").await;
@@ -849,17 +850,7 @@ async fn browser_walks_every_page() {
         b.text().await.contains("Hello <b>team</b>"),
         "template text is text"
     );
-    eventually(
-        "Message Sent at the data plane",
-        Duration::from_secs(20),
-        || async {
-            dp.events()
-                .iter()
-                .any(|e| e["event"] == "Message Sent" && e["userId"] == "u_1")
-                .then_some(())
-        },
-    )
-    .await;
+    message_sent_arrives(&dp).await;
     b.goto(&url("/console/outbound")).await;
     b.screenshot("outbound").await;
 

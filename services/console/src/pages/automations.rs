@@ -96,6 +96,19 @@ fn document(f: &StepsForm) -> Result<Value, String> {
     Ok(doc)
 }
 
+/// One stored document (`kind` is its collection's API path).
+async fn document_of(
+    state: &AppState,
+    s: &Signed,
+    kind: &str,
+    id: &str,
+) -> Result<Value, ApiError> {
+    state
+        .api
+        .get(s.key(), &format!("{kind}/{}", seg(id)), &[])
+        .await
+}
+
 /// Why a save did not happen: a refusal shown at the form, or a failure page.
 enum Refused {
     AtForm(String),
@@ -144,16 +157,7 @@ pub(super) async fn edit(
     s: Signed,
     Path(id): Path<String>,
 ) -> Response {
-    let t = ok_or_page!(
-        state
-            .api
-            .get(
-                s.key(),
-                &format!("/automations/templates/{}", seg(&id)),
-                &[]
-            )
-            .await
-    );
+    let t = ok_or_page!(document_of(&state, &s, "/automations/templates", &id).await);
     let steps = serde_json::to_string_pretty(&t["steps"]).unwrap_or_default();
     edit_page(&s, &id, t["name"].as_str().unwrap_or(""), &steps, None)
 }
@@ -202,16 +206,7 @@ pub(super) async fn notification(
     Path(id): Path<String>,
     Query(q): Query<PreviewQuery>,
 ) -> Response {
-    let t = ok_or_page!(
-        state
-            .api
-            .get(
-                s.key(),
-                &format!("/notifications/templates/{}", seg(&id)),
-                &[]
-            )
-            .await
-    );
+    let t = ok_or_page!(document_of(&state, &s, "/notifications/templates", &id).await);
     let sample = q.data.unwrap_or_else(|| "{}".into());
     let preview = match serde_json::from_str::<Value>(&sample) {
         Ok(data) => {

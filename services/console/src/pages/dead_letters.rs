@@ -60,10 +60,7 @@ pub(super) async fn section(
     cursor: Option<&str>,
     from: &'static str,
 ) -> Result<Markup, ApiError> {
-    let mut query = vec![("limit", DLQ_PAGE)];
-    if let Some(c) = cursor.filter(|c| !c.is_empty()) {
-        query.push(("cursor", c));
-    }
+    let query = list_query(&[], cursor);
     let list = state
         .api
         .get(s.key(), &format!("/dead-letters/{service}"), &query)
@@ -156,21 +153,8 @@ pub(super) async fn replay(
     Path((service, seq)): Path<(String, String)>,
     Form(f): Form<DlqForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
-    let Some(service) = known_service(&service) else {
-        return not_found();
-    };
-    let path = format!("/dead-letters/{service}/{}/replay", seg(&seq));
-    match state
-        .api
-        .call(s.key(), Method::POST, &path, &[], None)
-        .await
-    {
-        Ok(_) => Redirect::to(&after(service, &f.from)).into_response(),
-        Err(e) => failure(e),
-    }
+    let path = |svc: &str| format!("/dead-letters/{svc}/{}/replay", seg(&seq));
+    act(&state, &s, &service, Method::POST, path, &f).await
 }
 
 pub(super) async fn purge(
@@ -179,21 +163,28 @@ pub(super) async fn purge(
     Path(service): Path<String>,
     Form(f): Form<DlqForm>,
 ) -> Response {
+    let path = |svc: &str| format!("/dead-letters/{svc}");
+    act(&state, &s, &service, Method::DELETE, path, &f).await
+}
+
+/// A replay or purge: the form's token checked, the service known, then back to the form's page.
+async fn act(
+    state: &AppState,
+    s: &Signed,
+    service: &str,
+    method: Method,
+    path: impl Fn(&str) -> String,
+    f: &DlqForm,
+) -> Response {
     if !s.check(&f.csrf) {
         return refused();
     }
-    let Some(service) = known_service(&service) else {
+    let Some(service) = known_service(service) else {
         return not_found();
     };
     match state
         .api
-        .call(
-            s.key(),
-            Method::DELETE,
-            &format!("/dead-letters/{service}"),
-            &[],
-            None,
-        )
+        .call(s.key(), method, &path(service), &[], None)
         .await
     {
         Ok(_) => Redirect::to(&after(service, &f.from)).into_response(),

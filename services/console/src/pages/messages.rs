@@ -10,7 +10,6 @@ use super::*;
 use crate::AppState;
 use crate::api::seg;
 
-const PAGE: &str = "50";
 /// The delivery service's statuses and channels (its README).
 const STATUSES: [&str; 9] = [
     "ENQUEUED",
@@ -53,11 +52,7 @@ pub(super) async fn list(
         ("recipient", &q.recipient),
         ("channel", &q.channel),
     ]);
-    let mut query = f.clone();
-    query.push(("limit", PAGE));
-    if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        query.push(("cursor", c));
-    }
+    let query = list_query(&f, q.cursor.as_deref());
     let list = ok_or_page!(state.api.get(s.key(), "/messages", &query).await);
     let rows = list["results"].as_array().map_or(&[][..], Vec::as_slice);
     let recipient = q.recipient.clone().unwrap_or_default();
@@ -146,7 +141,7 @@ pub(super) async fn inbox(
             .get(
                 s.key(),
                 &format!("/inbox/{}", seg(q.user.trim())),
-                &[("limit", PAGE)]
+                &list_query(&[], None)
             )
             .await
     );

@@ -26,8 +26,6 @@ use crate::api::{ApiError, seg};
 use crate::session::{self, COOKIE, SIGNIN_COOKIE, Session};
 
 pub const PREFIX: &str = "/console";
-const CATALOG_PAGE: &str = "50";
-const DLQ_PAGE: &str = "50";
 /// Services with a dead-letter API, as routed by the front door (`/dead-letters/<service>`).
 pub const DLQ_SERVICES: [&str; 5] = [
     "profiles",
@@ -303,6 +301,22 @@ fn next_href(base: &str, filters: &[(&str, &str)], cursor: Option<String>) -> Op
         href.push_str(&format!("&{k}={}", seg(v)));
     }
     Some(href)
+}
+
+/// Items per list page the console asks for.
+const LIST_PAGE: &str = "50";
+
+/// A list call's query: `filters`, the page size and the cursor when there is one.
+fn list_query<'a>(
+    filters: &[(&'a str, &'a str)],
+    cursor: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut query = filters.to_vec();
+    query.push(("limit", LIST_PAGE));
+    if let Some(c) = cursor.filter(|c| !c.is_empty()) {
+        query.push(("cursor", c));
+    }
+    query
 }
 
 /// The non-empty filters of a query, as API query pairs.

@@ -11,8 +11,6 @@ use super::*;
 use crate::AppState;
 use crate::api::{ApiError, seg};
 
-const PAGE: &str = "50";
-
 #[derive(Deserialize)]
 pub(super) struct ProfileQuery {
     user: Option<String>,
@@ -30,14 +28,6 @@ async fn get_or_null(
         Err(ApiError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(Value::Null),
         other => other,
     }
-}
-
-fn page_query(cursor: &Option<String>) -> Vec<(&str, &str)> {
-    let mut q = vec![("limit", PAGE)];
-    if let Some(c) = cursor.as_deref().filter(|c| !c.is_empty()) {
-        q.push(("cursor", c));
-    }
-    q
 }
 
 /// The next page's cursor of an accounts list (`has_more` + `cursor`).
@@ -58,7 +48,7 @@ pub(super) async fn lookup(
     let found = if user.is_empty() {
         None
     } else {
-        let query = page_query(&q.cursor);
+        let query = list_query(&[], q.cursor.as_deref());
         let (profile, tenants) = (
             format!("/profiles/{}", seg(user)),
             format!("/users/{}/tenants", seg(user)),
@@ -101,7 +91,10 @@ pub(super) async fn tenant(
     Query(q): Query<CursorQuery>,
 ) -> Response {
     let path = format!("/tenants/{}", seg(&id));
-    let (users, query) = (format!("{path}/users"), page_query(&q.cursor));
+    let (users, query) = (
+        format!("{path}/users"),
+        list_query(&[], q.cursor.as_deref()),
+    );
     let (tenant, members) = ok_or_page!(tokio::try_join!(
         state.api.get(s.key(), &path, &[]),
         state.api.get(s.key(), &users, &query),

@@ -17,10 +17,7 @@ pub(super) async fn rudderstack(
     s: Signed,
     Query(q): Query<CursorQuery>,
 ) -> Response {
-    let mut query = vec![("limit", CATALOG_PAGE)];
-    if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        query.push(("cursor", c));
-    }
+    let query = list_query(&[], q.cursor.as_deref());
     let catalog = match state.api.get(s.key(), "/automations/events", &query).await {
         Ok(v) => v,
         Err(e) => return failure(e),

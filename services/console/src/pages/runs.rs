@@ -9,7 +9,6 @@ use super::*;
 use crate::AppState;
 use crate::api::seg;
 
-const PAGE: &str = "50";
 const STATES: [&str; 6] = [
     "pending",
     "running",
@@ -43,11 +42,7 @@ pub(super) async fn list(
         ("since", &q.since),
         ("until", &q.until),
     ]);
-    let mut query = f.clone();
-    query.push(("limit", PAGE));
-    if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        query.push(("cursor", c));
-    }
+    let query = list_query(&f, q.cursor.as_deref());
     let runs = ok_or_page!(state.api.get(s.key(), "/automations/runs", &query).await);
     let rows = runs["items"].as_array().map_or(&[][..], Vec::as_slice);
     let next = runs["has_more"]
