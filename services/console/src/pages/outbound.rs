@@ -70,7 +70,7 @@ async fn render(state: &AppState, s: &Signed, notice: Option<Markup>) -> Respons
                         dt { "Backlog" } dd { (field(&status, "pending")) }
                         dt { "Delivered" } dd id="outbound-delivered" { (field(&status, "delivered")) }
                         dt { "Failed" } dd { (field(&status, "failed")) }
-                        dt { "Last error" } dd { (field(&status, "lastError")) " " (field(&status, "lastErrorAt")) }
+                        dt { "Last error" } dd { (field(&status, "lastError")) @if let Some(at) = status["lastErrorAt"].as_str() { " (" (at) ")" } }
                         dt { "Last success" } dd { (field(&status, "lastDeliveredAt")) }
                     }
                 }
