@@ -2,7 +2,6 @@
 //! which starts with the JSON path, is shown next to the text) and notification templates with
 //! a rendered preview per channel.
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
@@ -138,12 +137,8 @@ async fn submit(
 
 pub(super) async fn create(
     State(state): State<AppState>,
-    s: Signed,
-    Form(f): Form<StepsForm>,
+    Posted { s, form: f }: Posted<StepsForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     match submit(&state, &s, Method::POST, "/automations/templates", &f).await {
         Ok(doc) => Redirect::to(&format!("/console/automations/{}", seg(&field(&doc, "id"))))
             .into_response(),
@@ -176,13 +171,9 @@ fn edit_page(s: &Signed, id: &str, name: &str, steps: &str, error: Option<&str>)
 
 pub(super) async fn save(
     State(state): State<AppState>,
-    s: Signed,
     Path(id): Path<String>,
-    Form(f): Form<StepsForm>,
+    Posted { s, form: f }: Posted<StepsForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     let path = format!("/automations/templates/{}", seg(&id));
     match submit(&state, &s, Method::PUT, &path, &f).await {
         Ok(_) => Redirect::to(&format!("/console/automations/{}", seg(&id))).into_response(),
@@ -244,3 +235,5 @@ pub(super) async fn notification(
     )
     .into_response()
 }
+
+csrf_form!(StepsForm);

@@ -1,6 +1,5 @@
 //! Page 7 (and the outbound page's list): dead letters of every consumer service.
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -149,9 +148,8 @@ pub(super) async fn dead_letter(
 
 pub(super) async fn replay(
     State(state): State<AppState>,
-    s: Signed,
     Path((service, seq)): Path<(String, String)>,
-    Form(f): Form<DlqForm>,
+    Posted { s, form: f }: Posted<DlqForm>,
 ) -> Response {
     let path = |svc: &str| format!("/dead-letters/{svc}/{}/replay", seg(&seq));
     act(&state, &s, &service, Method::POST, path, &f).await
@@ -159,9 +157,8 @@ pub(super) async fn replay(
 
 pub(super) async fn purge(
     State(state): State<AppState>,
-    s: Signed,
     Path(service): Path<String>,
-    Form(f): Form<DlqForm>,
+    Posted { s, form: f }: Posted<DlqForm>,
 ) -> Response {
     let path = |svc: &str| format!("/dead-letters/{svc}");
     act(&state, &s, &service, Method::DELETE, path, &f).await
@@ -176,9 +173,6 @@ async fn act(
     path: impl Fn(&str) -> String,
     f: &DlqForm,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     let Some(service) = known_service(service) else {
         return not_found();
     };
@@ -191,3 +185,5 @@ async fn act(
         Err(e) => failure(e),
     }
 }
+
+csrf_form!(DlqForm);

@@ -159,9 +159,49 @@ impl Signed {
         &self.session.api_key
     }
 
-    /// Whether a form's token is this session's (else the caller answers [`refused`]).
+    /// Whether a form's token is this session's (else [`Posted`] answers [`refused`]).
     fn check(&self, csrf: &str) -> bool {
         session::same(&self.session.csrf, csrf)
+    }
+}
+
+/// The form of a signed-in POST: it carries the session's CSRF token in `csrf`.
+trait CsrfForm: serde::de::DeserializeOwned {
+    fn csrf(&self) -> &str;
+}
+
+/// Implements [`CsrfForm`] for form structs with a `csrf: String` field.
+macro_rules! csrf_form {
+    ($($t:ty),+) => { $(impl $crate::pages::CsrfForm for $t { fn csrf(&self) -> &str { &self.csrf } })+ };
+}
+use csrf_form;
+
+/// A signed-in POST whose form carries this session's token: else 403, and nothing happens.
+/// Without a session, the sign-in page (as for [`Signed`]).
+pub struct Posted<F> {
+    s: Signed,
+    form: F,
+}
+
+impl<S: Send + Sync, F: CsrfForm> axum::extract::FromRequest<S> for Posted<F>
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let s = Signed::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let axum::Form(form) = axum::Form::<F>::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !s.check(form.csrf()) {
+            return Err(refused());
+        }
+        Ok(Posted { s, form })
     }
 }
 
@@ -343,10 +383,12 @@ struct CursorQuery {
     cursor: Option<String>,
 }
 
+/// A form with nothing but the token.
 #[derive(Deserialize)]
-struct CsrfForm {
+struct TokenForm {
     csrf: String,
 }
+csrf_form!(TokenForm);
 
 /// A value as indented JSON in a `pre` with a copy button.
 fn json_block(id: &str, v: &Value) -> Markup {

@@ -1,7 +1,6 @@
 //! Page 2: outbound to RudderStack (the forwarder): configuration with a write-only write key,
 //! a test event, status, and the forwarder's dead letters.
 
-use axum::Form;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
@@ -114,6 +113,12 @@ async fn render(state: &AppState, s: &Signed, notice: Option<Markup>) -> Respons
 /// The form's fields in order (repeated `status` boxes make a plain struct unfit).
 type Fields = Vec<(String, String)>;
 
+impl CsrfForm for Fields {
+    fn csrf(&self) -> &str {
+        one(self, "csrf").unwrap_or("")
+    }
+}
+
 fn one<'a>(f: &'a Fields, name: &str) -> Option<&'a str> {
     f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
@@ -143,12 +148,8 @@ fn body(f: &Fields) -> Value {
 
 pub(super) async fn save(
     State(state): State<AppState>,
-    s: Signed,
-    Form(f): Form<Fields>,
+    Posted { s, form: f }: Posted<Fields>,
 ) -> Response {
-    if !one(&f, "csrf").is_some_and(|t| s.check(t)) {
-        return refused();
-    }
     match state
         .api
         .call(s.key(), Method::PUT, PATH, &[], Some(&body(&f)))
@@ -165,12 +166,8 @@ pub(super) async fn save(
 
 pub(super) async fn test(
     State(state): State<AppState>,
-    s: Signed,
-    Form(f): Form<CsrfForm>,
+    Posted { s, .. }: Posted<TokenForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     let notice = match state
         .api
         .call(s.key(), Method::POST, &format!("{PATH}/test"), &[], None)

@@ -1,6 +1,5 @@
 //! Page 1: RudderStack integration (connect, received-events catalog, link/unlink).
 
-use axum::Form;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
@@ -165,12 +164,8 @@ fn back_to(key: &str) -> Response {
 
 pub(super) async fn link(
     State(state): State<AppState>,
-    s: Signed,
-    Form(f): Form<LinkForm>,
+    Posted { s, form: f }: Posted<LinkForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     let mut body = mapping_event(&f.key);
     if f.template_id.is_empty() {
         let recipient = if f.recipient.trim().is_empty() {
@@ -211,12 +206,8 @@ pub(super) struct UnlinkForm {
 
 pub(super) async fn unlink(
     State(state): State<AppState>,
-    s: Signed,
-    Form(f): Form<UnlinkForm>,
+    Posted { s, form: f }: Posted<UnlinkForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     let ev = mapping_event(&f.key);
     let mut query = vec![("template_id", f.template_id.as_str())];
     if let Some(t) = ev["type"].as_str() {
@@ -240,3 +231,5 @@ pub(super) async fn unlink(
         Err(e) => failure(e),
     }
 }
+
+csrf_form!(LinkForm, UnlinkForm);

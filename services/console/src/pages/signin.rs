@@ -87,12 +87,8 @@ pub(super) async fn signin(
 
 pub(super) async fn signout(
     State(state): State<AppState>,
-    s: Signed,
-    Form(f): Form<CsrfForm>,
+    Posted { s, .. }: Posted<TokenForm>,
 ) -> Response {
-    if !s.check(&f.csrf) {
-        return refused();
-    }
     state.sessions.remove(&s.id);
     let mut resp = Redirect::to("/console/signin").into_response();
     resp.headers_mut()
