@@ -176,6 +176,7 @@ sed -e "s#@RUN_DIR@#$DATA/nginx#g" -e "s#@LISTEN@#127.0.0.1:$FRONT_DOOR_PORT#" \
     -e "s#@INGRESS@#127.0.0.1:$INGRESS_PORT#" -e "s#@PROFILES@#127.0.0.1:$PROFILES_PORT#" \
     -e "s#@ACCOUNTS@#127.0.0.1:$ACCOUNTS_PORT#" -e "s#@AUTOMATIONS@#127.0.0.1:$AUTOMATIONS_PORT#" \
     -e "s#@FORWARDER@#127.0.0.1:$FORWARDER_PORT#" -e "s#@DELIVERY@#127.0.0.1:$DELIVERY_PORT#" \
+    -e "s#@CONSOLE@#127.0.0.1:$CONSOLE_PORT#" \
     scripts/front-door.conf.in > "$DATA/nginx/nginx.conf"
 setsid "$NGINX" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf" -e "$DATA/logs/nginx.log" >>"$DATA/logs/nginx.log" 2>&1 &
 proxy_pid=$!
@@ -251,7 +252,7 @@ debugging):
 
 Console (sign in with the key below; it calls the API through the base URL):
 
-  http://127.0.0.1:$CONSOLE_PORT/console/
+  $BASE/console/   (or its own port: http://127.0.0.1:$CONSOLE_PORT/console/)
 
 Workspace "dev", API key:
 

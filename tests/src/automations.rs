@@ -71,3 +71,35 @@ pub async fn publish_track(
     .await
     .expect("stored");
 }
+
+/// A run as the engine creates it (id `r<i>`, created at `created` ms, in `state`), for tests
+/// that write runs straight through the store.
+pub fn fixture_run(
+    ws: &str,
+    i: usize,
+    created: i64,
+    state: automations::store::RunState,
+    fields: [&str; 4],
+) -> automations::store::Run {
+    let [event, recipient, template, message_id] = fields;
+    automations::store::Run {
+        id: format!("r{i:06}"),
+        workspace: ws.into(),
+        state,
+        template: template.into(),
+        steps: Vec::new(),
+        cancelation_token: None,
+        context: serde_json::json!({"recipient": recipient}),
+        step: 0,
+        wake_at_ms: None,
+        event: event.into(),
+        source_message_id: message_id.into(),
+        timeline: Vec::new(),
+        created_at_ms: created,
+        updated_at_ms: created,
+        started_at_ms: None,
+        error: None,
+        depth: 0,
+        retries: 0,
+    }
+}

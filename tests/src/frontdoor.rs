@@ -10,14 +10,15 @@ use tempfile::TempDir;
 
 use crate::{Endpoint, Service, free_port, wait_for_port};
 
-/// The upstreams the config names, by placeholder.
-const UPSTREAMS: [&str; 6] = [
+/// The upstreams the config names, by placeholder (the API services, then the console).
+pub const UPSTREAMS: [&str; 7] = [
     "ingress",
     "profiles",
     "accounts",
     "automations",
     "forwarder",
     "delivery",
+    "console",
 ];
 
 pub struct FrontDoor {

@@ -78,7 +78,7 @@ pub fn stable_port() -> u16 {
     }
 }
 
-pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> bool {
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -40,6 +40,7 @@ fn services() -> Vec<ServiceSpec> {
         ServiceSpec::daemon("automations", to_value(automations::Settings::default())),
         ServiceSpec::daemon("forwarder", to_value(forwarder::Settings::default())),
         ServiceSpec::daemon("delivery", to_value(delivery::Settings::default())),
+        ServiceSpec::daemon("console", to_value(console::Settings::default())),
         ServiceSpec::cli("admin", include_str!("../../services/admin/src/main.rs")),
     ]
 }

@@ -9,34 +9,10 @@ use std::time::Instant;
 use automations::store::{self, Run, RunState};
 use futures::StreamExt;
 use rc_common::redis::RedisConn;
+use rc_tests::automations::fixture_run as run;
 use rc_tests::{Service, Stack, call};
 use redis::AsyncCommands;
-use serde_json::{Value, json};
-
-/// A run as the engine creates it, created at `created` ms, in `state`.
-fn run(ws: &str, i: usize, created: i64, state: RunState, fields: [&str; 4]) -> Run {
-    let [event, recipient, template, message_id] = fields;
-    Run {
-        id: format!("r{i:06}"),
-        workspace: ws.into(),
-        state,
-        template: template.into(),
-        steps: Vec::new(),
-        cancelation_token: None,
-        context: json!({"recipient": recipient}),
-        step: 0,
-        wake_at_ms: None,
-        event: event.into(),
-        source_message_id: message_id.into(),
-        timeline: Vec::new(),
-        created_at_ms: created,
-        updated_at_ms: created,
-        started_at_ms: None,
-        error: None,
-        depth: 0,
-        retries: 0,
-    }
-}
+use serde_json::Value;
 
 /// Inserts as pending, then moves it to its state the way the engine does (save or retire).
 async fn write(redis: &RedisConn, mut r: Run) {

@@ -287,3 +287,34 @@ pub async fn get_inbox(
     }
     Ok(Json(json!({"user_id": user, "messages": messages})).into_response())
 }
+
+/// `POST /messages/render`: a notification template's channels rendered with sample `data` and
+/// `profile` exactly as a message's content is (the console's preview). Reads nothing stored, so
+/// it is workspace-scoped by its key alone. Bounded as a stored template is: the whole body at
+/// most 64 KiB of JSON, at most 16 channels, each rendering at most 256 KiB.
+pub async fn render_preview(
+    Workspace(_ws): Workspace,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, DeliveryError> {
+    let b: Value = json_body(&body)?;
+    rc_common::automation::validate_notification(&b).map_err(DeliveryError::Invalid)?;
+    let empty = json!({});
+    let vars = crate::render::Vars {
+        data: b.get("data").unwrap_or(&empty),
+        profile: b.get("profile").unwrap_or(&empty),
+    };
+    let mut out = serde_json::Map::new();
+    for (channel, c) in b["channels"].as_object().into_iter().flatten() {
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| c.get(*n)?.as_str())
+                .map(|t| crate::render::render(t, &vars))
+        };
+        out.insert(
+            channel.clone(),
+            json!({"title": field(&["title", "subject"]), "body": field(&["body", "text"])}),
+        );
+    }
+    Ok(Json(json!({ "channels": out })))
+}

@@ -215,6 +215,7 @@ pub fn app(state: AppState) -> Router {
                 .delete(api::delete_provider),
         )
         .route("/messages", get(api::list_messages))
+        .route("/messages/render", post(api::render_preview))
         .route("/messages/{id}", get(api::get_message))
         .route("/messages/{id}/history", get(api::get_history))
         .route("/messages/{id}/events", post(api::post_event))
