@@ -705,10 +705,17 @@ impl Browser {
         }
     }
 
-    /// Saves the page as `docs/screenshots/<name>.png` (the README shows them).
+    /// Saves the page as `<name>.png` under `target/tmp/screenshots`, or under
+    /// `$RC_SCREENSHOTS_DIR` (`RC_SCREENSHOTS_DIR=docs/screenshots` refreshes the README's), so
+    /// a test run leaves the checkout as it was.
     async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        let dir = std::env::var_os("RC_SCREENSHOTS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+            });
+        std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
@@ -782,7 +789,7 @@ impl Browser {
 /// appears on the integration page; it is linked by clicks to a new automation sending to the
 /// inbox; sent again, its run's timeline and message show; outbound is configured against the
 /// fake data plane and "Message Sent" arrives; a dead letter is replayed; the XSS event renders
-/// as text with no alert. Saves a screenshot of every page to docs/screenshots/.
+/// as text with no alert. Saves a screenshot of every page (see `Browser::screenshot`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_walks_every_page() {
     let site = Site::start().await;
