@@ -75,12 +75,14 @@ impl EventHandler {
         let payload = String::from_utf8_lossy(&env.raw);
         let redis = &self.engine.redis;
 
-        let props = json_of(match kind {
+        let props_json = match kind {
             EventType::Identify | EventType::Group => &env.traits,
             _ => &env.properties,
-        });
-        // Inline automations come with track events only.
-        let inline = if kind == EventType::Track {
+        };
+        // Inline automations come with track events only; other events' properties are parsed
+        // only if a mapping needs them (most identifies and groups start nothing).
+        let props = (kind == EventType::Track).then(|| json_of(props_json));
+        let inline = if let Some(props) = &props {
             props
                 .get("courier")
                 .and_then(|c| c.get("automation"))
@@ -136,6 +138,16 @@ impl EventHandler {
             metrics::counter!("automations_inline_invalid_total").increment(1);
             return Ok(Some(reason));
         }
+
+        let mapped: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), &entry)
+            .await?
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        if inline.is_none() && mapped.is_empty() {
+            // Counted; nothing to start.
+            return Ok(None);
+        }
+        let props = props.unwrap_or_else(|| json_of(props_json));
 
         // data = properties (traits) + userId, anonymousId, event (track), name (page, screen),
         // groupId (group) or previousId (alias), the properties repeated under data.properties.
@@ -214,10 +226,6 @@ impl EventHandler {
         }
 
         // Mapped templates: the inline `data` (when present) seeds them.
-        let mapped: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), &entry)
-            .await?
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
         let ctx = context(
             &json!({"data": a.get("data"), "recipient": a.get("recipient"), "profile": a.get("profile"), "brand": a.get("brand")}),
         );
