@@ -99,6 +99,10 @@ local rts, rtb, rkind = nil, nil, nil
 local rs = redis.call('GET', reset_key)
 if rs then rts, rtb, rkind = parse(rs) end
 local all = redis.call('HGETALL', fields_key)
+-- The fields as stored, kept up to date below: the result is built from it (no second HGETALL,
+-- no HGET per written field).
+local stored = {}
+for i = 1, #all, 2 do stored[all[i]] = all[i + 1] end
 if mode == 'api' then
   -- API writes happen "now", and after everything already stored.
   local maxts = rts
@@ -142,15 +146,19 @@ if reset ~= '0' and ((not rts) or newer(ts, tb, rts, rtb)) then
   redis.call('SET', reset_key, string.format('%d', ts) .. '|' .. tb .. '|' .. reset)
   for i = 1, #all, 2 do
     local t, b = parse(all[i + 1])
-    if newer(rts, rtb, t, b) then redis.call('HDEL', fields_key, all[i]) end
+    if newer(rts, rtb, t, b) then
+      redis.call('HDEL', fields_key, all[i])
+      stored[all[i]] = nil
+    end
   end
 end
 local skip_all = (cond == 'init' and old ~= false and old ~= nil)
 if not skip_all and not (rts and newer(rts, rtb, ts, tb)) then
   local stamp = string.format('%d', ts) .. '|' .. tb .. '|'
+  local writes = {}
   for i = 10, #ARGV, 2 do
     local f, v = ARGV[i], ARGV[i + 1]
-    local cur = redis.call('HGET', fields_key, f)
+    local cur = stored[f]
     local write = true
     if cur then
       local t, b, cv = parse(cur)
@@ -160,16 +168,21 @@ if not skip_all and not (rts and newer(rts, rtb, ts, tb)) then
         write = false
       end
     end
-    if write then redis.call('HSET', fields_key, f, stamp .. v) end
+    if write then
+      stored[f] = stamp .. v
+      writes[#writes + 1] = f
+      writes[#writes + 1] = stored[f]
+    end
   end
+  -- One HSET for every field written.
+  if #writes > 0 then redis.call('HSET', fields_key, unpack(writes)) end
 end
-all = redis.call('HGETALL', fields_key)
 local names, values = {}, {}
-for i = 1, #all, 2 do
-  local _, _, v = parse(all[i + 1])
+for n, s in pairs(stored) do
+  local _, _, v = parse(s)
   if v ~= '' then
-    names[#names + 1] = all[i]
-    values[all[i]] = v
+    names[#names + 1] = n
+    values[n] = v
   end
 end
 table.sort(names)
