@@ -12,6 +12,7 @@ use rc_common::lists::{
     MAX_LISTS, MAX_SUBSCRIBERS, lists_index_key, lists_key, subscribers_key,
     subscription_preferences_key,
 };
+use rc_common::redis::Lua;
 use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -64,7 +65,8 @@ fn too_many(code: i64) -> AccountsError {
 }
 
 /// KEYS: lists, index. ARGV: id, now ms, now ISO, name, preferences JSON or "", max lists.
-const PUT_LIST: &str = r"
+static PUT_LIST: Lua = Lua::new(
+    r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local created = ARGV[3]
 if old then
@@ -77,12 +79,14 @@ if ARGV[5] ~= '' then doc['preferences'] = cjson.decode(ARGV[5]) end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
 redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
 return 1
-";
+",
+);
 
 /// KEYS: lists, index, subscribers, preferences. ARGV: list id, now ms, now ISO, mode
 /// (`add` | `replace`), max subscribers, max lists, then (user id, preferences JSON or "")
 /// pairs. Creates the list (named after its id) when absent, as Courier does.
-const SUBSCRIBE: &str = r"
+static SUBSCRIBE: Lua = Lua::new(
+    r"
 local distinct, new = {}, 0
 for i = 7, #ARGV, 2 do
   if not distinct[ARGV[i]] then
@@ -108,7 +112,8 @@ for i = 7, #ARGV, 2 do
   end
 end
 return new
-";
+",
+);
 
 async fn subscribe(
     state: &AppState,
@@ -124,10 +129,7 @@ async fn subscribe(
         )));
     }
     let (ms, iso) = now();
-    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    let mut script = SCRIPT
-        .get_or_init(|| redis::Script::new(SUBSCRIBE))
-        .prepare_invoke();
+    let mut script = SUBSCRIBE.script().prepare_invoke();
     script
         .key(lists_key(ws))
         .key(lists_index_key(ws))
@@ -267,7 +269,8 @@ pub async fn put_list(
     check("name", &b.name)?;
     let prefs = preferences(b.preferences)?;
     let (ms, iso) = now();
-    let n: i64 = redis::Script::new(PUT_LIST)
+    let n: i64 = PUT_LIST
+        .script()
         .key(lists_key(&ws))
         .key(lists_index_key(&ws))
         .arg(&id)

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rc_common::redis::RedisConn;
+use rc_common::redis::{Lua, RedisConn};
 use rc_common::shutdown::Shutdown;
 use rc_proto::EventType;
 use redis::AsyncCommands;
@@ -77,7 +77,8 @@ pub fn path_key(segment: &str) -> String {
 
 /// KEYS: seen marker, entries, counts, index, failure counts. ARGV: entry, at ms, payload,
 /// failure reason ("" when the event was fine), message id.
-const RECORD: &str = r"
+static RECORD: Lua = Lua::new(
+    r"
 local prev = redis.call('GET', KEYS[1])
 local mark = '1'
 if ARGV[4] ~= '' then mark = 'f' end
@@ -114,7 +115,8 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({first_ms = tonumber(first), last_ms = tonumber(ARGV[2]), payload = ARGV[3], last_status = status, last_error = last_error}))
 redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
 return n
-";
+",
+);
 
 /// An event as the catalog counts it: its workspace, message id, entry key, time and raw JSON.
 #[derive(Clone, Copy)]
@@ -141,7 +143,8 @@ pub async fn record(
         payload,
     } = *event;
     let mut conn = redis.clone();
-    redis::Script::new(RECORD)
+    RECORD
+        .script()
         .key(rc_common::keys::automations_of(ws, "seen", message_id, ""))
         .key(key(ws, "catalog"))
         .key(key(ws, "catalog:count"))
@@ -265,7 +268,7 @@ impl Tally {
         if batch.is_empty() {
             return Ok(());
         }
-        let script = &*RECORD_BATCH_SCRIPT;
+        let script = RECORD_BATCH.script();
         let mut pipe = redis::pipe();
         for (ws, w) in &batch {
             let mut inv = script.prepare_invoke();
@@ -325,13 +328,11 @@ pub async fn flush_every(tally: std::sync::Arc<Tally>, redis: RedisConn, shutdow
     }
 }
 
-static RECORD_BATCH_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(RECORD_BATCH));
-
 /// KEYS: entries, counts, index, then one seen marker per message. ARGV: the number of entries
 /// n, n × (entry, first ms, last ms, payload), then per message (its entry's 1-based index,
 /// message id). Counts each message not seen before, as RECORD does for one.
-const RECORD_BATCH: &str = r"
+static RECORD_BATCH: Lua = Lua::new(
+    r"
 local n = tonumber(ARGV[1])
 local counted = {}
 for k = 4, #KEYS do
@@ -372,7 +373,8 @@ for e, c in pairs(counted) do
   redis.call('ZADD', KEYS[3], last, entry)
 end
 return 0
-";
+",
+);
 
 async fn view(redis: &RedisConn, ws: &str, entry: &str, raw: Value) -> redis::RedisResult<Value> {
     let count: Option<i64> = redis.clone().hget(key(ws, "catalog:count"), entry).await?;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rc_common::Shutdown;
+use rc_common::redis::Lua;
 use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
@@ -23,7 +24,8 @@ use crate::store::{CLAIMS_KEY, DUE_KEY, now_ms};
 pub const MAX_DEAD_CLAIMS: i64 = 3;
 
 /// KEYS: due index, claim counts. ARGV: now ms, lease ms, max. Returns member, count, …
-const CLAIM: &str = r"
+static CLAIM: Lua = Lua::new(
+    r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, m in ipairs(due) do
@@ -32,12 +34,14 @@ for _, m in ipairs(due) do
   out[#out + 1] = redis.call('HINCRBY', KEYS[2], m, 1)
 end
 return out
-";
+",
+);
 
 /// Claims up to `max` due runs: `(member, claims in a row without a clean finish)`.
 pub async fn claim(engine: &Engine, max: usize) -> redis::RedisResult<Vec<(String, i64)>> {
     let mut conn = engine.redis.clone();
-    redis::Script::new(CLAIM)
+    CLAIM
+        .script()
         .key(DUE_KEY)
         .key(CLAIMS_KEY)
         .arg(now_ms())

@@ -3,7 +3,7 @@
 //! except the scheduler's global due index `rc:automations:due` (members `<ws>/<run id>`) and
 //! its claim counts `{rc:automations:due}:claims`.
 
-use rc_common::redis::RedisConn;
+use rc_common::redis::{Lua, RedisConn};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -297,7 +297,7 @@ end
 /// KEYS: run, status indexes (current first), run index, token set, then the run's filter
 /// indexes. ARGV: run JSON ('' to repair the indexes of an existing run), created ms, run id,
 /// '1' when the run has a token. 0 when the run already existed (nothing written).
-const INSERT_RUN: &str = concat!(
+static INSERT_RUN: Lua = Lua::new(concat!(
     set_status!(),
     r"
 if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
@@ -307,23 +307,23 @@ for i = 10, #KEYS do redis.call('ZADD', KEYS[i], 'NX', ARGV[2], ARGV[3]) end
 set_status(2, ARGV[2], ARGV[3])
 return 1
 "
-);
+));
 
 /// KEYS: run, status indexes (current first). ARGV: run JSON, created ms, run id.
-const SAVE_RUN: &str = concat!(
+static SAVE_RUN: Lua = Lua::new(concat!(
     set_status!(),
     r"
 redis.call('SET', KEYS[1], ARGV[1])
 set_status(2, ARGV[2], ARGV[3])
 "
-);
+));
 
 /// KEYS: run, canceled marker, run index, run expiry index, token set, indexed-keys hash, status
 /// indexes (current first). ARGV: run JSON, retention ms, run id, now ms, '1' when the run has a
 /// token, created ms, the run's filter index keys joined by `\n`.
 /// Prunes at most 100 expired runs per call from every index, so the cost stays bounded. The
 /// filter keys read back from the hash share the workspace's slot with the declared keys.
-const RETIRE_RUN: &str = concat!(
+static RETIRE_RUN: Lua = Lua::new(concat!(
     set_status!(),
     r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -345,7 +345,7 @@ for _, id in ipairs(old) do
 end
 return #old
 "
-);
+));
 
 /// Adds the run's status indexes to `script`: its current state's first, then the five others.
 fn status_keys(script: &mut redis::ScriptInvocation<'_>, run: &Run) {
@@ -365,7 +365,7 @@ pub async fn insert_run(redis: &RedisConn, run: &Run, repair: bool) -> redis::Re
         serde_json::to_string(run).expect("run serializes")
     };
     let token = run.cancelation_token.as_deref().unwrap_or("");
-    let script = redis::Script::new(INSERT_RUN);
+    let script = INSERT_RUN.script();
     let mut call = script.key(run_key(ws, &run.id));
     status_keys(&mut call, run);
     call.key(runs_key(ws)).key(token_key(ws, token));
@@ -385,7 +385,7 @@ pub async fn insert_run(redis: &RedisConn, run: &Run, repair: bool) -> redis::Re
 /// Saves a run in progress (a finished run is saved with its retention TTL by [`retire_run`]).
 pub async fn save_run(redis: &RedisConn, run: &Run) -> redis::RedisResult<()> {
     let raw = serde_json::to_string(run).expect("run serializes");
-    let script = redis::Script::new(SAVE_RUN);
+    let script = SAVE_RUN.script();
     let mut call = script.key(run_key(&run.workspace, &run.id));
     status_keys(&mut call, run);
     call.arg(raw)
@@ -401,7 +401,7 @@ pub async fn retire_run(redis: &RedisConn, run: &Run, retention_ms: i64) -> redi
     let ws = run.workspace.as_str();
     let raw = serde_json::to_string(run).expect("run serializes");
     let token = run.cancelation_token.as_deref().unwrap_or("");
-    let script = redis::Script::new(RETIRE_RUN);
+    let script = RETIRE_RUN.script();
     let mut call = script.key(run_key(ws, &run.id));
     call.key(canceled_key(ws, &run.id))
         .key(runs_key(ws))
@@ -482,11 +482,13 @@ pub async fn doc_exists(redis: &RedisConn, key: &str, id: &str) -> redis::RedisR
 
 /// KEYS: hash. ARGV: field, expected JSON, new JSON. Replaces the field only if it still
 /// holds what was read (a concurrent PUT wins).
-const REPLACE_IF: &str = r"
+static REPLACE_IF: Lua = Lua::new(
+    r"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
-";
+",
+);
 
 /// Gives automation template `id` the mapping `key` as its `trigger` unless it has one.
 /// False when the template does not exist.
@@ -510,7 +512,8 @@ pub async fn add_trigger(
             return Ok(true);
         }
         doc["trigger"] = Value::from(key);
-        let replaced: i64 = redis::Script::new(REPLACE_IF)
+        let replaced: i64 = REPLACE_IF
+            .script()
             .key(&hash)
             .arg(id)
             .arg(&raw)
@@ -527,7 +530,8 @@ pub async fn add_trigger(
 // ---- mappings ---------------------------------------------------------------------------------
 
 /// KEYS: mappings hash. ARGV: mapping key, template id. Adds the id to the key's list once.
-const LINK: &str = r"
+static LINK: Lua = Lua::new(
+    r"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local list = {}
 if raw then list = cjson.decode(raw) end
@@ -535,10 +539,12 @@ for _, v in ipairs(list) do if v == ARGV[2] then return 0 end end
 table.insert(list, ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(list))
 return 1
-";
+",
+);
 
 /// KEYS: mappings hash. ARGV: mapping key, template id. Returns 1 when the id was linked.
-const UNLINK: &str = r"
+static UNLINK: Lua = Lua::new(
+    r"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local list = cjson.decode(raw)
@@ -547,7 +553,8 @@ local found = 0
 for _, v in ipairs(list) do if v == ARGV[2] then found = 1 else table.insert(out, v) end end
 if #out == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(out)) end
 return found
-";
+",
+);
 
 pub async fn link(
     redis: &RedisConn,
@@ -555,7 +562,7 @@ pub async fn link(
     key: &str,
     template: &str,
 ) -> redis::RedisResult<()> {
-    redis::Script::new(LINK)
+    LINK.script()
         .key(mappings_key(ws))
         .arg(key)
         .arg(template)
@@ -571,7 +578,8 @@ pub async fn unlink(
     key: &str,
     template: &str,
 ) -> redis::RedisResult<bool> {
-    let found: i64 = redis::Script::new(UNLINK)
+    let found: i64 = UNLINK
+        .script()
         .key(mappings_key(ws))
         .arg(key)
         .arg(template)

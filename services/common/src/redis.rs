@@ -3,8 +3,8 @@
 //! Every key the services write is built by [`crate::keys`] (`{ws:<workspace>}:…`, hash tag on
 //! the workspace) so multi-key operations of one workspace stay in one cluster slot.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -128,6 +128,26 @@ impl ReplicaBarrier {
 
 /// Opens the connection handle. A single node connects lazily on first use; a cluster
 /// connects now to learn its slot map.
+/// A Lua script whose SHA1 (what `EVALSHA` sends) is computed once, not on every call:
+/// `static SCRIPT: Lua = Lua::new("…");` then `SCRIPT.script().key(…)`.
+pub struct Lua {
+    body: &'static str,
+    cell: OnceLock<redis::Script>,
+}
+
+impl Lua {
+    pub const fn new(body: &'static str) -> Self {
+        Self {
+            body,
+            cell: OnceLock::new(),
+        }
+    }
+
+    pub fn script(&'static self) -> &'static redis::Script {
+        self.cell.get_or_init(|| redis::Script::new(self.body))
+    }
+}
+
 pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
     let response = Duration::from_millis(settings.response_timeout_ms);
     let connect = Duration::from_millis(settings.connection_timeout_ms);
