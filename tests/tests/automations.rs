@@ -1717,3 +1717,61 @@ async fn linked_templates_get_the_event_as_their_trigger() {
     let (_, t) = a.get("/automations/templates/welcome").await;
     assert_eq!(t["trigger"], body["key"], "{t}");
 }
+
+/// A replica's cached answer for an event ("nothing mapped") is dropped when another replica
+/// links the event: the announcement, not the TTL (an hour here), makes the link visible. A
+/// change in one workspace leaves another's entries alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_on_one_replica_reaches_the_mapping_cache_of_the_others() {
+    use automations::mappings::{self, Mappings};
+    use std::sync::Arc;
+    let stack = Stack::start();
+    let redis = stack.redis_conn().await;
+    let shutdown = rc_common::Shutdown::new();
+    let hour = Duration::from_secs(3600);
+    let (a, b) = (Arc::new(Mappings::new(hour)), Arc::new(Mappings::new(hour)));
+    let (nats_a, nats_b) = (stack.nats_client().await, stack.nats_client().await);
+    for (m, nats) in [(&a, &nats_a), (&b, &nats_b)] {
+        let changes = mappings::subscribe(nats).await.unwrap();
+        nats.flush().await.unwrap();
+        tokio::spawn(mappings::listen(m.clone(), changes, shutdown.clone()));
+    }
+    let entry = "track:Signed Up";
+    assert!(b.get(&redis, "acme", entry).await.unwrap().is_empty());
+    assert!(b.get(&redis, "other", entry).await.unwrap().is_empty());
+
+    automations::store::link(&redis, "acme", entry, "welcome")
+        .await
+        .unwrap();
+    automations::store::link(&redis, "other", entry, "welcome")
+        .await
+        .unwrap();
+    a.changed(&nats_a, "acme").await;
+    rc_tests::forwarder::eventually(
+        "replica b sees the link",
+        Duration::from_secs(10),
+        async || b.get(&redis, "acme", entry).await.unwrap().as_ref() == ["welcome".to_string()],
+    )
+    .await;
+    // `other` was not announced: b still answers from its cache.
+    assert!(b.get(&redis, "other", entry).await.unwrap().is_empty());
+    // The replica that made the change answers at once.
+    assert_eq!(
+        a.get(&redis, "acme", entry).await.unwrap().as_ref(),
+        ["welcome".to_string()]
+    );
+
+    assert!(
+        automations::store::unlink(&redis, "acme", entry, "welcome")
+            .await
+            .unwrap()
+    );
+    a.changed(&nats_a, "acme").await;
+    rc_tests::forwarder::eventually(
+        "replica b sees the unlink",
+        Duration::from_secs(10),
+        async || b.get(&redis, "acme", entry).await.unwrap().is_empty(),
+    )
+    .await;
+    shutdown.trigger();
+}

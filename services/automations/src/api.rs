@@ -664,6 +664,7 @@ async fn create_mapping(
         }
     };
     store::link(redis, &ws, &key, &tid).await?;
+    state.mappings.changed(&state.engine.js.client(), &ws).await;
     let exists = store::doc_exists(redis, &store::templates_key(&ws), &tid).await?;
     Ok((
         StatusCode::CREATED,
@@ -686,7 +687,9 @@ async fn delete_mapping(
     Query(q): Query<MappingQuery>,
 ) -> Result<StatusCode, E> {
     let key = mapping_key(q.event.as_deref(), q.r#type.as_deref())?;
-    if !store::unlink(&state.engine.redis, &ws, &key, &q.template_id).await? {
+    let found = store::unlink(&state.engine.redis, &ws, &key, &q.template_id).await?;
+    state.mappings.changed(&state.engine.js.client(), &ws).await;
+    if !found {
         return Err(E::NotFound(format!(
             "no mapping of {key:?} to {:?}",
             q.template_id

@@ -20,6 +20,7 @@ pub struct EventHandler {
     pub engine: Engine,
     /// Accepted events' catalog counts, written in batches.
     pub tally: std::sync::Arc<catalog::Tally>,
+    pub mappings: std::sync::Arc<crate::mappings::Mappings>,
 }
 
 fn json_of(bytes: &[u8]) -> Value {
@@ -139,10 +140,7 @@ impl EventHandler {
             return Ok(Some(reason));
         }
 
-        let mapped: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), &entry)
-            .await?
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
+        let mapped = self.mappings.get(redis, ws, &entry).await?;
         if inline.is_none() && mapped.is_empty() {
             // Counted; nothing to start.
             return Ok(None);
@@ -229,8 +227,8 @@ impl EventHandler {
         let ctx = context(
             &json!({"data": a.get("data"), "recipient": a.get("recipient"), "profile": a.get("profile"), "brand": a.get("brand")}),
         );
-        for tid in mapped {
-            let Some(t) = store::hget_json(redis, &store::templates_key(ws), &tid).await? else {
+        for tid in mapped.iter() {
+            let Some(t) = store::hget_json(redis, &store::templates_key(ws), tid).await? else {
                 // Shown in the catalog entry (`automations[].status: missing`).
                 tracing::warn!(
                     workspace = ws,
@@ -240,7 +238,7 @@ impl EventHandler {
                 metrics::counter!("automations_missing_template_total").increment(1);
                 continue;
             };
-            self.start_run(ws, env, &tid, &t, None, ctx.clone(), &tid, &mut created)
+            self.start_run(ws, env, tid, &t, None, ctx.clone(), tid, &mut created)
                 .await?;
         }
         for id in created {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod mappings;
 pub mod refs;
 pub mod scheduler;
 pub mod steps;
@@ -70,6 +71,7 @@ rc_common::settings! {
 pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub engine: Engine,
+    pub mappings: Arc<mappings::Mappings>,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -130,9 +132,17 @@ pub async fn run(
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));
     let tally = Arc::new(catalog::Tally::default());
+    let mappings = Arc::new(mappings::Mappings::default());
+    let changes = mappings::subscribe(&rt.nats).await?;
+    rt.spawn(mappings::listen(
+        mappings.clone(),
+        changes,
+        rt.shutdown.clone(),
+    ));
     let handler = Arc::new(events::EventHandler {
         engine: engine.clone(),
         tally: tally.clone(),
+        mappings: mappings.clone(),
     });
     let redis = rt.redis.clone();
     rt.spawn(catalog::flush_every(
@@ -157,6 +167,7 @@ pub async fn run(
     let state = AppState {
         auth: rt.authenticator(&settings.auth),
         engine,
+        mappings,
     };
     let app = app(state);
     rt.serve(app).await

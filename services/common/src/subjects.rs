@@ -132,6 +132,23 @@ pub mod dlq_headers {
     pub const SERVICE: &str = "Rc-Service";
 }
 
+/// Core NATS (no stream): automations replicas tell each other that a workspace's event →
+/// automation mappings changed, so their in-memory copies are dropped at once. Internal to the
+/// automations service, not part of the public contract.
+pub fn mappings_changed(workspace: &str) -> String {
+    format!("{MAPPINGS_CHANGED_PREFIX}{workspace}")
+}
+
+const MAPPINGS_CHANGED_PREFIX: &str = "automations.mappings.";
+
+/// Every workspace's [`mappings_changed`] (the replicas' subscription).
+pub const MAPPINGS_CHANGED_ALL: &str = "automations.mappings.*";
+
+/// The workspace a [`mappings_changed`] subject names.
+pub fn mappings_changed_workspace(subject: &str) -> Option<&str> {
+    subject.strip_prefix(MAPPINGS_CHANGED_PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
