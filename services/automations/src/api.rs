@@ -96,9 +96,9 @@ async fn start(
         .create(ws, new(id.clone()))
         .await
         .map_err(|t| E::Unavailable(t.0))?;
-    if created {
-        let (engine, ws2, id2) = (state.engine.clone(), ws.to_string(), id.clone());
-        tokio::spawn(async move { engine.execute_logged(&ws2, &id2).await });
+    if let Some(run) = created {
+        let engine = state.engine.clone();
+        tokio::spawn(async move { engine.execute_created(run).await });
     }
     Ok(Json(json!({"runId": id})))
 }

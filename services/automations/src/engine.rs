@@ -92,10 +92,11 @@ impl Engine {
     }
 
     /// Creates the run unless a run with that id exists (durably: SET NX, token index, due
-    /// index with a lease held by this process). Returns true when this call created it; the
-    /// caller then spawns [`Engine::execute`]. An existing, unfinished run that is missing from
-    /// the due index (a crash between the two writes) is put back.
-    pub async fn create(&self, ws: &str, new: NewRun) -> Result<bool, Transient> {
+    /// index with a lease held by this process). Returns the run when this call created it; the
+    /// caller then spawns [`Engine::execute_created`] (no need to read back what it just wrote).
+    /// An existing, unfinished run that is missing from the due index (a crash between the two
+    /// writes) is put back.
+    pub async fn create(&self, ws: &str, new: NewRun) -> Result<Option<Run>, Transient> {
         let now = now_ms();
         let run = Run {
             id: new.id,
@@ -138,7 +139,7 @@ impl Engine {
                 .query_async::<()>(&mut conn)
                 .await?;
         }
-        Ok(created)
+        Ok(created.then_some(run))
     }
 
     /// Marks every run registered under `token` (except `except`) canceled and makes it due now,
@@ -234,10 +235,23 @@ impl Engine {
     /// Executes the run as far as it can go now. Errors are transient: the lease expires and
     /// the run is retried.
     pub async fn execute(&self, ws: &str, id: &str) -> Result<(), Transient> {
-        let member = due_member(ws, id);
-        let Some(mut run) = store::load_run(&self.redis, ws, id).await? else {
-            return self.settle(&member, None).await;
+        let Some(run) = store::load_run(&self.redis, ws, id).await? else {
+            return self.settle(&due_member(ws, id), None).await;
         };
+        self.execute_run(run).await
+    }
+
+    /// [`Engine::execute`] of a run this process has just created (and holds the lease of).
+    pub async fn execute_created(&self, run: Run) {
+        let (ws, id) = (run.workspace.clone(), run.id.clone());
+        let result = self.execute_run(run).await;
+        self.log_transient(&ws, &id, result).await;
+    }
+
+    async fn execute_run(&self, mut run: Run) -> Result<(), Transient> {
+        let (ws, id) = (run.workspace.clone(), run.id.clone());
+        let (ws, id) = (ws.as_str(), id.as_str());
+        let member = due_member(ws, id);
         if run.is_terminal() {
             return self.settle(&member, None).await;
         }
@@ -246,11 +260,13 @@ impl Engine {
         }
         loop {
             let index = run.step;
-            let canceled: bool = self
-                .redis
-                .clone()
-                .exists(store::canceled_key(ws, id))
-                .await?;
+            // Only `cancel_token` flags a run, and only a run registered under a token.
+            let canceled = run.cancelation_token.is_some()
+                && self
+                    .redis
+                    .clone()
+                    .exists::<_, bool>(store::canceled_key(ws, id))
+                    .await?;
             if canceled {
                 let action = action_name(run.steps.get(index));
                 let reason = Some("canceled by token".into());
@@ -401,7 +417,12 @@ impl Engine {
     }
 
     pub async fn execute_logged(&self, ws: &str, id: &str) {
-        if let Err(Transient(e)) = self.execute(ws, id).await {
+        let result = self.execute(ws, id).await;
+        self.log_transient(ws, id, result).await;
+    }
+
+    async fn log_transient(&self, ws: &str, id: &str, result: Result<(), Transient>) {
+        if let Err(Transient(e)) = result {
             tracing::warn!(workspace = ws, run_id = id, error = %e, "Run step failed transiently; it will be retried when its lease expires");
             // The process lived: an outage is not a crash, so it does not count toward
             // quarantine. (If Redis is what failed, this may fail too; then it counts once.)

@@ -202,9 +202,7 @@ impl EventHandler {
                     source_message_id: env.message_id.clone(),
                     depth: 0,
                 };
-                if self.engine.create(ws, new).await? {
-                    created.push(id);
-                }
+                created.extend(self.engine.create(ws, new).await?);
             } else if let Some((tid, t)) = &inline_template {
                 self.start_run(
                     ws,
@@ -241,9 +239,9 @@ impl EventHandler {
             self.start_run(ws, env, tid, &t, None, ctx.clone(), tid, &mut created)
                 .await?;
         }
-        for id in created {
-            let (engine, ws) = (self.engine.clone(), ws.to_string());
-            tokio::spawn(async move { engine.execute_logged(&ws, &id).await });
+        for run in created {
+            let engine = self.engine.clone();
+            tokio::spawn(async move { engine.execute_created(run).await });
         }
         Ok(None)
     }
@@ -258,7 +256,7 @@ impl EventHandler {
         token: Option<String>,
         context: Value,
         salt: &str,
-        created: &mut Vec<String>,
+        created: &mut Vec<crate::store::Run>,
     ) -> Result<(), Transient> {
         let id = store::derive_id(&[ws, &env.message_id, salt]);
         let new = NewRun {
@@ -275,9 +273,7 @@ impl EventHandler {
             source_message_id: env.message_id.clone(),
             depth: 0,
         };
-        if self.engine.create(ws, new).await? {
-            created.push(id);
-        }
+        created.extend(self.engine.create(ws, new).await?);
         Ok(())
     }
 }

@@ -55,7 +55,8 @@ pub(crate) async fn execute(
                 depth: run.depth + 1,
             },
         )
-        .await?;
+        .await?
+        .is_some();
     if created {
         // Due now: the scheduler (any replica) runs it within one poll interval.
         engine.make_due_now(ws, &child_id).await?;
