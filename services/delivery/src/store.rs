@@ -109,7 +109,8 @@ impl StatusChange {
 }
 
 pub enum Claim {
-    Claimed,
+    /// The lease is this worker's; the record as the claim left it.
+    Claimed(Box<Record>),
     Done,
     /// Another worker holds the send lease until this epoch ms.
     Busy(i64),
@@ -118,12 +119,15 @@ pub enum Claim {
     Missing,
 }
 
+// Returns {1 when created, the enqueued ms}.
 const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, tonumber(redis.call('HGET', KEYS[1], 'enqueued') or ARGV[1])}
+end
 redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'status', 'ENQUEUED', 'rank', 0, 'enqueued', ARGV[1],
   'phase', 'enqueued', 'providers', '[]', 'attempts', 0)
 redis.call('RPUSH', KEYS[2], ARGV[3])
-return 1
+return {1, tonumber(ARGV[1])}
 "#;
 
 // Phases: enqueued (new), scheduled (a retry in the due index), sending (leased), done.
@@ -140,7 +144,10 @@ local nb = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0')
 if nb > now then return 'wait:' .. tostring(nb) end
 redis.call('HSET', KEYS[1], 'phase', 'sending', 'lease', tostring(now + tonumber(ARGV[2])))
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 'ok'
+-- The claimed record itself, so the sender needs no second read.
+local out = redis.call('HGETALL', KEYS[1])
+table.insert(out, 1, 'ok')
+return out
 "#;
 
 // ARGV: now, nfields, (field, value)*, ndel, field*, nstatus,
@@ -245,7 +252,7 @@ impl Store {
     pub async fn create(&self, ws: &str, id: &str, meta: &Meta) -> redis::RedisResult<bool> {
         let now = now_ms();
         let mut conn = self.redis.clone();
-        let created: i64 = self
+        let (created, score): (i64, i64) = self
             .create
             .key(msg_key(ws, id))
             .key(history_key(ws, id))
@@ -254,8 +261,6 @@ impl Store {
             .arg(history_entry("ENQUEUED", now, "", ""))
             .invoke_async(&mut conn)
             .await?;
-        let enqueued: Option<i64> = conn.hget(msg_key(ws, id), "enqueued").await?;
-        let score = enqueued.unwrap_or(now);
         let mut pipe = redis::pipe();
         pipe.cmd("ZADD")
             .arg(index_key(ws))
@@ -278,13 +283,29 @@ impl Store {
 
     pub async fn claim(&self, ws: &str, id: &str, lease_ms: u64) -> redis::RedisResult<Claim> {
         let mut conn = self.redis.clone();
-        let answer: String = self
+        let reply: redis::Value = self
             .claim
             .key(msg_key(ws, id))
             .arg(now_ms())
             .arg(lease_ms)
             .invoke_async(&mut conn)
             .await?;
+        let answer: String = match reply {
+            redis::Value::Array(items) => {
+                let mut fields: Vec<String> = redis::from_redis_value(redis::Value::Array(items))?;
+                if fields.is_empty() {
+                    return Ok(Claim::Missing);
+                }
+                fields.remove(0);
+                let mut map = HashMap::with_capacity(fields.len() / 2);
+                let mut it = fields.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    map.insert(k, v);
+                }
+                return Ok(Claim::Claimed(Box::new(Record::from_map(id, map))));
+            }
+            other => redis::from_redis_value(other)?,
+        };
         let at = |prefix: &str| {
             answer
                 .strip_prefix(prefix)
@@ -292,7 +313,6 @@ impl Store {
                 .unwrap_or_else(now_ms)
         };
         Ok(match answer.as_str() {
-            "ok" => Claim::Claimed,
             "done" => Claim::Done,
             "missing" => Claim::Missing,
             a if a.starts_with("busy:") => Claim::Busy(at("busy:")),

@@ -186,12 +186,12 @@ impl Worker {
     ) -> Result<(), Error> {
         // The request is kept in Redis only when a retry needs it; the due index has it already.
         let keep = (source == Source::Stream).then_some(payload);
-        match self
+        let record = match self
             .store
             .claim(ws, id, self.config.lease.as_millis() as u64)
             .await?
         {
-            Claim::Claimed => {}
+            Claim::Claimed(record) => record,
             Claim::Done | Claim::Missing if source == Source::Due => {
                 self.store.unschedule(ws, id).await?;
                 return Ok(());
@@ -204,7 +204,7 @@ impl Worker {
                 self.store.schedule(ws, id, keep, at).await?;
                 return Ok(());
             }
-        }
+        };
 
         let providers = self.registry.load(ws).await?;
         let done = |status: &'static str, reason: &str, error: String| StatusChange {
@@ -246,11 +246,6 @@ impl Worker {
             } else {
                 None
             };
-        let record = self
-            .store
-            .load(ws, id)
-            .await?
-            .ok_or_else(|| Error::Retry("message record vanished".into()))?;
         let mut entries = record.providers.clone();
         let mut later: Option<Later> = None;
         let single = prepared.method == Method::Single;
