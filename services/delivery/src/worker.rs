@@ -138,12 +138,12 @@ impl Worker {
         };
         if self.store.create(ws, id, &meta).await? {
             metrics::counter!("delivery_messages_total").increment(1);
+            // New: ENQUEUED is its only status; it goes out with the attempt's statuses (one
+            // read, one mark, acks awaited together), every way out of `attempt` publishes.
+        } else {
+            // A redelivery: publish what an earlier attempt recorded but did not publish.
+            self.publish_pending(ws, id).await?;
         }
-        // Publish what an earlier attempt may have recorded but not published.
-        self.publisher
-            .publish_pending(&self.store, ws, id)
-            .await
-            .map_err(Error::Unavailable)?;
         self.attempt(ws, id, &req, &prepared, &message.payload, Source::Stream)
             .await
     }
@@ -196,13 +196,13 @@ impl Worker {
                 self.store.unschedule(ws, id).await?;
                 return Ok(());
             }
-            Claim::Done => return Ok(()),
+            Claim::Done => return self.publish_pending(ws, id).await,
             Claim::Missing => return Err(Error::Retry("message record vanished".into())),
             // Another worker holds the lease, or a retry is due later: make sure the due index
             // has it then (a crashed lease holder's message comes back), and let go.
             Claim::Busy(at) | Claim::Wait(at) => {
                 self.store.schedule(ws, id, keep, at).await?;
-                return Ok(());
+                return self.publish_pending(ws, id).await;
             }
         };
 
@@ -240,7 +240,7 @@ impl Worker {
                     ];
                     self.store.transition(ws, id, &fields, &[], &[]).await?;
                     self.store.schedule(ws, id, keep, due).await?;
-                    return Ok(());
+                    return self.publish_pending(ws, id).await;
                 };
                 Some(slot)
             } else {
@@ -375,11 +375,7 @@ impl Worker {
                         .transition(ws, id, &fields, &[], &statuses)
                         .await?;
                     self.store.schedule(ws, id, keep, due).await?;
-                    return self
-                        .publisher
-                        .publish_pending(&self.store, ws, id)
-                        .await
-                        .map_err(Error::Unavailable);
+                    return self.publish_pending(ws, id).await;
                 }
                 if !sent {
                     statuses.push(done(
@@ -404,6 +400,14 @@ impl Worker {
         }
         self.finish(ws, id, Some(providers_json), statuses, source)
             .await
+    }
+
+    /// Publishes the message's statuses not published yet (see [`Publisher::publish_pending`]).
+    async fn publish_pending(&self, ws: &str, id: &str) -> Result<(), Error> {
+        self.publisher
+            .publish_pending(&self.store, ws, id)
+            .await
+            .map_err(Error::Unavailable)
     }
 
     /// `retry_base × 2^(attempts-1)`, at most `max_backoff`.
@@ -509,10 +513,7 @@ impl Worker {
         self.store
             .transition(ws, id, &fields, &["request", "not_before"], &statuses)
             .await?;
-        self.publisher
-            .publish_pending(&self.store, ws, id)
-            .await
-            .map_err(Error::Unavailable)?;
+        self.publish_pending(ws, id).await?;
         if source == Source::Due {
             self.store.unschedule(ws, id).await?;
         }
