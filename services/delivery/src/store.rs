@@ -119,13 +119,19 @@ pub enum Claim {
     Missing,
 }
 
-// Returns {1 when created, the enqueued ms}.
+// ARGV: now, meta, history entry, lease ms ('' = create unclaimed). A new message given a lease
+// is created already claimed (`sending`), as CLAIM would leave it. Returns {1 when created, the
+// enqueued ms}.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, tonumber(redis.call('HGET', KEYS[1], 'enqueued') or ARGV[1])}
 end
 redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'status', 'ENQUEUED', 'rank', 0, 'enqueued', ARGV[1],
   'phase', 'enqueued', 'providers', '[]', 'attempts', 0)
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'phase', 'sending', 'lease', tostring(tonumber(ARGV[1]) + tonumber(ARGV[4])),
+    'attempts', 1)
+end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return {1, tonumber(ARGV[1])}
 "#;
@@ -250,6 +256,28 @@ impl Store {
 
     /// Creates the message (ENQUEUED) unless it exists; indexes it either way (idempotent).
     pub async fn create(&self, ws: &str, id: &str, meta: &Meta) -> redis::RedisResult<bool> {
+        Ok(self.insert(ws, id, meta, None).await?.is_some())
+    }
+
+    /// [`Store::create`], and a message this call creates is claimed for `lease_ms` in the same
+    /// script (the record as [`Store::claim`] would answer it); `None` when it existed.
+    pub async fn create_claimed(
+        &self,
+        ws: &str,
+        id: &str,
+        meta: &Meta,
+        lease_ms: u64,
+    ) -> redis::RedisResult<Option<Box<Record>>> {
+        self.insert(ws, id, meta, Some(lease_ms)).await
+    }
+
+    async fn insert(
+        &self,
+        ws: &str,
+        id: &str,
+        meta: &Meta,
+        lease_ms: Option<u64>,
+    ) -> redis::RedisResult<Option<Box<Record>>> {
         let now = now_ms();
         let mut conn = self.redis.clone();
         let (created, score): (i64, i64) = self
@@ -259,6 +287,7 @@ impl Store {
             .arg(now)
             .arg(serde_json::to_string(meta).unwrap_or_default())
             .arg(history_entry("ENQUEUED", now, "", ""))
+            .arg(lease_ms.map(|l| l.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         let mut pipe = redis::pipe();
@@ -278,7 +307,24 @@ impl Store {
         }
         // Not atomic across the two index keys (different slots): each ZADD NX is idempotent.
         let _: () = pipe.query_async(&mut conn).await?;
-        Ok(created == 1)
+        Ok((created == 1).then(|| {
+            Box::new(Record {
+                id: id.to_string(),
+                meta: meta.clone(),
+                status: "ENQUEUED".into(),
+                phase: if lease_ms.is_some() {
+                    "sending"
+                } else {
+                    "enqueued"
+                }
+                .into(),
+                reason: String::new(),
+                error: String::new(),
+                providers: Vec::new(),
+                timestamps: HashMap::from([("enqueued".to_string(), now)]),
+                claims: u32::from(lease_ms.is_some()),
+            })
+        }))
     }
 
     pub async fn claim(&self, ws: &str, id: &str, lease_ms: u64) -> redis::RedisResult<Claim> {

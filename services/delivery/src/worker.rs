@@ -20,7 +20,7 @@ use crate::limits::{Circuits, Gate, WorkspaceLimiter};
 use crate::providers::{Kind, Registry, RegistryError};
 use crate::routing::{Method, Prepared, Route, route};
 use crate::send::{Outgoing, SendResult, Senders};
-use crate::store::{Claim, Meta, ProviderEntry, StatusChange, Store, now_ms};
+use crate::store::{Claim, Meta, ProviderEntry, Record, StatusChange, Store, now_ms};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -136,15 +136,19 @@ impl Worker {
             automation_template: req.automation_template.clone(),
             brand: req.brand.clone(),
         };
-        if self.store.create(ws, id, &meta).await? {
+        let lease = self.config.lease.as_millis() as u64;
+        let claimed = self.store.create_claimed(ws, id, &meta, lease).await?;
+        if claimed.is_some() {
             metrics::counter!("delivery_messages_total").increment(1);
-            // New: ENQUEUED is its only status; it goes out with the attempt's statuses (one
-            // read, one mark, acks awaited together), every way out of `attempt` publishes.
+            // New (and claimed by the same script): ENQUEUED is its only status; it goes out
+            // with the attempt's statuses (one read, one mark, acks awaited together), every
+            // way out of `attempt` publishes.
         } else {
             // A redelivery: publish what an earlier attempt recorded but did not publish.
             self.publish_pending(ws, id).await?;
         }
-        self.attempt(ws, id, &req, &prepared, &message.payload, Source::Stream)
+        let source = Source::Stream;
+        self.attempt(ws, id, &req, &prepared, &message.payload, source, claimed)
             .await
     }
 
@@ -169,12 +173,14 @@ impl Worker {
             }
         };
         let prepared = Prepared::from_request(&req);
-        self.attempt(ws, id, &req, &prepared, &bytes, Source::Due)
+        self.attempt(ws, id, &req, &prepared, &bytes, Source::Due, None)
             .await
     }
 
-    /// Claims the message and makes one provider call per target still to send; records the
-    /// answers, then finishes it or schedules its retry.
+    /// Claims the message (unless `claimed` holds it, created claimed) and makes one provider
+    /// call per target still to send; records the answers, then finishes it or schedules its
+    /// retry.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         ws: &str,
@@ -183,14 +189,19 @@ impl Worker {
         prepared: &Prepared,
         payload: &[u8],
         source: Source,
+        claimed: Option<Box<Record>>,
     ) -> Result<(), Error> {
         // The request is kept in Redis only when a retry needs it; the due index has it already.
         let keep = (source == Source::Stream).then_some(payload);
-        let record = match self
-            .store
-            .claim(ws, id, self.config.lease.as_millis() as u64)
-            .await?
-        {
+        let claim = match claimed {
+            Some(record) => Claim::Claimed(record),
+            None => {
+                self.store
+                    .claim(ws, id, self.config.lease.as_millis() as u64)
+                    .await?
+            }
+        };
+        let record = match claim {
             Claim::Claimed(record) => record,
             Claim::Done | Claim::Missing if source == Source::Due => {
                 self.store.unschedule(ws, id).await?;
