@@ -331,7 +331,10 @@ impl Engine {
             let detail = format!("if {:?} is false", cond.source);
             self.record(run, index, action, StepStatus::Skipped, Some(detail));
             run.step += 1;
-            store::save_run(&self.redis, run).await?;
+            // The last step: retiring the run writes it (see below).
+            if run.step < run.steps.len() {
+                store::save_run(&self.redis, run).await?;
+            }
             return Ok(Flow::Next);
         }
         match self.step(run, index, &step.action).await? {
@@ -346,7 +349,12 @@ impl Engine {
                 run.state = RunState::Running;
                 run.wake_at_ms = None;
                 run.retries = 0;
-                store::save_run(&self.redis, run).await?;
+                // After the last step the run is retired at once (completed, or canceled),
+                // which writes all of it: a crash before that re-executes the step, as a crash
+                // before this save would (steps' effects are idempotent).
+                if run.step < run.steps.len() {
+                    store::save_run(&self.redis, run).await?;
+                }
                 Ok(Flow::Next)
             }
             StepDone::Wait(until, detail) => {
