@@ -99,7 +99,7 @@ impl Scenario {
 
     /// Event `i` of a phase tagged `tag`; its effect names `{tag}-{i}`. ~0.8–1 KB, like what
     /// RudderStack sends.
-    fn body(self, tag: &str) -> Body {
+    pub fn body(self, tag: &str) -> Body {
         let tag = tag.to_string();
         Arc::new(move |i| {
             let id = format!("{tag}-{i}");

@@ -10,15 +10,20 @@
 //!    from /proc, p50/p99 from the HTTP request to the effect), then as a burst (throughput at
 //!    saturation). Redis `INFO commandstats` splits redis-server's share per command.
 //!
+//! 3. The identify path's floor (`floor.rs`): the same NATS and Redis operations per event,
+//!    driven by one minimal client process at the same rate and count, beside the services'
+//!    figures; `--skip-floor` leaves it out.
+//!
 //! Prints Markdown (and writes it to `--out FILE`; scripts/bench.sh puts it into BENCHMARKS.md).
 //!
 //! Usage: rc-bench [--rate N] [--count N] [--scenario identify,group,track,inline] [--seconds N]
 //!        [--connections N] [--topology r1,r1-fsync,r3] [--durable] [--skip-raw] [--skip-e2e]
-//!        [--out FILE]
+//!        [--skip-floor] [--out FILE]
 //!
 //! `--topology` runs everything once per NATS setup, side by side (`--durable` = `r1-fsync`).
 
 mod e2e;
+mod floor;
 mod load;
 mod procfs;
 mod raw;
@@ -84,6 +89,7 @@ struct Args {
     scenarios: Vec<Scenario>,
     raw: bool,
     e2e: bool,
+    floor: bool,
     out: Option<String>,
 }
 
@@ -97,6 +103,7 @@ fn args() -> Args {
         scenarios: Scenario::ALL.to_vec(),
         raw: true,
         e2e: true,
+        floor: true,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -118,6 +125,7 @@ fn args() -> Args {
                     .collect()
             }
             "--durable" => a.topologies = vec![Topology::R1Fsync],
+            "--skip-floor" => a.floor = false,
             "--topology" => {
                 a.topologies = value()
                     .split(',')
@@ -470,11 +478,72 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
     }
     let _ = writeln!(md);
     debug_assert_eq!(watched.len(), SERVICES.len() + 2);
+
+    let identify = results.iter().find(|r| {
+        r.scenario == Scenario::Identify && matches!(r.phase, Phase::Paced { .. }) && r.complete()
+    });
+    if let (true, Topology::R1, Some(services)) = (args.floor, topology, identify) {
+        // Its own servers, after this stack is gone.
+        drop(d);
+        drop(stack);
+        eprintln!("floor: the identify path's operations from one minimal client …");
+        let f = floor::run(args.count, args.rate, ticks).await;
+        let n = SERVICES.len();
+        let own: f64 = services.cpu_us[..n].iter().sum();
+        let s = [services.cpu_us[n], services.cpu_us[n + 1], own];
+        let total = |x: &[f64; 3]| x.iter().sum::<f64>();
+        let _ = writeln!(
+            md,
+            "### Floor: the identify path's servers driven directly
+
+{} identify events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server: the ingress's parser and JetStream publish (ack awaited, no HTTP), profiles' own identify handler on a durable pull consumer (merge script, `profile.updated` publish, ack), a second durable consumer for automations (decode, ack), {CONC} handlers in flight each.\n",
+            num(args.count as f64),
+            num(args.rate),
+            CONC = floor::CONCURRENCY,
+        );
+        let _ = writeln!(
+            md,
+            "| identify at {}/s | nats-server | redis-server | services / client | **total** | events/s |\n|---|---:|---:|---:|---:|---:|",
+            num(args.rate)
+        );
+        let _ = writeln!(
+            md,
+            "| the services (end to end, above) | {} | {} | {} | **{}** | {} |",
+            num(s[0]),
+            num(s[1]),
+            num(s[2]),
+            num(total(&s)),
+            num(services.accepted as f64 / services.seconds)
+        );
+        let _ = writeln!(
+            md,
+            "| floor: the same operations from one minimal client | {} | {} | {} | **{}** | {} |",
+            num(f.cpu_us[0]),
+            num(f.cpu_us[1]),
+            num(f.cpu_us[2]),
+            num(total(&f.cpu_us)),
+            num(f.events_per_s)
+        );
+        let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
+        let _ = writeln!(
+            md,
+            "| services ÷ floor | {} | {} | {} | **{}** | |\n",
+            ratio(s[0], f.cpu_us[0]),
+            ratio(s[1], f.cpu_us[1]),
+            ratio(s[2], f.cpu_us[2]),
+            ratio(total(&s), total(&f.cpu_us))
+        );
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--floor-worker") {
+        let n = |i: usize| argv[i].parse::<f64>().expect("a number");
+        floor::worker(&argv[2], &argv[3], n(4) as u64, n(5)).await;
+        return;
+    }
     if argv.get(1).map(String::as_str) == Some("--bare-handler") {
         raw::bare_handler(&argv[2], &argv[3]).await;
         return;
