@@ -466,6 +466,7 @@ async fn a_run_whose_claimers_keep_dying_is_quarantined_not_executed_again() {
         lease_ms: 0,
         retention_ms: 60_000,
         allow_private_networks: true,
+        config: Default::default(),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut claims = 0;

@@ -1718,46 +1718,67 @@ async fn linked_templates_get_the_event_as_their_trigger() {
     assert_eq!(t["trigger"], body["key"], "{t}");
 }
 
-/// A replica's cached answer for an event ("nothing mapped") is dropped when another replica
-/// links the event: the announcement, not the TTL (an hour here), makes the link visible. A
-/// change in one workspace leaves another's entries alone.
+/// A replica's cached answers ("nothing mapped", a template) are dropped when another replica
+/// changes the workspace's configuration: the announcement, not the TTL (an hour here), makes
+/// the change visible. A change in one workspace leaves another's entries alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_link_on_one_replica_reaches_the_mapping_cache_of_the_others() {
-    use automations::mappings::{self, Mappings};
+async fn a_change_on_one_replica_reaches_the_config_cache_of_the_others() {
+    use automations::cached::{self, Config};
     use std::sync::Arc;
     let stack = Stack::start();
     let redis = stack.redis_conn().await;
     let shutdown = rc_common::Shutdown::new();
     let hour = Duration::from_secs(3600);
-    let (a, b) = (Arc::new(Mappings::new(hour)), Arc::new(Mappings::new(hour)));
+    let (a, b) = (Arc::new(Config::new(hour)), Arc::new(Config::new(hour)));
     let (nats_a, nats_b) = (stack.nats_client().await, stack.nats_client().await);
     for (m, nats) in [(&a, &nats_a), (&b, &nats_b)] {
-        let changes = mappings::subscribe(nats).await.unwrap();
+        let changes = cached::subscribe(nats).await.unwrap();
         nats.flush().await.unwrap();
-        tokio::spawn(mappings::listen(m.clone(), changes, shutdown.clone()));
+        tokio::spawn(cached::listen(m.clone(), changes, shutdown.clone()));
     }
     let entry = "track:Signed Up";
-    assert!(b.get(&redis, "acme", entry).await.unwrap().is_empty());
-    assert!(b.get(&redis, "other", entry).await.unwrap().is_empty());
+    assert!(b.mapped(&redis, "acme", entry).await.unwrap().is_empty());
+    assert!(b.mapped(&redis, "other", entry).await.unwrap().is_empty());
+    assert!(
+        b.template(&redis, "acme", "welcome")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
-    automations::store::link(&redis, "acme", entry, "welcome")
-        .await
-        .unwrap();
-    automations::store::link(&redis, "other", entry, "welcome")
-        .await
-        .unwrap();
+    for ws in ["acme", "other"] {
+        automations::store::link(&redis, ws, entry, "welcome")
+            .await
+            .unwrap();
+    }
+    let doc = json!({"id": "welcome", "steps": []});
+    automations::store::put_doc(
+        &redis,
+        &automations::store::templates_key("acme"),
+        "welcome",
+        &doc,
+    )
+    .await
+    .unwrap();
     a.changed(&nats_a, "acme").await;
     rc_tests::forwarder::eventually(
         "replica b sees the link",
         Duration::from_secs(10),
-        async || b.get(&redis, "acme", entry).await.unwrap().as_ref() == ["welcome".to_string()],
+        async || b.mapped(&redis, "acme", entry).await.unwrap().as_ref() == ["welcome".to_string()],
     )
     .await;
+    assert_eq!(
+        b.template(&redis, "acme", "welcome")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&doc)
+    );
     // `other` was not announced: b still answers from its cache.
-    assert!(b.get(&redis, "other", entry).await.unwrap().is_empty());
+    assert!(b.mapped(&redis, "other", entry).await.unwrap().is_empty());
     // The replica that made the change answers at once.
     assert_eq!(
-        a.get(&redis, "acme", entry).await.unwrap().as_ref(),
+        a.mapped(&redis, "acme", entry).await.unwrap().as_ref(),
         ["welcome".to_string()]
     );
 
@@ -1770,7 +1791,7 @@ async fn a_link_on_one_replica_reaches_the_mapping_cache_of_the_others() {
     rc_tests::forwarder::eventually(
         "replica b sees the unlink",
         Duration::from_secs(10),
-        async || b.get(&redis, "acme", entry).await.unwrap().is_empty(),
+        async || b.mapped(&redis, "acme", entry).await.unwrap().is_empty(),
     )
     .await;
     shutdown.trigger();

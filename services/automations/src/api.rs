@@ -543,6 +543,11 @@ async fn create_doc<K: DocKind>(
             K::NOUN
         )));
     }
+    state
+        .engine
+        .config
+        .changed(&state.engine.js.client(), &ws)
+        .await;
     Ok((StatusCode::CREATED, Json(doc)))
 }
 
@@ -568,6 +573,11 @@ async fn put_doc<K: DocKind>(
     let old = store::hget_json(&state.engine.redis, &key, &id).await?;
     let doc = K::document(&state.engine, b, id.clone(), old)?;
     store::put_doc(&state.engine.redis, &key, &id, &doc).await?;
+    state
+        .engine
+        .config
+        .changed(&state.engine.js.client(), &ws)
+        .await;
     Ok(Json(doc))
 }
 
@@ -576,7 +586,13 @@ async fn delete_doc<K: DocKind>(
     Workspace(ws): Workspace,
     Path(id): Path<String>,
 ) -> Result<StatusCode, E> {
-    if !store::delete_doc(&state.engine.redis, &K::key(&ws), &id).await? {
+    let found = store::delete_doc(&state.engine.redis, &K::key(&ws), &id).await?;
+    state
+        .engine
+        .config
+        .changed(&state.engine.js.client(), &ws)
+        .await;
+    if !found {
         return Err(E::NotFound(format!("{} {id:?} not found", K::NOUN)));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -664,7 +680,11 @@ async fn create_mapping(
         }
     };
     store::link(redis, &ws, &key, &tid).await?;
-    state.mappings.changed(&state.engine.js.client(), &ws).await;
+    state
+        .engine
+        .config
+        .changed(&state.engine.js.client(), &ws)
+        .await;
     let exists = store::doc_exists(redis, &store::templates_key(&ws), &tid).await?;
     Ok((
         StatusCode::CREATED,
@@ -688,7 +708,11 @@ async fn delete_mapping(
 ) -> Result<StatusCode, E> {
     let key = mapping_key(q.event.as_deref(), q.r#type.as_deref())?;
     let found = store::unlink(&state.engine.redis, &ws, &key, &q.template_id).await?;
-    state.mappings.changed(&state.engine.js.client(), &ws).await;
+    state
+        .engine
+        .config
+        .changed(&state.engine.js.client(), &ws)
+        .await;
     if !found {
         return Err(E::NotFound(format!(
             "no mapping of {key:?} to {:?}",

@@ -32,6 +32,8 @@ pub struct Engine {
     pub retention_ms: i64,
     /// `outbound.allow_private_networks`: fetch-data URLs may name private addresses.
     pub allow_private_networks: bool,
+    /// Mappings and templates from memory (see `cached`).
+    pub config: std::sync::Arc<crate::cached::Config>,
 }
 
 /// Transient trouble: leave the lease to expire and retry.

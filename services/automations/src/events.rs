@@ -20,7 +20,6 @@ pub struct EventHandler {
     pub engine: Engine,
     /// Accepted events' catalog counts, written in batches.
     pub tally: std::sync::Arc<catalog::Tally>,
-    pub mappings: std::sync::Arc<crate::mappings::Mappings>,
 }
 
 fn json_of(bytes: &[u8]) -> Value {
@@ -106,7 +105,7 @@ impl EventHandler {
             (None, Some(a)) if inline_steps(a).is_none() => {
                 match a.get("template").and_then(Value::as_str) {
                     Some(tid) => {
-                        let t = store::hget_json(redis, &store::templates_key(ws), tid).await?;
+                        let t = self.engine.config.template(redis, ws, tid).await?;
                         if t.is_none() {
                             metrics::counter!("automations_missing_template_total").increment(1);
                             failure = Some(format!(
@@ -140,7 +139,7 @@ impl EventHandler {
             return Ok(Some(reason));
         }
 
-        let mapped = self.mappings.get(redis, ws, &entry).await?;
+        let mapped = self.engine.config.mapped(redis, ws, &entry).await?;
         if inline.is_none() && mapped.is_empty() {
             // Counted; nothing to start.
             return Ok(None);
@@ -226,7 +225,7 @@ impl EventHandler {
             &json!({"data": a.get("data"), "recipient": a.get("recipient"), "profile": a.get("profile"), "brand": a.get("brand")}),
         );
         for tid in mapped.iter() {
-            let Some(t) = store::hget_json(redis, &store::templates_key(ws), tid).await? else {
+            let Some(t) = self.engine.config.template(redis, ws, tid).await? else {
                 // Shown in the catalog entry (`automations[].status: missing`).
                 tracing::warn!(
                     workspace = ws,

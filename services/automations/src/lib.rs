@@ -2,11 +2,11 @@
 //! the received-events catalog and the durable run engine (see README.md).
 
 pub mod api;
+pub mod cached;
 pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod events;
-pub mod mappings;
 pub mod refs;
 pub mod scheduler;
 pub mod steps;
@@ -71,7 +71,6 @@ rc_common::settings! {
 pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub engine: Engine,
-    pub mappings: Arc<mappings::Mappings>,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -108,6 +107,7 @@ pub async fn run(
             .saturating_mul(1000)
             .min(i64::MAX as u64) as i64,
         allow_private_networks: settings.outbound.allow_private_networks,
+        config: Arc::new(cached::Config::default()),
     };
 
     let mut spec = ConsumerSpec::new(
@@ -132,17 +132,15 @@ pub async fn run(
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
     spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));
     let tally = Arc::new(catalog::Tally::default());
-    let mappings = Arc::new(mappings::Mappings::default());
-    let changes = mappings::subscribe(&rt.nats).await?;
-    rt.spawn(mappings::listen(
-        mappings.clone(),
+    let changes = cached::subscribe(&rt.nats).await?;
+    rt.spawn(cached::listen(
+        engine.config.clone(),
         changes,
         rt.shutdown.clone(),
     ));
     let handler = Arc::new(events::EventHandler {
         engine: engine.clone(),
         tally: tally.clone(),
-        mappings: mappings.clone(),
     });
     let redis = rt.redis.clone();
     rt.spawn(catalog::flush_every(
@@ -167,7 +165,6 @@ pub async fn run(
     let state = AppState {
         auth: rt.authenticator(&settings.auth),
         engine,
-        mappings,
     };
     let app = app(state);
     rt.serve(app).await

@@ -133,20 +133,20 @@ pub mod dlq_headers {
 }
 
 /// Core NATS (no stream): automations replicas tell each other that a workspace's event →
-/// automation mappings changed, so their in-memory copies are dropped at once. Internal to the
-/// automations service, not part of the public contract.
-pub fn mappings_changed(workspace: &str) -> String {
-    format!("{MAPPINGS_CHANGED_PREFIX}{workspace}")
+/// automation mappings or templates changed, so their in-memory copies are dropped at once.
+/// Internal to the automations service, not part of the public contract.
+pub fn config_changed(workspace: &str) -> String {
+    format!("{CONFIG_CHANGED_PREFIX}{workspace}")
 }
 
-const MAPPINGS_CHANGED_PREFIX: &str = "automations.mappings.";
+const CONFIG_CHANGED_PREFIX: &str = "automations.config.";
 
-/// Every workspace's [`mappings_changed`] (the replicas' subscription).
-pub const MAPPINGS_CHANGED_ALL: &str = "automations.mappings.*";
+/// Every workspace's [`config_changed`] (the replicas' subscription).
+pub const CONFIG_CHANGED_ALL: &str = "automations.config.*";
 
-/// The workspace a [`mappings_changed`] subject names.
-pub fn mappings_changed_workspace(subject: &str) -> Option<&str> {
-    subject.strip_prefix(MAPPINGS_CHANGED_PREFIX)
+/// The workspace a [`config_changed`] subject names.
+pub fn config_changed_workspace(subject: &str) -> Option<&str> {
+    subject.strip_prefix(CONFIG_CHANGED_PREFIX)
 }
 
 #[cfg(test)]

@@ -30,8 +30,7 @@ pub(crate) async fn execute(
             "steps[{index}]: invoke nested deeper than {MAX_INVOKE_DEPTH} runs"
         )));
     }
-    let Some(template) = store::hget_json(&engine.redis, &store::templates_key(ws), &tid).await?
-    else {
+    let Some(template) = engine.config.template(&engine.redis, ws, &tid).await? else {
         return Ok(StepDone::Fail(format!(
             "steps[{index}].template: automation template {tid:?} not found"
         )));

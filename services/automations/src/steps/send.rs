@@ -159,12 +159,16 @@ pub(crate) async fn request_message(
     let (notification, status) = if p.template.is_empty() {
         (Vec::new(), "inline")
     } else {
-        match store::hget_json(&engine.redis, &store::notifications_key(ws), &p.template).await? {
+        match engine
+            .config
+            .notification(&engine.redis, ws, &p.template)
+            .await?
+        {
             None => (Vec::new(), "missing"),
             Some(n) => {
                 let published = n.get("published").and_then(Value::as_bool).unwrap_or(true);
                 (
-                    serde_json::to_vec(&n).unwrap_or_default(),
+                    serde_json::to_vec(&*n).unwrap_or_default(),
                     if published { "found" } else { "unpublished" },
                 )
             }
