@@ -522,6 +522,15 @@ async fn list_docs<K: DocKind>(
 }
 
 /// The body's `id`, or a random one.
+/// Tells every replica (this one at once) that the workspace's mappings or templates changed.
+async fn announce(state: &AppState, ws: &str) {
+    state
+        .engine
+        .config
+        .changed(&state.engine.js.client(), ws)
+        .await;
+}
+
 fn body_id(b: &Value) -> String {
     b.get("id")
         .and_then(Value::as_str)
@@ -543,11 +552,7 @@ async fn create_doc<K: DocKind>(
             K::NOUN
         )));
     }
-    state
-        .engine
-        .config
-        .changed(&state.engine.js.client(), &ws)
-        .await;
+    announce(&state, &ws).await;
     Ok((StatusCode::CREATED, Json(doc)))
 }
 
@@ -573,11 +578,7 @@ async fn put_doc<K: DocKind>(
     let old = store::hget_json(&state.engine.redis, &key, &id).await?;
     let doc = K::document(&state.engine, b, id.clone(), old)?;
     store::put_doc(&state.engine.redis, &key, &id, &doc).await?;
-    state
-        .engine
-        .config
-        .changed(&state.engine.js.client(), &ws)
-        .await;
+    announce(&state, &ws).await;
     Ok(Json(doc))
 }
 
@@ -587,11 +588,7 @@ async fn delete_doc<K: DocKind>(
     Path(id): Path<String>,
 ) -> Result<StatusCode, E> {
     let found = store::delete_doc(&state.engine.redis, &K::key(&ws), &id).await?;
-    state
-        .engine
-        .config
-        .changed(&state.engine.js.client(), &ws)
-        .await;
+    announce(&state, &ws).await;
     if !found {
         return Err(E::NotFound(format!("{} {id:?} not found", K::NOUN)));
     }
@@ -680,11 +677,7 @@ async fn create_mapping(
         }
     };
     store::link(redis, &ws, &key, &tid).await?;
-    state
-        .engine
-        .config
-        .changed(&state.engine.js.client(), &ws)
-        .await;
+    announce(&state, &ws).await;
     let exists = store::doc_exists(redis, &store::templates_key(&ws), &tid).await?;
     Ok((
         StatusCode::CREATED,
@@ -708,11 +701,7 @@ async fn delete_mapping(
 ) -> Result<StatusCode, E> {
     let key = mapping_key(q.event.as_deref(), q.r#type.as_deref())?;
     let found = store::unlink(&state.engine.redis, &ws, &key, &q.template_id).await?;
-    state
-        .engine
-        .config
-        .changed(&state.engine.js.client(), &ws)
-        .await;
+    announce(&state, &ws).await;
     if !found {
         return Err(E::NotFound(format!(
             "no mapping of {key:?} to {:?}",
