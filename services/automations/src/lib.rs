@@ -81,6 +81,21 @@ impl FromRef<AppState> for Arc<Authenticator> {
 
 pub use rc_common::service::BoxError;
 
+/// The EVENTS subjects the automations consumer reads: every event type (any can be mapped).
+pub fn event_filters() -> Vec<String> {
+    [
+        EventType::Track,
+        EventType::Identify,
+        EventType::Group,
+        EventType::Page,
+        EventType::Screen,
+        EventType::Alias,
+    ]
+    .into_iter()
+    .map(|t| subjects::events_of_type(t.subject_token()))
+    .collect()
+}
+
 /// Runs the service until `shutdown` triggers: HTTP API, the EVENTS consumer and the scheduler.
 pub async fn run(
     settings: Settings,
@@ -116,17 +131,7 @@ pub async fn run(
         subjects::events_of_type("track"),
     );
     spec.durable = cfg.consumer_name.clone();
-    spec.filter_subjects = [
-        EventType::Track,
-        EventType::Identify,
-        EventType::Group,
-        EventType::Page,
-        EventType::Screen,
-        EventType::Alias,
-    ]
-    .into_iter()
-    .map(|t| subjects::events_of_type(t.subject_token()))
-    .collect();
+    spec.filter_subjects = event_filters();
     spec.concurrency = cfg.consumer_concurrency;
     spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
     spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use prost::Message as _;
 use rc_common::consumer::Handler as _;
 use rc_common::subjects;
-use rc_proto::{Envelope, EventType};
+use rc_proto::Envelope;
 use rc_tests::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
@@ -137,21 +137,10 @@ pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
         .get_stream(subjects::EVENTS_STREAM)
         .await
         .expect("EVENTS");
-    let filters: Vec<String> = [
-        EventType::Track,
-        EventType::Identify,
-        EventType::Group,
-        EventType::Page,
-        EventType::Screen,
-        EventType::Alias,
-    ]
-    .into_iter()
-    .map(|t| subjects::events_of_type(t.subject_token()))
-    .collect();
     let mut consumers = Vec::new();
     for (durable, filters) in [
         ("floor-profiles", vec![subjects::events_of_type("identify")]),
-        ("floor-automations", filters),
+        ("floor-automations", automations::event_filters()),
     ] {
         let consumer: async_nats::jetstream::consumer::PullConsumer = stream
             .create_consumer(pull::Config {
