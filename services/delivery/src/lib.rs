@@ -126,21 +126,20 @@ pub fn consumer_spec(settings: &Settings) -> ConsumerSpec {
     spec
 }
 
-/// Runs the delivery service until `shutdown` triggers.
-pub async fn run(
-    settings: Settings,
-    listener: Option<TcpListener>,
-    shutdown: Shutdown,
-) -> Result<(), BoxError> {
-    let cipher = Cipher::from_settings(&settings.secrets)?;
-    let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
-    let store = store::Store::new(rt.redis.clone());
+/// The delivery worker as the service runs it (also used by `rc-bench`'s floor).
+pub fn worker(
+    settings: &Settings,
+    redis: rc_common::redis::RedisConn,
+    js: async_nats::jetstream::Context,
+    cipher: Cipher,
+) -> Result<Arc<worker::Worker>, BoxError> {
+    let store = store::Store::new(redis.clone());
     let registry = providers::Registry::new(
-        rt.redis.clone(),
+        redis.clone(),
         cipher,
         settings.outbound.allow_private_networks,
     );
-    let publisher = worker::Publisher { js: rt.js.clone() };
+    let publisher = worker::Publisher { js };
     let d = &settings.delivery;
     let http = rc_common::outbound::client(
         &settings.outbound,
@@ -153,16 +152,16 @@ pub async fn run(
     let provider_timeout = Duration::from_millis(d.provider_timeout_ms);
     let max_backoff = Duration::from_millis(d.max_backoff_ms);
     let lease = Duration::from_millis(d.lease_ms);
-    let worker = Arc::new(worker::Worker {
-        store: store.clone(),
-        registry: registry.clone(),
+    Ok(Arc::new(worker::Worker {
+        store,
+        registry,
         senders: send::Senders {
             http,
             allow_private_networks: settings.outbound.allow_private_networks,
-            redis: rt.redis.clone(),
+            redis: redis.clone(),
             default_timeout: provider_timeout,
         },
-        publisher: publisher.clone(),
+        publisher,
         config: worker::WorkerConfig {
             lease,
             retry_base: Duration::from_millis(d.retry_base_ms),
@@ -179,7 +178,25 @@ pub async fn run(
             // lets one more probe start.
             provider_timeout,
         ),
-    });
+    }))
+}
+
+/// Runs the delivery service until `shutdown` triggers.
+pub async fn run(
+    settings: Settings,
+    listener: Option<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), BoxError> {
+    let cipher = Cipher::from_settings(&settings.secrets)?;
+    let mut rt = Runtime::start(SERVICE, settings.base(), listener, shutdown).await?;
+    let worker = worker(&settings, rt.redis.clone(), rt.js.clone(), cipher)?;
+    let (store, registry, publisher) = (
+        worker.store.clone(),
+        worker.registry.clone(),
+        worker.publisher.clone(),
+    );
+    let d = &settings.delivery;
+    let lease = Duration::from_millis(d.lease_ms);
     let mut spec = consumer_spec(&settings);
     spec.quarantine = Some(rc_common::consumer::Quarantine::new(rt.redis.clone(), 3));
     let scheduler = scheduler::Scheduler {

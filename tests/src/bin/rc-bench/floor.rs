@@ -70,46 +70,43 @@ pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
         })
     };
 
+    let args = ["--floor-worker", &stack.nats.url(), &stack.redis.url()];
+    let result = measure(&stack, &args, count, rate, ticks, async || {
+        // Every profile.updated reached the watcher too.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    watcher.abort();
+    result
+}
+
+/// Runs the client (`args`, then count and rate, then `extra`) and reads the servers' CPU from
+/// its start until it reports and `settle` returns.
+async fn measure(
+    stack: &Stack,
+    args: &[&str],
+    count: u64,
+    rate: f64,
+    ticks: f64,
+    settle: impl AsyncFnOnce(),
+) -> FloorResult {
     let servers = [
         Watched::nodes("nats-server", &stack.nats.pids()),
         Watched::new("redis-server", stack.redis.pid().expect("redis pid")),
     ];
     let before = CpuSnapshot::take(&servers);
     let started = Instant::now();
-    let exe = std::env::current_exe().expect("own path");
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "--floor-worker",
-            &stack.nats.url(),
-            &stack.redis.url(),
-            &count.to_string(),
-            &rate.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("floor worker");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    // The worker prints its own CPU ticks once both consumers have handled every event.
-    let client_ticks: u64 = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("worker output")
-            .expect("the floor worker ended without its result");
-        if let Some(t) = line.strip_prefix("done ") {
-            break t.trim().parse().expect("ticks");
-        }
-    };
-    // Every profile.updated reached the watcher too.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (count_arg, rate_arg) = (count.to_string(), rate.to_string());
+    let mut all: Vec<&str> = args[..3].to_vec();
+    all.extend([count_arg.as_str(), rate_arg.as_str()]);
+    all.extend(&args[3..]);
+    let client_ticks = spawn_worker(&all).await;
+    settle().await;
     let seconds = started.elapsed().as_secs_f64();
     let after = CpuSnapshot::take(&servers);
-    let _ = child.kill().await;
-    watcher.abort();
     let servers_us = before.per_event_us(&after, count, ticks);
     FloorResult {
         cpu_us: [
@@ -121,87 +118,74 @@ pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
     }
 }
 
-/// The floor client (`rc-bench --floor-worker NATS_URL REDIS_URL COUNT RATE`).
+/// The identify floor's client (`rc-bench --floor-worker NATS_URL REDIS_URL COUNT RATE`).
 pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
+    let (js, redis) = connect(nats_url, redis_url).await;
+    let identify = Arc::new(profiles::events::IdentifyHandler {
+        redis,
+        publisher: profiles::Publisher { js: js.clone() },
+        max_profile_bytes: 64 * 1024,
+    });
+    let filter = vec![subjects::events_of_type("identify")];
+    let consumer = durable(&js, subjects::EVENTS_STREAM, "floor-profiles", filter).await;
+    let p = each_message(consumer, count, move |m| {
+        let identify = identify.clone();
+        async move {
+            identify.handle(&m).await;
+            m
+        }
+    });
+    let filters = automations::event_filters();
+    let consumer = durable(&js, subjects::EVENTS_STREAM, "floor-automations", filters).await;
+    let a = each_message(consumer, count, |m| async move {
+        Envelope::decode(m.payload.as_ref()).expect("envelope");
+        m
+    });
+    publish_paced(&js, Scenario::Identify, "identify", count, rate).await;
+    p.await.expect("profiles");
+    a.await.expect("automations");
+    report_and_wait().await;
+}
+
+/// The client's connections to the floor's servers.
+async fn connect(
+    nats_url: &str,
+    redis_url: &str,
+) -> (async_nats::jetstream::Context, rc_common::redis::RedisConn) {
     let client = async_nats::connect(rc_common::nats::server_list(nats_url))
         .await
         .expect("nats");
-    let js = async_nats::jetstream::new(client);
     let redis = rc_common::redis::connect(&rc_common::config::RedisSettings {
         url: redis_url.to_string(),
         ..Default::default()
     })
     .await
     .expect("redis");
-    let stream = js
-        .get_stream(subjects::EVENTS_STREAM)
-        .await
-        .expect("EVENTS");
-    let mut consumers = Vec::new();
-    for (durable, filters) in [
-        ("floor-profiles", vec![subjects::events_of_type("identify")]),
-        ("floor-automations", automations::event_filters()),
-    ] {
-        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(durable.into()),
-                filter_subjects: filters,
-                ack_policy: AckPolicy::Explicit,
-                deliver_policy: DeliverPolicy::All,
-                max_deliver: -1,
-                max_ack_pending: 5_000,
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
-        consumers.push(consumer);
-    }
-    let identify = Arc::new(profiles::events::IdentifyHandler {
-        redis,
-        publisher: profiles::Publisher { js: js.clone() },
-        max_profile_bytes: 64 * 1024,
-    });
+    (async_nats::jetstream::new(client), redis)
+}
 
-    let done = Arc::new(AtomicU64::new(0));
-    let mut loops = Vec::new();
-    for (i, consumer) in consumers.into_iter().enumerate() {
-        let (identify, done) = (identify.clone(), done.clone());
-        loops.push(tokio::spawn(async move {
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(CONCURRENCY)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .expect("pull");
-            let slots = Arc::new(Semaphore::new(CONCURRENCY));
-            let mut handled = 0;
-            while handled < count {
-                let message = messages.next().await.expect("open").expect("message");
-                let permit = slots.clone().acquire_owned().await.expect("open");
-                let (identify, done) = (identify.clone(), done.clone());
-                tokio::spawn(async move {
-                    if i == 0 {
-                        identify.handle(&message).await;
-                    } else {
-                        Envelope::decode(message.payload.as_ref()).expect("envelope");
-                    }
-                    message.ack().await.expect("ack");
-                    done.fetch_add(1, Ordering::Relaxed);
-                    drop(permit);
-                });
-                handled += 1;
-            }
-        }));
-    }
+/// Prints the client's CPU ticks for the bench, then keeps the connections open until the bench
+/// has read the servers' CPU and kills it.
+async fn report_and_wait() {
+    println!("done {}", crate::procfs::cpu_ticks(std::process::id()));
+    std::future::pending::<()>().await;
+}
 
-    // The ingress's share, paced like the end-to-end phase.
+/// The ingress's share: `count` events of `scenario`, paced at `rate`, normalized by the
+/// ingress's own parser and published to `events.<ws>.<kind>` with their `Nats-Msg-Id`, acks
+/// awaited (512 in flight, as the ingress allows).
+async fn publish_paced(
+    js: &async_nats::jetstream::Context,
+    scenario: Scenario,
+    kind: &str,
+    count: u64,
+    rate: f64,
+) {
     let normalizer = ingress::event::Normalizer {
         max_event_bytes: 32 * 1024,
         max_batch_events: 1,
     };
-    let body = Scenario::Identify.body("floor");
+    let body = scenario.body("floor");
     let in_flight = Arc::new(Semaphore::new(512));
     let base = Instant::now();
     for i in 0..count {
@@ -211,10 +195,10 @@ pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
         let Ok(ingress::event::Parsed::Single(event)) =
             normalizer.parse_body(WORKSPACE, &raw, time::OffsetDateTime::now_utc())
         else {
-            panic!("the bench's identify is one valid event")
+            panic!("the bench's events are valid, one at a time")
         };
         let envelope = event.envelope;
-        let subject = subjects::event_subject(WORKSPACE, "identify");
+        let subject = subjects::event_subject(WORKSPACE, kind);
         let msg_id = subjects::event_msg_id(WORKSPACE, &envelope.message_id);
         let permit = in_flight.clone().acquire_owned().await.expect("open");
         let ack: PublishAckFuture = js
@@ -231,13 +215,296 @@ pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
             drop(permit);
         });
     }
-    for l in loops {
-        l.await.expect("consumer loop");
-    }
-    while done.load(Ordering::Relaxed) < 2 * count {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    println!("done {}", crate::procfs::cpu_ticks(std::process::id()));
-    // Kept alive (connections open) until the bench has read the servers' CPU.
-    std::future::pending::<()>().await;
+    // Every ack back.
+    let _ = in_flight.acquire_many(512).await.expect("open");
+}
+
+/// The track path's floor: a track mapped to an automation that sends to the inbox, with the
+/// forwarder on. The client runs automations' own event handler (its run executes in the same
+/// process), delivery's own worker on `message.requested`, and for the forwarder a durable
+/// consumer of the same subjects whose messages are turned into RudderStack events by the
+/// forwarder's own functions and POSTed to the fake data plane in batches (500 or 200 ms, the
+/// forwarder's defaults). Setup goes through the services' store functions.
+pub async fn run_track(count: u64, rate: f64, ticks: f64) -> FloorResult {
+    let stack = Stack::start();
+    let js = stack.jetstream().await;
+    rc_common::nats::ensure_streams(&js, &stack.nats.settings())
+        .await
+        .expect("streams");
+    let redis = stack.redis_conn().await;
+    let ws = WORKSPACE;
+    let welcome = serde_json::json!({"id": "welcome", "name": "Welcome", "steps": [
+        {"action": "send", "recipient": "refs.data.userId", "template": "WELCOME"}]});
+    let notification = serde_json::json!({"id": "WELCOME", "name": "Welcome", "published": true,
+        "channels": {"inbox": {"title": "Welcome", "body": "Hello {{userId}}, your order {{order_id}}"}}});
+    use automations::store;
+    store::put_doc(&redis, &store::templates_key(ws), "welcome", &welcome)
+        .await
+        .expect("template");
+    store::put_doc(
+        &redis,
+        &store::notifications_key(ws),
+        "WELCOME",
+        &notification,
+    )
+    .await
+    .expect("notification");
+    let entry = automations::catalog::entry_key(rc_proto::EventType::Track, "Order Completed");
+    store::link(&redis, ws, &entry, "welcome")
+        .await
+        .expect("mapping");
+    let key = rc_tests::forwarder::new_encryption_key();
+    let cipher = rc_common::secrets::Cipher::from_settings(&rc_common::secrets::SecretsSettings {
+        encryption_key: key.clone(),
+    })
+    .expect("cipher");
+    let input: delivery::providers::ProviderInput = serde_json::from_value(serde_json::json!(
+        {"type": "inbox", "channels": ["inbox", "email", "sms", "push", "chat"]}
+    ))
+    .expect("provider");
+    delivery::providers::Registry::new(redis.clone(), cipher, true)
+        .put(ws, "inbox", input)
+        .await
+        .expect("inbox provider");
+    let data_plane = rc_tests::dataplane::DataPlane::start(TRACK_WRITE_KEY).await;
+
+    let nats_url = stack.nats.url();
+    let redis_url = stack.redis.url();
+    let batch_url = format!("{}/v1/batch", data_plane.url());
+    let args = [
+        "--floor-worker-track",
+        nats_url.as_str(),
+        redis_url.as_str(),
+        key.as_str(),
+        batch_url.as_str(),
+    ];
+    let result = measure(&stack, &args, count, rate, ticks, async || {}).await;
+    let delivered = data_plane.count_where(|e| e["event"] == "Message Delivered") as u64;
+    assert!(
+        delivered >= count,
+        "the track floor forwarded {delivered} of {count} Message Delivered"
+    );
+    result
+}
+
+const TRACK_WRITE_KEY: &str = "floor-write-key";
+
+/// Starts `rc-bench <args>`, returns the CPU ticks it reports when done (it is killed after).
+async fn spawn_worker(args: &[&str]) -> u64 {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("floor worker");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ticks = loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("worker output")
+            .expect("the floor worker ended without its result");
+        if let Some(t) = line.strip_prefix("done ") {
+            break t.trim().parse().expect("ticks");
+        }
+    };
+    let _ = child.kill().await;
+    ticks
+}
+
+/// A durable pull consumer of `filters` on `stream`, as the services configure theirs.
+async fn durable(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    name: &str,
+    filters: Vec<String>,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            durable_name: Some(name.into()),
+            filter_subjects: filters,
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            max_deliver: -1,
+            max_ack_pending: 5_000,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer")
+}
+
+/// Runs `handle` on every message of `consumer`, [`CONCURRENCY`] at a time, acking after each,
+/// until `count` were handled.
+fn each_message<F, Fut>(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    count: u64,
+    handle: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(async_nats::jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = async_nats::jetstream::Message> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    tokio::spawn(async move {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(CONCURRENCY)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .expect("pull");
+        let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let done = Arc::new(AtomicU64::new(0));
+        for _ in 0..count {
+            let message = messages.next().await.expect("open").expect("message");
+            let permit = slots.clone().acquire_owned().await.expect("open");
+            let (handle, done) = (handle.clone(), done.clone());
+            tokio::spawn(async move {
+                let message = handle(message).await;
+                message.ack().await.expect("ack");
+                done.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+        while done.load(Ordering::Relaxed) < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// The track floor's client (`rc-bench --floor-worker-track NATS REDIS COUNT RATE KEY URL`).
+pub async fn worker_track(args: &[String]) {
+    let (nats_url, redis_url) = (&args[0], &args[1]);
+    let count: u64 = args[2].parse().expect("count");
+    let rate: f64 = args[3].parse().expect("rate");
+    let (encryption_key, batch_url) = (&args[4], &args[5]);
+    rc_common::outbound::install_default_crypto_provider();
+    let (js, redis) = connect(nats_url, redis_url).await;
+    let shutdown = rc_common::Shutdown::new();
+
+    // Automations: its own event handler; runs execute in this process.
+    let engine = automations::Engine {
+        redis: redis.clone(),
+        js: js.clone(),
+        http: reqwest::Client::new(),
+        lease_ms: 30_000,
+        retention_ms: 86_400_000,
+        allow_private_networks: true,
+        config: Default::default(),
+    };
+    let tally = Arc::new(automations::catalog::Tally::default());
+    tokio::spawn(automations::catalog::flush_every(
+        tally.clone(),
+        redis.clone(),
+        shutdown.clone(),
+    ));
+    let events = Arc::new(automations::events::EventHandler { engine, tally });
+    let consumer = durable(
+        &js,
+        subjects::EVENTS_STREAM,
+        "floor-automations",
+        automations::event_filters(),
+    )
+    .await;
+    let a = each_message(consumer, count, move |m| {
+        let events = events.clone();
+        async move {
+            events.handle(&m).await;
+            m
+        }
+    });
+
+    // Delivery: its own worker.
+    let mut settings = delivery::Settings::default();
+    settings.secrets.encryption_key = encryption_key.clone();
+    settings.outbound.allow_private_networks = true;
+    let cipher = rc_common::secrets::Cipher::from_settings(&settings.secrets).expect("cipher");
+    let worker = delivery::worker(&settings, redis.clone(), js.clone(), cipher).expect("worker");
+    let consumer = durable(
+        &js,
+        subjects::COURIER_STREAM,
+        "floor-delivery",
+        vec![subjects::courier_of_kind(
+            subjects::kinds::MESSAGE_REQUESTED,
+        )],
+    )
+    .await;
+    let d = each_message(consumer, count, move |m| {
+        let worker = worker.clone();
+        async move {
+            worker.handle(&m).await;
+            m
+        }
+    });
+
+    // Forwarder: the same subjects, mapped by its own functions, batched as it batches.
+    let statuses: Vec<String> = forwarder::mapping::SENDABLE_STATUSES
+        .iter()
+        .map(|(s, _)| s.to_string())
+        .collect();
+    let filters: Vec<String> = statuses
+        .iter()
+        .map(|s| subjects::courier_subject(WORKSPACE, &subjects::kinds::message_status(s)))
+        .collect();
+    let consumer = durable(&js, subjects::COURIER_STREAM, "floor-forwarder", filters).await;
+    let url = batch_url.clone();
+    let f = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(500)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .expect("pull");
+        let mut delivered = 0;
+        while delivered < count {
+            let mut batch = Vec::new();
+            let linger = tokio::time::sleep(Duration::from_millis(200));
+            tokio::pin!(linger);
+            while batch.len() < 500 {
+                tokio::select! {
+                    m = messages.next() => batch.push(m.expect("open").expect("message")),
+                    _ = &mut linger => break,
+                }
+            }
+            let now = time::OffsetDateTime::now_utc();
+            let events: Vec<Vec<u8>> = batch
+                .iter()
+                .filter_map(|m| {
+                    if m.subject.ends_with(".message.delivered") {
+                        delivered += 1;
+                    }
+                    forwarder::worker::batch::event_json(&m.subject, &m.payload, now)
+                        .ok()
+                        .flatten()
+                })
+                .collect();
+            if !events.is_empty() {
+                let body =
+                    forwarder::worker::dataplane::batch_body(events.iter().map(Vec::as_slice));
+                let target = forwarder::worker::dataplane::Target {
+                    url: &url,
+                    write_key: TRACK_WRITE_KEY,
+                    allow_private_networks: true,
+                };
+                forwarder::worker::dataplane::post_batch(&http, &target, &body).await;
+            }
+            for m in batch {
+                m.ack().await.expect("ack");
+            }
+        }
+    });
+
+    // The ingress's share, as for identify.
+    publish_paced(&js, Scenario::MappedTrack, "track", count, rate).await;
+    a.await.expect("automations");
+    d.await.expect("delivery");
+    f.await.expect("forwarder");
+    report_and_wait().await;
 }

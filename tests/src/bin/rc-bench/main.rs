@@ -10,7 +10,7 @@
 //!    from /proc, p50/p99 from the HTTP request to the effect), then as a burst (throughput at
 //!    saturation). Redis `INFO commandstats` splits redis-server's share per command.
 //!
-//! 3. The identify path's floor (`floor.rs`): the same NATS and Redis operations per event,
+//! 3. The identify and mapped-track floors (`floor.rs`): the same NATS and Redis operations per event,
 //!    driven by one minimal client process at the same rate and count, beside the services'
 //!    figures; `--skip-floor` leaves it out.
 //!
@@ -479,36 +479,46 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
     let _ = writeln!(md);
     debug_assert_eq!(watched.len(), SERVICES.len() + 2);
 
-    let identify = results.iter().find(|r| {
-        r.scenario == Scenario::Identify && matches!(r.phase, Phase::Paced { .. }) && r.complete()
-    });
-    if let (true, Topology::R1, Some(services)) = (args.floor, topology, identify) {
-        // Its own servers, after this stack is gone.
-        drop(d);
-        drop(stack);
-        eprintln!("floor: the identify path's operations from one minimal client …");
-        let f = floor::run(args.count, args.rate, ticks).await;
+    if !args.floor || topology != Topology::R1 {
+        return;
+    }
+    // Their own servers, after this stack is gone.
+    drop(d);
+    drop(stack);
+    let mut header = false;
+    for scenario in [Scenario::Identify, Scenario::MappedTrack] {
+        let Some(services) = results.iter().find(|r| {
+            r.scenario == scenario && matches!(r.phase, Phase::Paced { .. }) && r.complete()
+        }) else {
+            continue;
+        };
+        eprintln!("floor: {} …", scenario.title());
+        let f = match scenario {
+            Scenario::Identify => floor::run(args.count, args.rate, ticks).await,
+            _ => floor::run_track(args.count, args.rate, ticks).await,
+        };
+        if !header {
+            header = true;
+            let _ = writeln!(
+                md,
+                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, {} handlers in flight per consumer, no HTTP and none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on a durable consumer, a second durable consumer for automations (decode, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (500 or 200 ms).\n",
+                num(args.count as f64),
+                num(args.rate),
+                floor::CONCURRENCY,
+            );
+            let _ = writeln!(
+                md,
+                "| path | run | nats-server | redis-server | services / client | **total** | events/s |\n|---|---|---:|---:|---:|---:|---:|"
+            );
+        }
         let n = SERVICES.len();
         let own: f64 = services.cpu_us[..n].iter().sum();
         let s = [services.cpu_us[n], services.cpu_us[n + 1], own];
         let total = |x: &[f64; 3]| x.iter().sum::<f64>();
+        let title = scenario.title();
         let _ = writeln!(
             md,
-            "### Floor: the identify path's servers driven directly
-
-{} identify events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server: the ingress's parser and JetStream publish (ack awaited, no HTTP), profiles' own identify handler on a durable pull consumer (merge script, `profile.updated` publish, ack), a second durable consumer for automations (decode, ack), {CONC} handlers in flight each.\n",
-            num(args.count as f64),
-            num(args.rate),
-            CONC = floor::CONCURRENCY,
-        );
-        let _ = writeln!(
-            md,
-            "| identify at {}/s | nats-server | redis-server | services / client | **total** | events/s |\n|---|---:|---:|---:|---:|---:|",
-            num(args.rate)
-        );
-        let _ = writeln!(
-            md,
-            "| the services (end to end, above) | {} | {} | {} | **{}** | {} |",
+            "| {title} | the services (end to end, above) | {} | {} | {} | **{}** | {} |",
             num(s[0]),
             num(s[1]),
             num(s[2]),
@@ -517,7 +527,7 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
         );
         let _ = writeln!(
             md,
-            "| floor: the same operations from one minimal client | {} | {} | {} | **{}** | {} |",
+            "| {title} | floor: the same operations from one minimal client | {} | {} | {} | **{}** | {} |",
             num(f.cpu_us[0]),
             num(f.cpu_us[1]),
             num(f.cpu_us[2]),
@@ -527,18 +537,23 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
         let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
         let _ = writeln!(
             md,
-            "| services ÷ floor | {} | {} | {} | **{}** | |\n",
+            "| {title} | services ÷ floor | {} | {} | {} | **{}** | |",
             ratio(s[0], f.cpu_us[0]),
             ratio(s[1], f.cpu_us[1]),
             ratio(s[2], f.cpu_us[2]),
             ratio(total(&s), total(&f.cpu_us))
         );
     }
+    let _ = writeln!(md);
 }
 
 #[tokio::main]
 async fn main() {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--floor-worker-track") {
+        floor::worker_track(&argv[2..]).await;
+        return;
+    }
     if argv.get(1).map(String::as_str) == Some("--floor-worker") {
         let n = |i: usize| argv[i].parse::<f64>().expect("a number");
         floor::worker(&argv[2], &argv[3], n(4) as u64, n(5)).await;
