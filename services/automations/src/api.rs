@@ -521,7 +521,6 @@ async fn list_docs<K: DocKind>(
     Ok(Json(json!({"results": all})))
 }
 
-/// The body's `id`, or a random one.
 /// Tells every replica (this one at once) that the workspace's mappings or templates changed.
 async fn announce(state: &AppState, ws: &str) {
     state
@@ -531,6 +530,7 @@ async fn announce(state: &AppState, ws: &str) {
         .await;
 }
 
+/// The body's `id`, or a random one.
 fn body_id(b: &Value) -> String {
     b.get("id")
         .and_then(Value::as_str)

@@ -58,6 +58,22 @@ fn cache<V: Clone + Send + Sync + 'static>(ttl: Duration) -> Cache<V> {
         .build()
 }
 
+/// `cache`'s answer for `(ws, id)`, or `load`'s, kept.
+async fn through<V: Clone + Send + Sync + 'static>(
+    cache: &Cache<V>,
+    ws: &str,
+    id: &str,
+    load: impl Future<Output = redis::RedisResult<V>>,
+) -> redis::RedisResult<V> {
+    let key = cache_key(ws, id);
+    if let Some(v) = cache.get(&key) {
+        return Ok(v);
+    }
+    let v = load.await?;
+    cache.insert(key, v.clone());
+    Ok(v)
+}
+
 /// One template document from a hash, through `cache`.
 async fn document(
     cache: &Cache<Option<Arc<Value>>>,
@@ -66,13 +82,17 @@ async fn document(
     ws: &str,
     id: &str,
 ) -> redis::RedisResult<Option<Arc<Value>>> {
-    let key = cache_key(ws, id);
-    if let Some(doc) = cache.get(&key) {
-        return Ok(doc);
-    }
-    let doc = store::hget_json(redis, &hash, id).await?.map(Arc::new);
-    cache.insert(key, doc.clone());
-    Ok(doc)
+    through(cache, ws, id, async {
+        Ok(store::hget_json(redis, &hash, id).await?.map(Arc::new))
+    })
+    .await
+}
+
+/// Drops every entry of the workspace whose keys start with `prefix`.
+fn drop_workspace<V: Clone + Send + Sync + 'static>(cache: &Cache<V>, prefix: &Arc<String>) {
+    let p = prefix.clone();
+    // Only fails when invalidation closures are not enabled, which `cache` does.
+    let _ = cache.invalidate_entries_if(move |k, _| k.starts_with(p.as_str()));
 }
 
 impl Config {
@@ -92,17 +112,14 @@ impl Config {
         ws: &str,
         entry: &str,
     ) -> redis::RedisResult<Arc<[String]>> {
-        let key = cache_key(ws, entry);
-        if let Some(ids) = self.mappings.get(&key) {
-            return Ok(ids);
-        }
-        let ids: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), entry)
-            .await?
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        let ids: Arc<[String]> = ids.into();
-        self.mappings.insert(key, ids.clone());
-        Ok(ids)
+        through(&self.mappings, ws, entry, async {
+            let ids: Vec<String> = store::hget_json(redis, &store::mappings_key(ws), entry)
+                .await?
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            Ok(ids.into())
+        })
+        .await
     }
 
     /// An automation template (from memory, or one HGET on a miss).
@@ -135,18 +152,9 @@ impl Config {
     /// Drops a workspace's entries (its configuration changed).
     pub fn forget(&self, ws: &str) {
         let prefix = Arc::new(cache_key(ws, ""));
-        // Only fails when invalidation closures are not enabled, which `new` does.
-        let p = prefix.clone();
-        let _ = self
-            .mappings
-            .invalidate_entries_if(move |k, _| k.starts_with(p.as_str()));
-        let p = prefix.clone();
-        let _ = self
-            .templates
-            .invalidate_entries_if(move |k, _| k.starts_with(p.as_str()));
-        let _ = self
-            .notifications
-            .invalidate_entries_if(move |k, _| k.starts_with(prefix.as_str()));
+        drop_workspace(&self.mappings, &prefix);
+        drop_workspace(&self.templates, &prefix);
+        drop_workspace(&self.notifications, &prefix);
     }
 
     /// After an API write of a mapping or template: this replica forgets at once, the others

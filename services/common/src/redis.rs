@@ -126,8 +126,6 @@ impl ReplicaBarrier {
     }
 }
 
-/// Opens the connection handle. A single node connects lazily on first use; a cluster
-/// connects now to learn its slot map.
 /// A Lua script whose SHA1 (what `EVALSHA` sends) is computed once, not on every call:
 /// `static SCRIPT: Lua = Lua::new("…");` then `SCRIPT.script().key(…)`.
 pub struct Lua {
@@ -148,6 +146,8 @@ impl Lua {
     }
 }
 
+/// Opens the connection handle. A single node connects lazily on first use; a cluster
+/// connects now to learn its slot map.
 pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
     let response = Duration::from_millis(settings.response_timeout_ms);
     let connect = Duration::from_millis(settings.connection_timeout_ms);

@@ -126,12 +126,14 @@ const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, tonumber(redis.call('HGET', KEYS[1], 'enqueued') or ARGV[1])}
 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'status', 'ENQUEUED', 'rank', 0, 'enqueued', ARGV[1],
-  'phase', 'enqueued', 'providers', '[]', 'attempts', 0)
+local fields = {'meta', ARGV[2], 'status', 'ENQUEUED', 'rank', 0, 'enqueued', ARGV[1],
+  'providers', '[]', 'phase', 'enqueued', 'attempts', 0}
 if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'phase', 'sending', 'lease', tostring(tonumber(ARGV[1]) + tonumber(ARGV[4])),
-    'attempts', 1)
+  fields[12], fields[14] = 'sending', 1
+  table.insert(fields, 'lease')
+  table.insert(fields, tostring(tonumber(ARGV[1]) + tonumber(ARGV[4])))
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return {1, tonumber(ARGV[1])}
 "#;
@@ -150,10 +152,8 @@ local nb = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0')
 if nb > now then return 'wait:' .. tostring(nb) end
 redis.call('HSET', KEYS[1], 'phase', 'sending', 'lease', tostring(now + tonumber(ARGV[2])))
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
--- The claimed record itself, so the sender needs no second read.
-local out = redis.call('HGETALL', KEYS[1])
-table.insert(out, 1, 'ok')
-return out
+-- The claimed record itself (field, value pairs), so the sender needs no second read.
+return redis.call('HGETALL', KEYS[1])
 "#;
 
 // ARGV: now, nfields, (field, value)*, ndel, field*, nstatus,
@@ -337,17 +337,9 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         let answer: String = match reply {
-            redis::Value::Array(items) => {
-                let mut fields: Vec<String> = redis::from_redis_value(redis::Value::Array(items))?;
-                if fields.is_empty() {
-                    return Ok(Claim::Missing);
-                }
-                fields.remove(0);
-                let mut map = HashMap::with_capacity(fields.len() / 2);
-                let mut it = fields.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    map.insert(k, v);
-                }
+            // Claimed: the record's fields (a status answer is a string).
+            redis::Value::Array(_) => {
+                let map: HashMap<String, String> = redis::from_redis_value(reply)?;
                 return Ok(Claim::Claimed(Box::new(Record::from_map(id, map))));
             }
             other => redis::from_redis_value(other)?,

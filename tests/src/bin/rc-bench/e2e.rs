@@ -234,6 +234,22 @@ pub async fn wait_ready(port: u16, what: &str) {
 }
 
 /// Every service on `stack`, the data plane, and the workspace's configuration.
+/// The mapped track's inbox provider, notification template and automation template (the
+/// end-to-end setup and the floor's).
+pub fn inbox_provider() -> Value {
+    json!({"type": "inbox", "channels": ["inbox", "email", "sms", "push", "chat"]})
+}
+
+pub fn welcome_notification() -> Value {
+    json!({"id": "WELCOME", "name": "Welcome", "published": true,
+           "channels": {"inbox": {"title": "Welcome", "body": "Hello {{userId}}, your order {{order_id}}"}}})
+}
+
+pub fn welcome_automation() -> Value {
+    json!({"id": "welcome", "name": "Welcome", "steps": [
+        {"action": "send", "recipient": "refs.data.userId", "template": "WELCOME"}]})
+}
+
 pub async fn deploy(stack: &Stack) -> Deployment {
     let key = stack.workspace(WORKSPACE).await;
     let data_plane = DataPlane::start(WRITE_KEY).await;
@@ -267,19 +283,17 @@ pub async fn deploy(stack: &Stack) -> Deployment {
         (
             reqwest::Method::PUT,
             d.url("delivery", "/providers/inbox"),
-            json!({"type": "inbox", "channels": ["inbox", "email", "sms", "push", "chat"]}),
+            inbox_provider(),
         ),
         (
             reqwest::Method::POST,
             d.url("automations", "/notifications/templates"),
-            json!({"id": "WELCOME", "name": "Welcome", "published": true,
-                   "channels": {"inbox": {"title": "Welcome", "body": "Hello {{userId}}, your order {{order_id}}"}}}),
+            welcome_notification(),
         ),
         (
             reqwest::Method::POST,
             d.url("automations", "/automations/templates"),
-            json!({"id": "welcome", "name": "Welcome", "steps": [
-                {"action": "send", "recipient": "refs.data.userId", "template": "WELCOME"}]}),
+            welcome_automation(),
         ),
         (
             reqwest::Method::POST,

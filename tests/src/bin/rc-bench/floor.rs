@@ -31,7 +31,7 @@ use rc_tests::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 
-use crate::e2e::{Scenario, WORKSPACE};
+use crate::e2e::{Scenario, WORKSPACE, inbox_provider, welcome_automation, welcome_notification};
 use crate::procfs::{CpuSnapshot, Watched};
 
 /// Handlers in flight per consumer, as `consumer_concurrency` defaults to in the services.
@@ -43,13 +43,19 @@ pub struct FloorResult {
     pub events_per_s: f64,
 }
 
-/// Runs the floor on a fresh nats-server and redis-server: `count` identify events at `rate`.
-pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
+/// A fresh nats-server and redis-server with the streams the services provision.
+async fn fresh_stack() -> Stack {
     let stack = Stack::start();
     let js = stack.jetstream().await;
     rc_common::nats::ensure_streams(&js, &stack.nats.settings())
         .await
         .expect("streams");
+    stack
+}
+
+/// Runs the floor on a fresh nats-server and redis-server: `count` identify events at `rate`.
+pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
+    let stack = fresh_stack().await;
     // The bench's effect watcher, as in the end-to-end phase (nats-server delivers to it).
     let nats = stack.nats_client().await;
     let mut effects = nats
@@ -223,20 +229,13 @@ async fn publish_paced(
 /// forwarder on. The client runs automations' own event handler (its run executes in the same
 /// process), delivery's own worker on `message.requested`, and for the forwarder a durable
 /// consumer of the same subjects whose messages are turned into RudderStack events by the
-/// forwarder's own functions and POSTed to the fake data plane in batches (500 or 200 ms, the
-/// forwarder's defaults). Setup goes through the services' store functions.
+/// forwarder's own functions and POSTed to the fake data plane in batches (the forwarder's default
+/// size and linger). Setup goes through the services' store functions.
 pub async fn run_track(count: u64, rate: f64, ticks: f64) -> FloorResult {
-    let stack = Stack::start();
-    let js = stack.jetstream().await;
-    rc_common::nats::ensure_streams(&js, &stack.nats.settings())
-        .await
-        .expect("streams");
+    let stack = fresh_stack().await;
     let redis = stack.redis_conn().await;
     let ws = WORKSPACE;
-    let welcome = serde_json::json!({"id": "welcome", "name": "Welcome", "steps": [
-        {"action": "send", "recipient": "refs.data.userId", "template": "WELCOME"}]});
-    let notification = serde_json::json!({"id": "WELCOME", "name": "Welcome", "published": true,
-        "channels": {"inbox": {"title": "Welcome", "body": "Hello {{userId}}, your order {{order_id}}"}}});
+    let (welcome, notification) = (welcome_automation(), welcome_notification());
     use automations::store;
     store::put_doc(&redis, &store::templates_key(ws), "welcome", &welcome)
         .await
@@ -258,10 +257,8 @@ pub async fn run_track(count: u64, rate: f64, ticks: f64) -> FloorResult {
         encryption_key: key.clone(),
     })
     .expect("cipher");
-    let input: delivery::providers::ProviderInput = serde_json::from_value(serde_json::json!(
-        {"type": "inbox", "channels": ["inbox", "email", "sms", "push", "chat"]}
-    ))
-    .expect("provider");
+    let input: delivery::providers::ProviderInput =
+        serde_json::from_value(inbox_provider()).expect("provider");
     delivery::providers::Registry::new(redis.clone(), cipher, true)
         .put(ws, "inbox", input)
         .await
@@ -452,11 +449,16 @@ pub async fn worker_track(args: &[String]) {
         .collect();
     let consumer = durable(&js, subjects::COURIER_STREAM, "floor-forwarder", filters).await;
     let url = batch_url.clone();
+    let defaults = forwarder::ForwarderSettings::default();
+    let (max_events, linger_for) = (
+        defaults.batch_max_events,
+        Duration::from_millis(defaults.linger_ms),
+    );
     let f = tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(500)
+            .max_messages_per_batch(max_events)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -465,9 +467,9 @@ pub async fn worker_track(args: &[String]) {
         let mut delivered = 0;
         while delivered < count {
             let mut batch = Vec::new();
-            let linger = tokio::time::sleep(Duration::from_millis(200));
+            let linger = tokio::time::sleep(linger_for);
             tokio::pin!(linger);
-            while batch.len() < 500 {
+            while batch.len() < max_events {
                 tokio::select! {
                     m = messages.next() => batch.push(m.expect("open").expect("message")),
                     _ = &mut linger => break,
