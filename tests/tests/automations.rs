@@ -1796,3 +1796,78 @@ async fn a_change_on_one_replica_reaches_the_config_cache_of_the_others() {
     .await;
     shutdown.trigger();
 }
+
+/// A run its creator executes at once is stored running (one write fewer than pending, then
+/// running). If the creator dies between that write and the `started` event, the replica that
+/// takes the run over announces it: one `run.started`, then the run's steps, then `completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stored_running_whose_creator_died_is_announced_by_the_replica_that_resumes_it() {
+    let stack = Stack::start();
+    let key = stack.workspace("acme").await;
+    let js = stack.jetstream().await;
+    // The dead creator: `create` as the event consumer calls it, then nothing (no execution).
+    let creator = automations::Engine {
+        redis: stack.redis_conn().await,
+        js: js.clone(),
+        http: reqwest::Client::new(),
+        // Its lease is over at once, so the live service's scheduler takes the run.
+        lease_ms: 0,
+        retention_ms: 60_000,
+        allow_private_networks: true,
+        config: Default::default(),
+    };
+    let run = creator
+        .create(
+            "acme",
+            automations::engine::NewRun {
+                id: "orphan".into(),
+                template: String::new(),
+                steps: vec![json!({"action": "send", "template": "WELCOME"})],
+                cancelation_token: None,
+                context: json!({"recipient": "u_1"}),
+                event: "Signed Up".into(),
+                source_message_id: "m-orphan".into(),
+                depth: 0,
+                executes_now: true,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("created");
+    assert_eq!(run.state, automations::store::RunState::Running);
+    assert!(
+        stored_messages(&js, COURIER, "courier.acme.run.started")
+            .await
+            .is_empty()
+    );
+
+    let svc = stack.automations().await;
+    rc_tests::forwarder::eventually("run completed", Duration::from_secs(15), async || {
+        let (_, body) = rc_tests::call(
+            &svc,
+            &key,
+            reqwest::Method::GET,
+            "/automations/runs/orphan",
+            None,
+        )
+        .await;
+        body["state"] == "completed"
+    })
+    .await;
+    let started = stored_messages(&js, COURIER, "courier.acme.run.started").await;
+    assert_eq!(started.len(), 1, "one started event");
+    let ev = RunEvent::decode(started[0].payload.as_ref()).unwrap();
+    assert_eq!(ev.run_id, "orphan");
+    assert_eq!(
+        stored_messages(&js, COURIER, "courier.acme.message.requested")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        stored_messages(&js, COURIER, "courier.acme.run.completed")
+            .await
+            .len(),
+        1
+    );
+}

@@ -137,6 +137,7 @@ async fn invoke_adhoc(
         event: String::new(),
         source_message_id: String::new(),
         depth: 0,
+        executes_now: true,
     })
     .await
 }
@@ -182,6 +183,7 @@ async fn invoke_template(
         event: String::new(),
         source_message_id: String::new(),
         depth: 0,
+        executes_now: true,
     })
     .await
 }

@@ -59,6 +59,10 @@ pub struct NewRun {
     pub source_message_id: String,
     /// Invoke nesting (see [`crate::steps::invoke::MAX_INVOKE_DEPTH`]).
     pub depth: u32,
+    /// The creator executes the run at once ([`Engine::execute_created`]): it is stored
+    /// running, so starting it costs no second write. Otherwise it is stored pending for the
+    /// scheduler.
+    pub executes_now: bool,
 }
 
 impl Engine {
@@ -103,7 +107,11 @@ impl Engine {
         let run = Run {
             id: new.id,
             workspace: ws.to_string(),
-            state: RunState::Pending,
+            state: if new.executes_now {
+                RunState::Running
+            } else {
+                RunState::Pending
+            },
             template: new.template,
             steps: new.steps,
             cancelation_token: new.cancelation_token.filter(|t| !t.is_empty()),
@@ -115,7 +123,7 @@ impl Engine {
             timeline: Vec::new(),
             created_at_ms: now,
             updated_at_ms: now,
-            started_at_ms: None,
+            started_at_ms: new.executes_now.then_some(now),
             error: None,
             depth: new.depth,
             retries: 0,
@@ -127,6 +135,9 @@ impl Engine {
             conn.zadd::<_, _, _, ()>(DUE_KEY, &member, now + self.lease_ms)
                 .await?;
             metrics::counter!("automations_runs_created_total").increment(1);
+            if new.executes_now {
+                metrics::counter!("automations_runs_started_total").increment(1);
+            }
         } else if let Some(existing) = store::load_run(&self.redis, ws, &run.id).await?
             && !existing.is_terminal()
         {
@@ -259,6 +270,11 @@ impl Engine {
         }
         if run.started_at_ms.is_none() {
             self.start(&mut run).await?;
+        } else if run.step == 0 && run.timeline.is_empty() {
+            // Stored running by `create` (`executes_now`) and not past its first step: the
+            // `started` event may not be out yet (a crash right after the insert). Its message
+            // id makes a repeat a no-op.
+            self.run_event(&run, "started", 0, "").await?;
         }
         loop {
             let index = run.step;

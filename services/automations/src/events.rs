@@ -200,6 +200,7 @@ impl EventHandler {
                     event: run_event(env),
                     source_message_id: env.message_id.clone(),
                     depth: 0,
+                    executes_now: true,
                 };
                 created.extend(self.engine.create(ws, new).await?);
             } else if let Some((tid, t)) = &inline_template {
@@ -271,6 +272,7 @@ impl EventHandler {
             event: run_event(env),
             source_message_id: env.message_id.clone(),
             depth: 0,
+            executes_now: true,
         };
         created.extend(self.engine.create(ws, new).await?);
         Ok(())

@@ -108,6 +108,23 @@ impl StatusChange {
     }
 }
 
+/// A message's history, the statuses already published, and its record.
+pub type Snapshot = (Vec<Value>, Vec<String>, Option<Record>);
+
+fn parse_snapshot(
+    id: &str,
+    history: Vec<String>,
+    published: Vec<String>,
+    map: HashMap<String, String>,
+) -> Snapshot {
+    let history = history
+        .iter()
+        .filter_map(|s| serde_json::from_str(s).ok())
+        .collect();
+    let record = (!map.is_empty()).then(|| Record::from_map(id, map));
+    (history, published, record)
+}
+
 pub enum Claim {
     /// The lease is this worker's; the record as the claim left it.
     Claimed(Box<Record>),
@@ -156,8 +173,10 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return redis.call('HGETALL', KEYS[1])
 "#;
 
-// ARGV: now, nfields, (field, value)*, ndel, field*, nstatus,
+// KEYS: message, history[, published]. ARGV: now, nfields, (field, value)*, ndel, field*, nstatus,
 //       (status, rank, reason, error, history_json)*
+// Returns how many statuses were new; given the published set, also what `publish_pending`
+// reads (history, published, record), so the worker publishes without reading back.
 const TRANSITION: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local i = 2
@@ -184,6 +203,10 @@ for _ = 1, nstatus do
     if reason ~= '' then redis.call('HSET', KEYS[1], 'reason', reason) end
     if err ~= '' then redis.call('HSET', KEYS[1], 'error', err) end
   end
+end
+if KEYS[3] then
+  return {changed, redis.call('LRANGE', KEYS[2], 0, -1), redis.call('SMEMBERS', KEYS[3]),
+    redis.call('HGETALL', KEYS[1])}
 end
 return changed
 "#;
@@ -367,10 +390,42 @@ impl Store {
         delete: &[&str],
         statuses: &[StatusChange],
     ) -> redis::RedisResult<i64> {
-        let now = now_ms();
-        let mut conn = self.redis.clone();
         let mut inv = self.transition.key(msg_key(ws, id));
-        inv.key(history_key(ws, id)).arg(now).arg(fields.len());
+        inv.key(history_key(ws, id));
+        Self::transition_args(&mut inv, fields, delete, statuses);
+        inv.invoke_async(&mut self.redis.clone()).await
+    }
+
+    /// [`Store::transition`], answering the message as [`Store::snapshot`] reads it after.
+    pub async fn transition_snapshot(
+        &self,
+        ws: &str,
+        id: &str,
+        fields: &[(&str, String)],
+        delete: &[&str],
+        statuses: &[StatusChange],
+    ) -> redis::RedisResult<Snapshot> {
+        let mut inv = self.transition.key(msg_key(ws, id));
+        inv.key(history_key(ws, id)).key(published_key(ws, id));
+        Self::transition_args(&mut inv, fields, delete, statuses);
+        let reply: redis::Value = inv.invoke_async(&mut self.redis.clone()).await?;
+        if let redis::Value::Int(_) = reply {
+            // -1: the message is gone.
+            return Ok((Vec::new(), Vec::new(), None));
+        }
+        let (_, history, published, map): (i64, Vec<String>, Vec<String>, HashMap<String, String>) =
+            redis::from_redis_value(reply)?;
+        Ok(parse_snapshot(id, history, published, map))
+    }
+
+    fn transition_args(
+        inv: &mut redis::ScriptInvocation<'_>,
+        fields: &[(&str, String)],
+        delete: &[&str],
+        statuses: &[StatusChange],
+    ) {
+        let now = now_ms();
+        inv.arg(now).arg(fields.len());
         for (f, v) in fields {
             inv.arg(*f).arg(v);
         }
@@ -386,7 +441,6 @@ impl Store {
                 .arg(&s.error)
                 .arg(history_entry(s.status, now, &s.reason, &s.error));
         }
-        inv.invoke_async(&mut conn).await
     }
 
     /// Puts the message in its workspace's due index at `due` (epoch ms), keeping `request` (the
@@ -519,11 +573,7 @@ impl Store {
     }
 
     /// History, published statuses and the record in one round trip (same slot).
-    pub async fn snapshot(
-        &self,
-        ws: &str,
-        id: &str,
-    ) -> redis::RedisResult<(Vec<Value>, Vec<String>, Option<Record>)> {
+    pub async fn snapshot(&self, ws: &str, id: &str) -> redis::RedisResult<Snapshot> {
         let mut conn = self.redis.clone();
         let (history, published, map): (Vec<String>, Vec<String>, HashMap<String, String>) =
             redis::pipe()
@@ -532,12 +582,7 @@ impl Store {
                 .hgetall(msg_key(ws, id))
                 .query_async(&mut conn)
                 .await?;
-        let history = history
-            .iter()
-            .filter_map(|s| serde_json::from_str(s).ok())
-            .collect();
-        let record = (!map.is_empty()).then(|| Record::from_map(id, map));
-        Ok((history, published, record))
+        Ok(parse_snapshot(id, history, published, map))
     }
 
     pub async fn history(&self, ws: &str, id: &str) -> redis::RedisResult<Vec<Value>> {

@@ -521,10 +521,15 @@ impl Worker {
         if let Some(p) = providers_json {
             fields.push(("providers", p));
         }
-        self.store
-            .transition(ws, id, &fields, &["request", "not_before"], &statuses)
+        // The script answers what publishing needs: no read-back.
+        let snapshot = self
+            .store
+            .transition_snapshot(ws, id, &fields, &["request", "not_before"], &statuses)
             .await?;
-        self.publish_pending(ws, id).await?;
+        self.publisher
+            .publish_snapshot(&self.store, ws, id, snapshot)
+            .await
+            .map_err(Error::Unavailable)?;
         if source == Source::Due {
             self.store.unschedule(ws, id).await?;
         }
@@ -562,8 +567,18 @@ impl Publisher {
     /// Publishes every status in the message's history that is not marked published yet.
     /// `Nats-Msg-Id: <ws>:<id>:<STATUS>` makes a repeat (crash between ack and marking) a no-op.
     pub async fn publish_pending(&self, store: &Store, ws: &str, id: &str) -> Result<(), String> {
-        let redis_err = |e: redis::RedisError| format!("redis: {e}");
-        let (history, published, record) = store.snapshot(ws, id).await.map_err(redis_err)?;
+        let snapshot = store.snapshot(ws, id).await.map_err(redis_err)?;
+        self.publish_snapshot(store, ws, id, snapshot).await
+    }
+
+    /// [`Publisher::publish_pending`] from a snapshot the caller already has.
+    pub async fn publish_snapshot(
+        &self,
+        store: &Store,
+        ws: &str,
+        id: &str,
+        (history, published, record): crate::store::Snapshot,
+    ) -> Result<(), String> {
         let pending: Vec<&serde_json::Value> = history
             .iter()
             .filter(|h| {
@@ -629,6 +644,10 @@ impl Publisher {
         metrics::counter!("delivery_events_published_total").increment(statuses.len() as u64);
         Ok(())
     }
+}
+
+fn redis_err(e: redis::RedisError) -> String {
+    format!("redis: {e}")
 }
 
 pub type SharedWorker = Arc<Worker>;

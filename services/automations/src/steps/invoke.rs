@@ -52,6 +52,8 @@ pub(crate) async fn execute(
                 event: run.event.clone(),
                 source_message_id: run.source_message_id.clone(),
                 depth: run.depth + 1,
+                // Made due for the scheduler below.
+                executes_now: false,
             },
         )
         .await?

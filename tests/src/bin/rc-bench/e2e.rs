@@ -73,6 +73,16 @@ impl Scenario {
     }
 
     /// The subject kind whose arrival is the effect.
+    /// The scenario in a column header.
+    pub fn short(self) -> &'static str {
+        match self {
+            Scenario::Identify => "identify",
+            Scenario::Group => "group",
+            Scenario::MappedTrack => "mapped track",
+            Scenario::InlineTrack => "inline track",
+        }
+    }
+
     fn effect_kind(self) -> &'static str {
         match self {
             Scenario::Identify => "profile.updated",
@@ -330,8 +340,15 @@ pub async fn deploy(stack: &Stack) -> Deployment {
 /// (throughput at saturation).
 #[derive(Clone, Copy)]
 pub enum Phase {
-    Paced { rate: f64 },
+    Paced {
+        rate: f64,
+    },
     Burst,
+    /// Paced at the target rate, which may be above capacity: p99 there, and memory
+    /// while the backlog it builds waits.
+    Target {
+        rate: f64,
+    },
 }
 
 pub struct PhaseResult {
@@ -347,6 +364,10 @@ pub struct PhaseResult {
     pub p50: f64,
     pub p99: f64,
     pub redis: String,
+    /// Each watched process's highest RSS (MiB) seen during the phase, sampled every 100 ms.
+    pub peak_rss: Vec<f64>,
+    /// The most events accepted but not yet effected at one sample: the backlog the phase built.
+    pub peak_backlog: u64,
 }
 
 impl PhaseResult {
@@ -404,8 +425,9 @@ pub async fn run_phase(
     let cpu0 = CpuSnapshot::take(watched);
     let url = d.url("ingress", "/inbound/rudderstack");
     let body = scenario.body(tag);
+    let sampler = Sampler::start(watched, sent_at.clone(), seen.clone());
     let sent = match phase {
-        Phase::Paced { rate } => {
+        Phase::Paced { rate } | Phase::Target { rate } => {
             load::paced(&url, &d.key, n, rate, 512, body, base, sent_at.clone()).await
         }
         Phase::Burst => load::burst(&url, &d.key, n, 20, 16, body).await,
@@ -445,6 +467,7 @@ pub async fn run_phase(
     let cpu1 = CpuSnapshot::take(watched);
     let stats1 = CommandStats::read(&mut redis).await;
     watcher.abort();
+    let (peak_rss, peak_backlog) = sampler.finish().await;
     let mut latencies: Vec<u32> = (0..n as usize)
         .filter_map(|i| {
             let s = sent_at[i].load(Ordering::Relaxed);
@@ -465,6 +488,47 @@ pub async fn run_phase(
         p50: percentile_ms(&latencies, 0.50),
         p99: percentile_ms(&latencies, 0.99),
         redis: stats0.summary(&stats1, accepted, 4),
+        peak_rss,
+        peak_backlog,
+    }
+}
+
+/// Samples the watched processes' RSS and the backlog (requests sent, effects not yet seen)
+/// every 100 ms over a phase: memory at overload is read while the backlog is there, not after.
+struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<f64>, u64)>,
+}
+
+impl Sampler {
+    fn start(watched: &[Watched], sent_at: Arc<Vec<AtomicU64>>, seen: Arc<AtomicU64>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pids: Vec<u32> = watched.iter().map(|w| w.pid).collect();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut peak = vec![0.0f64; pids.len()];
+                let mut backlog = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for (p, pid) in peak.iter_mut().zip(&pids) {
+                        *p = p.max(crate::procfs::memory_mib(*pid, "VmRSS"));
+                    }
+                    let sent = sent_at
+                        .iter()
+                        .filter(|s| s.load(Ordering::Relaxed) > 0)
+                        .count() as u64;
+                    backlog = backlog.max(sent.saturating_sub(seen.load(Ordering::Relaxed)));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (peak, backlog)
+            }
+        });
+        Sampler { stop, task }
+    }
+
+    async fn finish(self) -> (Vec<f64>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("sampler")
     }
 }
 

@@ -10,15 +10,20 @@
 //!    from /proc, p50/p99 from the HTTP request to the effect), then as a burst (throughput at
 //!    saturation). Redis `INFO commandstats` splits redis-server's share per command.
 //!
+//!    Identify and the mapped track are then offered at the target rate (`--target-rate`,
+//!    5,000/s; `--overload-count` events, 0 to skip): p99 there, and each process's peak RSS
+//!    while the backlog that rate builds is waiting (memory at overload).
 //! 3. The identify and mapped-track floors (`floor.rs`): the same NATS and Redis operations per event,
 //!    driven by one minimal client process at the same rate and count, beside the services'
 //!    figures; `--skip-floor` leaves it out.
+//! 4. Targets: issue 13's targets beside this run's figures, met or not, and for a budget the
+//!    floor puts out of reach, the floor's figure.
 //!
 //! Prints Markdown (and writes it to `--out FILE`; scripts/bench.sh puts it into BENCHMARKS.md).
 //!
 //! Usage: rc-bench [--rate N] [--count N] [--scenario identify,group,track,inline] [--seconds N]
 //!        [--connections N] [--topology r1,r1-fsync,r3] [--durable] [--skip-raw] [--skip-e2e]
-//!        [--skip-floor] [--out FILE]
+//!        [--skip-floor] [--target-rate N] [--overload-count N] [--out FILE]
 //!
 //! `--topology` runs everything once per NATS setup, side by side (`--durable` = `r1-fsync`).
 
@@ -28,6 +33,7 @@ mod load;
 mod procfs;
 mod raw;
 mod redis_stats;
+mod targets;
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -38,6 +44,7 @@ use e2e::{Phase, PhaseResult, SERVICES, Scenario};
 use load::{Body, LoadResult};
 use procfs::{CpuSnapshot, Watched, memory_mib};
 use rc_tests::Stack;
+use targets::{FloorFigures, Paced, Targets};
 
 /// How NATS runs under the stack (Redis is one node in each, so the rows isolate NATS).
 #[derive(Clone, Copy, PartialEq)]
@@ -90,6 +97,8 @@ struct Args {
     raw: bool,
     e2e: bool,
     floor: bool,
+    target_rate: f64,
+    overload_count: u64,
     out: Option<String>,
 }
 
@@ -104,6 +113,8 @@ fn args() -> Args {
         raw: true,
         e2e: true,
         floor: true,
+        target_rate: 5_000.0,
+        overload_count: 25_000,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -126,6 +137,8 @@ fn args() -> Args {
             }
             "--durable" => a.topologies = vec![Topology::R1Fsync],
             "--skip-floor" => a.floor = false,
+            "--target-rate" => a.target_rate = value().parse().expect("--target-rate N"),
+            "--overload-count" => a.overload_count = value().parse().expect("--overload-count N"),
             "--topology" => {
                 a.topologies = value()
                     .split(',')
@@ -208,7 +221,13 @@ async fn measured_load(
     (r, per)
 }
 
-async fn raw_limits(args: &Args, topology: Topology, ticks: f64, md: &mut String) {
+async fn raw_limits(
+    args: &Args,
+    topology: Topology,
+    ticks: f64,
+    md: &mut String,
+    targets: &mut Targets,
+) {
     let stack = topology.stack();
     let key = stack.workspace("bench").await;
     let nats = Watched::nodes("nats-server", &stack.nats.pids());
@@ -369,6 +388,11 @@ async fn raw_limits(args: &Args, topology: Topology, ticks: f64, md: &mut String
             r.errors
         );
     }
+    if topology == Topology::R1 {
+        targets.ingress_ratio = Some(single.events_per_s() / bare_r.events_per_s());
+        targets.ingress_p99_ms = Some(single.p99);
+        targets.batch_per_s = Some(batch.events_per_s());
+    }
     let _ = writeln!(
         md,
         "\nIngress against the bare handler: **{:.2}** (single events; target ≥ 0.90). Ingress RSS after the load: {:.1} MiB.\n",
@@ -381,10 +405,17 @@ fn phase_label(p: Phase) -> String {
     match p {
         Phase::Paced { rate } => format!("{}/s", num(rate)),
         Phase::Burst => "saturation (batches of 20, 16 connections)".into(),
+        Phase::Target { rate } => format!("{}/s (the target rate)", num(rate)),
     }
 }
 
-async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String) {
+async fn end_to_end(
+    args: &Args,
+    topology: Topology,
+    ticks: f64,
+    md: &mut String,
+    targets: &mut Targets,
+) {
     let stack = topology.stack();
     let d = e2e::deploy(&stack).await;
     let watched = d.watched(&stack);
@@ -393,28 +424,38 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
 
     let mut results: Vec<PhaseResult> = Vec::new();
     for (k, scenario) in args.scenarios.iter().enumerate() {
-        for (p, phase) in [Phase::Paced { rate: args.rate }, Phase::Burst]
-            .into_iter()
-            .enumerate()
+        let mut phases = vec![
+            (Phase::Paced { rate: args.rate }, args.count),
+            (Phase::Burst, args.count),
+        ];
+        // The targets name identify's and the mapped track's p99 at the target rate.
+        if args.overload_count > 0 && matches!(scenario, Scenario::Identify | Scenario::MappedTrack)
         {
+            phases.push((
+                Phase::Target {
+                    rate: args.target_rate,
+                },
+                args.overload_count,
+            ));
+        }
+        for (p, (phase, count)) in phases.into_iter().enumerate() {
             let tag = format!("s{k}p{p}");
             eprintln!(
                 "end to end: {} at {} …",
                 scenario.title(),
                 phase_label(phase)
             );
-            let r = e2e::run_phase(
-                &stack, &d, &watched, ticks, *scenario, phase, &tag, args.count,
-            )
-            .await;
+            let r =
+                e2e::run_phase(&stack, &d, &watched, ticks, *scenario, phase, &tag, count).await;
             results.push(r);
         }
     }
 
     let _ = writeln!(
         md,
-        "### End to end: CPU µs per event, per process\n\n{} events per phase; the six service binaries, nats-server, redis-server; a fake data plane and the load generator in the rc-bench process (not counted). CPU is utime+stime from /proc/<pid>/stat from the first request to the last effect, divided by the accepted events. Latency: HTTP request sent → effect seen on `courier.<ws>.profile.updated` / `tenant.updated` / `message.delivered` (a core NATS subscription). Sends also wait for `Message Delivered` at the data plane.\n",
-        num(args.count as f64)
+        "### End to end: CPU µs per event, per process\n\n{} events per phase ({} at the target rate); the six service binaries, nats-server, redis-server; a fake data plane and the load generator in the rc-bench process (not counted). CPU is utime+stime from /proc/<pid>/stat from the first request to the last effect, divided by the accepted events. Latency: HTTP request sent → effect seen on `courier.<ws>.profile.updated` / `tenant.updated` / `message.delivered` (a core NATS subscription). Sends also wait for `Message Delivered` at the data plane.\n",
+        num(args.count as f64),
+        num(args.overload_count as f64)
     );
     let mut header = String::from("| scenario | offered |");
     let mut rule = String::from("|---|---|");
@@ -433,7 +474,9 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
         let total: f64 = r.cpu_us.iter().sum();
         let rate = r.accepted as f64 / r.seconds;
         let (p50, p99) = match r.phase {
-            Phase::Paced { .. } => (format!("{:.1}", r.p50), format!("{:.1}", r.p99)),
+            Phase::Paced { .. } | Phase::Target { .. } => {
+                (format!("{:.1}", r.p50), format!("{:.1}", r.p99))
+            }
             Phase::Burst => (String::new(), String::new()),
         };
         let mut note = String::new();
@@ -464,20 +507,84 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
     {
         let _ = writeln!(md, "| {} | {} |", r.scenario.title(), r.redis);
     }
-    let _ = writeln!(
-        md,
-        "\nMemory:\n\n| process | idle RSS MiB | peak RSS (VmHWM) MiB |\n|---|---:|---:|"
+    // Memory: idle, the peak over the whole run, and the peak while each target-rate phase's
+    // backlog waited.
+    let overload: Vec<&PhaseResult> = results
+        .iter()
+        .filter(|r| matches!(r.phase, Phase::Target { .. }))
+        .collect();
+    let mut header = String::from(
+        "\nMemory (RSS MiB; at the target rate: the highest of samples every 100 ms while its backlog waited, the backlog being events answered 2xx whose effect was not seen yet):\n\n| process | idle | peak over the run (VmHWM) |",
     );
-    for (w, idle) in watched.iter().zip(idle) {
-        let _ = writeln!(
-            md,
+    let mut rule = String::from("|---|---:|---:|");
+    for r in &overload {
+        let _ = write!(
+            header,
+            " {} at {} (backlog up to {}) |",
+            r.scenario.short(),
+            phase_label(r.phase),
+            num(r.peak_backlog as f64)
+        );
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for (i, (w, idle)) in watched.iter().zip(&idle).enumerate() {
+        let mut row = format!(
             "| {} | {idle:.1} | {:.1} |",
             w.name,
             memory_mib(w.pid, "VmHWM")
         );
+        for r in &overload {
+            let _ = write!(row, " {:.1} |", r.peak_rss[i]);
+        }
+        let _ = writeln!(md, "{row}");
     }
     let _ = writeln!(md);
     debug_assert_eq!(watched.len(), SERVICES.len() + 2);
+
+    if topology == Topology::R1 {
+        let n = SERVICES.len();
+        targets.idle_rss = watched[..n]
+            .iter()
+            .zip(&idle)
+            .map(|(w, m)| (w.name, *m))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let paced = |r: &PhaseResult| Paced {
+            offered: match r.phase {
+                Phase::Paced { rate } | Phase::Target { rate } => rate,
+                Phase::Burst => 0.0,
+            },
+            achieved: r.accepted as f64 / r.seconds,
+            p99_ms: r.p99,
+            cpu_us: r.cpu_us.iter().sum(),
+            complete: r.complete(),
+        };
+        let find = |scenario: Scenario, target: bool| {
+            results.iter().find(|r| {
+                r.scenario == scenario
+                    && if target {
+                        matches!(r.phase, Phase::Target { .. })
+                    } else {
+                        matches!(r.phase, Phase::Paced { .. })
+                    }
+            })
+        };
+        targets.identify = find(Scenario::Identify, false).map(paced);
+        targets.track = find(Scenario::MappedTrack, false).map(paced);
+        targets.identify_target = find(Scenario::Identify, true).map(paced);
+        targets.track_target = find(Scenario::MappedTrack, true).map(paced);
+        targets.track_saturation = results
+            .iter()
+            .find(|r| r.scenario == Scenario::MappedTrack && matches!(r.phase, Phase::Burst))
+            .map(|r| r.accepted as f64 / r.seconds);
+        targets.overload_rss = find(Scenario::MappedTrack, true).and_then(|r| {
+            watched[..n]
+                .iter()
+                .zip(&r.peak_rss)
+                .map(|(w, m)| (w.name, *m, r.peak_backlog))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+        });
+    }
 
     if !args.floor || topology != Topology::R1 {
         return;
@@ -534,6 +641,14 @@ async fn end_to_end(args: &Args, topology: Topology, ticks: f64, md: &mut String
             num(total(&f.cpu_us)),
             num(f.events_per_s)
         );
+        let figures = Some(FloorFigures {
+            servers: f.cpu_us[0] + f.cpu_us[1],
+            total: total(&f.cpu_us),
+        });
+        match scenario {
+            Scenario::Identify => targets.identify_floor = figures,
+            _ => targets.track_floor = figures,
+        }
         let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
         let _ = writeln!(
             md,
@@ -568,15 +683,19 @@ async fn main() {
     let mut md = String::new();
     let load_start = procfs::load_average();
     let several = args.topologies.len() > 1;
+    let mut targets = Targets {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..Targets::default()
+    };
     for &topology in &args.topologies {
         if several {
             let _ = writeln!(md, "## {}\n", topology.title());
         }
         if args.raw {
-            raw_limits(&args, topology, ticks, &mut md).await;
+            raw_limits(&args, topology, ticks, &mut md, &mut targets).await;
         }
         if args.e2e {
-            end_to_end(&args, topology, ticks, &mut md).await;
+            end_to_end(&args, topology, ticks, &mut md, &mut targets).await;
         }
     }
     let head = format!(
@@ -588,7 +707,9 @@ async fn main() {
             .collect::<Vec<_>>()
             .join("; then ")
     );
-    let md = head + &md;
+    let mut summary = String::new();
+    targets.markdown(&mut summary);
+    let md = head + &summary + &md;
     println!("{md}");
     if let Some(path) = &args.out {
         std::fs::write(path, &md).expect("write --out");
