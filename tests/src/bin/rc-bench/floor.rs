@@ -8,8 +8,9 @@
 //!   (512 in flight; no HTTP);
 //! - profiles' share: a durable pull consumer on EVENTS running profiles' own identify handler
 //!   (its merge script, the `profile.updated` publish awaiting its ack), then the ack;
-//! - automations' share: a second durable consumer on the same subjects: decode, ack (the
-//!   mappings are answered from memory, the catalog counts flushed once a second).
+//! - automations' share: a second durable consumer on its subjects running automations' own
+//!   event handler (the catalog tally flushed once a second, the mapping looked up in its
+//!   cache), then the ack.
 //!
 //! Not included: HTTP, authentication, the shared consumer's bookkeeping (in-flight set, spill
 //! lane, progress acks), metrics and logs. The client runs as a child process (`rc-bench
@@ -26,7 +27,6 @@ use futures::StreamExt;
 use prost::Message as _;
 use rc_common::consumer::Handler as _;
 use rc_common::subjects;
-use rc_proto::Envelope;
 use rc_tests::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
@@ -127,6 +127,7 @@ async fn measure(
 /// The identify floor's client (`rc-bench --floor-worker NATS_URL REDIS_URL COUNT RATE`).
 pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
     let (js, redis) = connect(nats_url, redis_url).await;
+    let redis_of_automations = redis.clone();
     let identify = Arc::new(profiles::events::IdentifyHandler {
         redis,
         publisher: profiles::Publisher { js: js.clone() },
@@ -141,16 +142,53 @@ pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
             m
         }
     });
-    let filters = automations::event_filters();
-    let consumer = durable(&js, subjects::EVENTS_STREAM, "floor-automations", filters).await;
-    let a = each_message(consumer, count, |m| async move {
-        Envelope::decode(m.payload.as_ref()).expect("envelope");
-        m
-    });
+    let a = automations_share(&js, &redis_of_automations, count).await;
     publish_paced(&js, Scenario::Identify, "identify", count, rate).await;
     p.await.expect("profiles");
     a.await.expect("automations");
     report_and_wait().await;
+}
+
+/// Automations' share: its own event handler (catalog tally flushed once a second, mappings from
+/// its cache, runs executed in this process) on a durable of its subjects.
+async fn automations_share(
+    js: &async_nats::jetstream::Context,
+    redis: &rc_common::redis::RedisConn,
+    count: u64,
+) -> tokio::task::JoinHandle<()> {
+    rc_common::outbound::install_default_crypto_provider();
+    let engine = automations::Engine {
+        redis: redis.clone(),
+        js: js.clone(),
+        http: reqwest::Client::new(),
+        lease_ms: 30_000,
+        retention_ms: 86_400_000,
+        allow_private_networks: true,
+        config: Default::default(),
+    };
+    let tally = Arc::new(automations::catalog::Tally::default());
+    // Never triggered: the flush runs until the bench kills this process.
+    let shutdown = rc_common::Shutdown::new();
+    tokio::spawn(automations::catalog::flush_every(
+        tally.clone(),
+        redis.clone(),
+        shutdown,
+    ));
+    let events = Arc::new(automations::events::EventHandler { engine, tally });
+    let consumer = durable(
+        js,
+        subjects::EVENTS_STREAM,
+        "floor-automations",
+        automations::event_filters(),
+    )
+    .await;
+    each_message(consumer, count, move |m| {
+        let events = events.clone();
+        async move {
+            events.handle(&m).await;
+            m
+        }
+    })
 }
 
 /// The client's connections to the floor's servers.
@@ -381,39 +419,9 @@ pub async fn worker_track(args: &[String]) {
     let (encryption_key, batch_url) = (&args[4], &args[5]);
     rc_common::outbound::install_default_crypto_provider();
     let (js, redis) = connect(nats_url, redis_url).await;
-    let shutdown = rc_common::Shutdown::new();
 
     // Automations: its own event handler; runs execute in this process.
-    let engine = automations::Engine {
-        redis: redis.clone(),
-        js: js.clone(),
-        http: reqwest::Client::new(),
-        lease_ms: 30_000,
-        retention_ms: 86_400_000,
-        allow_private_networks: true,
-        config: Default::default(),
-    };
-    let tally = Arc::new(automations::catalog::Tally::default());
-    tokio::spawn(automations::catalog::flush_every(
-        tally.clone(),
-        redis.clone(),
-        shutdown.clone(),
-    ));
-    let events = Arc::new(automations::events::EventHandler { engine, tally });
-    let consumer = durable(
-        &js,
-        subjects::EVENTS_STREAM,
-        "floor-automations",
-        automations::event_filters(),
-    )
-    .await;
-    let a = each_message(consumer, count, move |m| {
-        let events = events.clone();
-        async move {
-            events.handle(&m).await;
-            m
-        }
-    });
+    let a = automations_share(&js, &redis, count).await;
 
     // Delivery: its own worker.
     let mut settings = delivery::Settings::default();

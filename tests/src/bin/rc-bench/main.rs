@@ -608,7 +608,7 @@ async fn end_to_end(
             header = true;
             let _ = writeln!(
                 md,
-                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, {} handlers in flight per consumer, no HTTP and none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on a durable consumer, a second durable consumer for automations (decode, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (the forwarder's default size and linger).\n",
+                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, {} handlers in flight per consumer, no HTTP and none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on a durable consumer, a second durable consumer running automations' own event handler (catalog tally, mapping lookup from its cache, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (the forwarder's default size and linger).\n",
                 num(args.count as f64),
                 num(args.rate),
                 floor::CONCURRENCY,
@@ -658,6 +658,51 @@ async fn end_to_end(
             ratio(s[2], f.cpu_us[2]),
             ratio(total(&s), total(&f.cpu_us))
         );
+        if scenario != Scenario::MappedTrack {
+            continue;
+        }
+        // What 5,000 events/s asks: the floor's cost when nothing paces it.
+        let Some(burst) = results
+            .iter()
+            .find(|r| r.scenario == scenario && matches!(r.phase, Phase::Burst) && r.complete())
+        else {
+            continue;
+        };
+        eprintln!("floor: {title} at saturation …");
+        let f = floor::run_track(args.count, f64::INFINITY, ticks).await;
+        let own: f64 = burst.cpu_us[..n].iter().sum();
+        let s = [burst.cpu_us[n], burst.cpu_us[n + 1], own];
+        let _ = writeln!(
+            md,
+            "| {title} | the services at saturation (above) | {} | {} | {} | **{}** | {} |",
+            num(s[0]),
+            num(s[1]),
+            num(s[2]),
+            num(total(&s)),
+            num(burst.accepted as f64 / burst.seconds)
+        );
+        let _ = writeln!(
+            md,
+            "| {title} | floor at saturation (unpaced, 512 publishes in flight) | {} | {} | {} | **{}** | {} |",
+            num(f.cpu_us[0]),
+            num(f.cpu_us[1]),
+            num(f.cpu_us[2]),
+            num(total(&f.cpu_us)),
+            num(f.events_per_s)
+        );
+        let _ = writeln!(
+            md,
+            "| {title} | services ÷ floor, at saturation | {} | {} | {} | **{}** | |",
+            ratio(s[0], f.cpu_us[0]),
+            ratio(s[1], f.cpu_us[1]),
+            ratio(s[2], f.cpu_us[2]),
+            ratio(total(&s), total(&f.cpu_us))
+        );
+        targets.track_floor_saturation = Some(FloorFigures {
+            servers: f.cpu_us[0] + f.cpu_us[1],
+            total: total(&f.cpu_us),
+        });
+        targets.track_saturation_us = Some(total(&s));
     }
     let _ = writeln!(md);
 }
