@@ -110,6 +110,10 @@ impl NatsNode {
         self.child.as_ref().map(Child::id)
     }
 
+    pub(crate) fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
     pub(crate) fn kill(&mut self) {
         kill(&mut self.child);
     }

@@ -158,6 +158,14 @@ impl NatsServer {
             .collect()
     }
 
+    /// Every node's monitoring port (`/varz`, `/healthz`).
+    pub fn monitor_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .map(cluster::NatsNode::monitor_port)
+            .collect()
+    }
+
     /// SIGKILL of every node, like a crash.
     pub fn kill(&mut self) {
         self.nodes.iter_mut().for_each(cluster::NatsNode::kill);

@@ -96,6 +96,23 @@ pub fn event_filters() -> Vec<String> {
     .collect()
 }
 
+/// The EVENTS consumer as `run` starts it, before its quarantine (rc-bench's floor creates the
+/// same durable).
+pub fn consumer_spec(settings: &Settings) -> ConsumerSpec {
+    let cfg = &settings.automations;
+    let mut spec = ConsumerSpec::new(
+        SERVICE,
+        subjects::EVENTS_STREAM,
+        subjects::events_of_type("track"),
+    );
+    spec.durable = cfg.consumer_name.clone();
+    spec.filter_subjects = event_filters();
+    spec.concurrency = cfg.consumer_concurrency;
+    spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
+    spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+    spec
+}
+
 /// Runs the service until `shutdown` triggers: HTTP API, the EVENTS consumer and the scheduler.
 pub async fn run(
     settings: Settings,
@@ -125,16 +142,7 @@ pub async fn run(
         config: Arc::new(cached::Config::default()),
     };
 
-    let mut spec = ConsumerSpec::new(
-        SERVICE,
-        subjects::EVENTS_STREAM,
-        subjects::events_of_type("track"),
-    );
-    spec.durable = cfg.consumer_name.clone();
-    spec.filter_subjects = event_filters();
-    spec.concurrency = cfg.consumer_concurrency;
-    spec.fairness = Some(consumer::Fairness::for_concurrency(spec.concurrency));
-    spec.drain_timeout = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+    let mut spec = consumer_spec(&settings);
     spec.quarantine = Some(consumer::Quarantine::new(rt.redis.clone(), 3));
     let tally = Arc::new(catalog::Tally::default());
     let changes = cached::subscribe(&rt.nats).await?;

@@ -178,6 +178,21 @@ impl Default for ShutdownSettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
+pub struct RuntimeSettings {
+    /// Tokio worker threads; 0 = one per core. One by default: a service scales out by
+    /// replicas, and one worker per process spent 4-16 % less CPU per event than one per core
+    /// (BENCHMARKS.md, 2026-12-04), with no thread handing work to another.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { worker_threads: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
 pub struct AuthSettings {
     /// How long a resolved API key stays cached in-process (revocation takes this long).
     pub cache_ttl_ms: u64,
@@ -212,6 +227,7 @@ mod tests {
         nats: NatsSettings,
         redis: RedisSettings,
         http: HttpSettings,
+        runtime: RuntimeSettings,
     }
 
     #[test]
@@ -226,8 +242,11 @@ mod tests {
                 "250".to_string(),
             ),
             ("RC_HTTP__LISTEN".to_string(), "0.0.0.0:9000".to_string()),
+            ("RC_RUNTIME__WORKER_THREADS".to_string(), "0".to_string()),
         ]);
         let s: Sample = load_from("nonexistent-service", Some(vars)).unwrap();
+        assert_eq!(s.runtime.worker_threads, 0, "0 = one worker per core");
+        assert_eq!(RuntimeSettings::default().worker_threads, 1);
         assert_eq!(s.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(s.redis.response_timeout_ms, 250);
         assert_eq!(s.http.listen.port(), 9000);

@@ -232,7 +232,8 @@ impl ConsumerSpec {
         }
     }
 
-    fn consumer_config(&self) -> pull::Config {
+    /// The durable's configuration on the server (also what rc-bench's floor creates).
+    pub fn consumer_config(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(self.durable.clone()),
             filter_subjects: self.filter_subjects.clone(),
@@ -244,6 +245,16 @@ impl ConsumerSpec {
             max_ack_pending: self.max_ack_pending,
             ..Default::default()
         }
+    }
+
+    /// Messages asked for per pull request. With fairness a pull may be mostly floods to spill
+    /// (no handler wait): pull far ahead so skipping them is not bound by pull round trips.
+    pub fn pull_batch(&self) -> usize {
+        let batch = match self.fairness {
+            Some(_) => SPILLS_IN_FLIGHT,
+            None => self.concurrency,
+        };
+        batch.clamp(1, 1000)
     }
 
     fn backoff(&self, delivered: i64) -> Duration {
@@ -680,15 +691,9 @@ async fn open(
     // Create-or-update: a changed filter or limit takes effect on deploy.
     let consumer: jetstream::consumer::PullConsumer =
         stream.create_consumer(spec.consumer_config()).await?;
-    // With fairness a pull may be mostly floods to spill (no handler wait): pull far ahead so
-    // skipping them is not bound by pull round trips.
-    let batch = match spec.fairness {
-        Some(_) => SPILLS_IN_FLIGHT,
-        None => spec.concurrency,
-    };
     let messages = consumer
         .stream()
-        .max_messages_per_batch(batch.clamp(1, 1000))
+        .max_messages_per_batch(spec.pull_batch())
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()

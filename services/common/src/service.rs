@@ -19,7 +19,8 @@ use tower_http::timeout::TimeoutLayer;
 use crate::Shutdown;
 use crate::auth::{Authenticator, WorkspaceStore};
 use crate::config::{
-    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, ShutdownSettings,
+    AuthSettings, HttpSettings, LogSettings, NatsSettings, RedisSettings, RuntimeSettings,
+    ShutdownSettings,
 };
 use crate::ops::Readiness;
 use crate::redis::RedisConn;
@@ -39,6 +40,7 @@ pub struct Base<'a> {
 pub trait ServiceSettings: serde::de::DeserializeOwned {
     fn base(&self) -> Base<'_>;
     fn log(&self) -> &LogSettings;
+    fn runtime(&self) -> &RuntimeSettings;
 }
 
 /// Implements [`ServiceSettings`] for a settings struct with the common sections as fields named
@@ -57,6 +59,9 @@ macro_rules! service_settings {
             }
             fn log(&self) -> &$crate::config::LogSettings {
                 &self.log
+            }
+            fn runtime(&self) -> &$crate::config::RuntimeSettings {
+                &self.runtime
             }
         }
     };
@@ -77,6 +82,7 @@ macro_rules! settings {
             pub log: $crate::config::LogSettings,
             pub shutdown: $crate::config::ShutdownSettings,
             pub auth: $crate::config::AuthSettings,
+            pub runtime: $crate::config::RuntimeSettings,
             $( $(#[$meta])* pub $field: $ty, )*
         }
 
@@ -89,6 +95,7 @@ macro_rules! settings {
                     log: Default::default(),
                     shutdown: Default::default(),
                     auth: Default::default(),
+                    runtime: Default::default(),
                     $( $field: Default::default(), )*
                 }
             }
@@ -113,10 +120,12 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let threads = settings.runtime().worker_threads;
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("{service}: cannot start the async runtime: {err}");

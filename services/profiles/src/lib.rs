@@ -183,7 +183,9 @@ pub async fn run(
     rt.serve(app).await
 }
 
-fn consumer_specs(settings: &Settings, redis: &RedisConn) -> [ConsumerSpec; 2] {
+/// The identify and update-profile consumers as `run` starts them (rc-bench's floor reads the
+/// identify one's server-side configuration from here).
+pub fn consumer_specs(settings: &Settings, redis: &RedisConn) -> [ConsumerSpec; 2] {
     let p = &settings.profiles;
     let tune = |mut spec: ConsumerSpec| {
         spec.concurrency = p.concurrency.max(1);

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::load::{self, Body, percentile_ms};
 use crate::procfs::{CpuSnapshot, Watched};
 use crate::redis_stats::CommandStats;
+use crate::varz::Traffic;
 
 pub const WORKSPACE: &str = "bench";
 const WRITE_KEY: &str = "bench-write-key";
@@ -364,6 +365,10 @@ pub struct PhaseResult {
     pub p50: f64,
     pub p99: f64,
     pub redis: String,
+    /// Every Redis command per event (the floor's table compares them).
+    pub commands: String,
+    /// nats-server's traffic over the phase.
+    pub nats: Traffic,
     /// Each watched process's highest RSS (MiB) seen during the phase, sampled every 100 ms.
     pub peak_rss: Vec<f64>,
     /// The most events accepted but not yet effected at one sample: the backlog the phase built.
@@ -422,6 +427,8 @@ pub async fn run_phase(
     };
     let mut redis = stack.redis_conn_raw().await;
     let stats0 = CommandStats::read(&mut redis).await;
+    let monitor_ports = stack.nats.monitor_ports();
+    let traffic0 = Traffic::read(&monitor_ports).await;
     let cpu0 = CpuSnapshot::take(watched);
     let url = d.url("ingress", "/inbound/rudderstack");
     let body = scenario.body(tag);
@@ -466,6 +473,7 @@ pub async fn run_phase(
     let seconds = base.elapsed().as_secs_f64();
     let cpu1 = CpuSnapshot::take(watched);
     let stats1 = CommandStats::read(&mut redis).await;
+    let traffic1 = Traffic::read(&monitor_ports).await;
     watcher.abort();
     let (peak_rss, peak_backlog) = sampler.finish().await;
     let mut latencies: Vec<u32> = (0..n as usize)
@@ -488,6 +496,8 @@ pub async fn run_phase(
         p50: percentile_ms(&latencies, 0.50),
         p99: percentile_ms(&latencies, 0.99),
         redis: stats0.summary(&stats1, accepted, 4),
+        commands: stats0.summary(&stats1, accepted, usize::MAX),
+        nats: traffic1.since(&traffic0),
         peak_rss,
         peak_backlog,
     }
@@ -533,7 +543,7 @@ impl Sampler {
 }
 
 /// The bench's own redis connection (for INFO), not the services' wrapper.
-trait RawRedis {
+pub trait RawRedis {
     async fn redis_conn_raw(&self) -> redis::aio::MultiplexedConnection;
 }
 

@@ -1,20 +1,28 @@
-//! The identify path's floor: what nats-server and redis-server cost per event when one minimal
-//! client process drives them with the same operations the services perform for an identify, at
-//! the same offered rate, count and sizes, one message at a time per consumer as the services
-//! handle them:
+//! The floors: what nats-server and redis-server cost per event when one minimal client process
+//! drives them with the same operations the services perform, at the same offered rate, count
+//! and sizes. The client runs the services' own code for each share, over one NATS and one Redis
+//! connection per service as they have, each durable created with its service's configuration
+//! (`ConsumerSpec::consumer_config`), pulled with its batch and handled with its concurrency, on
+//! one tokio worker thread as the services run (`runtime.worker_threads`).
 //!
+//! Identify (`rc-bench --floor-worker …`):
 //! - the ingress's share: the event normalized by the ingress's own parser into the same
 //!   envelope, published to `events.<ws>.identify` with its `Nats-Msg-Id`, the ack awaited
 //!   (512 in flight; no HTTP);
-//! - profiles' share: a durable pull consumer on EVENTS running profiles' own identify handler
-//!   (its merge script, the `profile.updated` publish awaiting its ack), then the ack;
-//! - automations' share: a second durable consumer on its subjects running automations' own
-//!   event handler (the catalog tally flushed once a second, the mapping looked up in its
-//!   cache), then the ack.
+//! - profiles' share: its identify durable running profiles' own identify handler (its merge
+//!   script, the `profile.updated` publish awaiting its ack), then the ack;
+//! - automations' share: its events durable running automations' own event handler (the catalog
+//!   tally flushed once a second, the mapping looked up in its cache), then the ack.
+//!
+//! The mapped track (`rc-bench --floor-worker-track …`): the same publish, automations' share
+//! (the run executes in the client), delivery's own worker on its `message.requested` durable,
+//! and the forwarder's own mapping and batch POST to the fake data plane.
 //!
 //! Not included: HTTP, authentication, the shared consumer's bookkeeping (in-flight set, spill
-//! lane, progress acks), metrics and logs. The client runs as a child process (`rc-bench
-//! --floor-worker …`) so its CPU is counted apart from the load generator's.
+//! lane, progress acks), metrics and logs. The client runs as a child process so its CPU is
+//! counted apart from the load generator's. The same run reads nats-server's `/varz` and Redis
+//! `INFO commandstats`, so the bench's table shows the floor sends the messages and commands the
+//! services did.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,22 +33,26 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use prost::Message as _;
-use rc_common::consumer::Handler as _;
+use rc_common::consumer::{ConsumerSpec, Handler as _};
 use rc_common::subjects;
 use rc_tests::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 
+use crate::e2e::RawRedis as _;
 use crate::e2e::{Scenario, WORKSPACE, inbox_provider, welcome_automation, welcome_notification};
 use crate::procfs::{CpuSnapshot, Watched};
-
-/// Handlers in flight per consumer, as `consumer_concurrency` defaults to in the services.
-pub const CONCURRENCY: usize = 64;
+use crate::redis_stats::CommandStats;
+use crate::varz::Traffic;
 
 pub struct FloorResult {
     /// nats-server, redis-server, the floor client: CPU µs per event.
     pub cpu_us: [f64; 3],
     pub events_per_s: f64,
+    /// Every Redis command, per event (`INFO commandstats`).
+    pub commands: String,
+    /// nats-server's traffic over the floor.
+    pub nats: Traffic,
 }
 
 /// A fresh nats-server and redis-server with the streams the services provision.
@@ -103,6 +115,10 @@ async fn measure(
         Watched::nodes("nats-server", &stack.nats.pids()),
         Watched::new("redis-server", stack.redis.pid().expect("redis pid")),
     ];
+    let monitor_ports = stack.nats.monitor_ports();
+    let mut redis = stack.redis_conn_raw().await;
+    let stats0 = CommandStats::read(&mut redis).await;
+    let traffic0 = Traffic::read(&monitor_ports).await;
     let before = CpuSnapshot::take(&servers);
     let started = Instant::now();
     let (count_arg, rate_arg) = (count.to_string(), rate.to_string());
@@ -113,6 +129,8 @@ async fn measure(
     settle().await;
     let seconds = started.elapsed().as_secs_f64();
     let after = CpuSnapshot::take(&servers);
+    let traffic1 = Traffic::read(&monitor_ports).await;
+    let stats1 = CommandStats::read(&mut redis).await;
     let servers_us = before.per_event_us(&after, count, ticks);
     FloorResult {
         cpu_us: [
@@ -121,28 +139,33 @@ async fn measure(
             client_ticks as f64 / ticks * 1e6 / count as f64,
         ],
         events_per_s: count as f64 / seconds,
+        commands: stats0.summary(&stats1, count, usize::MAX),
+        nats: traffic1.since(&traffic0),
     }
 }
 
 /// The identify floor's client (`rc-bench --floor-worker NATS_URL REDIS_URL COUNT RATE`).
 pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
+    // One NATS and one Redis connection per service, as each service has its own.
     let (js, redis) = connect(nats_url, redis_url).await;
-    let redis_of_automations = redis.clone();
+    let settings = profiles::Settings::default();
+    let [spec, _] = profiles::consumer_specs(&settings, &redis);
     let identify = Arc::new(profiles::events::IdentifyHandler {
         redis,
         publisher: profiles::Publisher { js: js.clone() },
-        max_profile_bytes: 64 * 1024,
+        max_profile_bytes: settings.profiles.max_profile_bytes,
     });
-    let filter = vec![subjects::events_of_type("identify")];
-    let consumer = durable(&js, subjects::EVENTS_STREAM, "floor-profiles", filter).await;
-    let p = each_message(consumer, count, move |m| {
+    let p = each_message(&js, &spec, count, move |m| {
         let identify = identify.clone();
         async move {
             identify.handle(&m).await;
             m
         }
-    });
-    let a = automations_share(&js, &redis_of_automations, count).await;
+    })
+    .await;
+    let (js, redis) = connect(nats_url, redis_url).await;
+    let a = automations_share(&js, &redis, count).await;
+    let (js, _) = connect(nats_url, redis_url).await;
     publish_paced(&js, Scenario::Identify, "identify", count, rate).await;
     p.await.expect("profiles");
     a.await.expect("automations");
@@ -175,20 +198,15 @@ async fn automations_share(
         shutdown,
     ));
     let events = Arc::new(automations::events::EventHandler { engine, tally });
-    let consumer = durable(
-        js,
-        subjects::EVENTS_STREAM,
-        "floor-automations",
-        automations::event_filters(),
-    )
-    .await;
-    each_message(consumer, count, move |m| {
+    let spec = automations::consumer_spec(&automations::Settings::default());
+    each_message(js, &spec, count, move |m| {
         let events = events.clone();
         async move {
             events.handle(&m).await;
             m
         }
     })
+    .await
 }
 
 /// The client's connections to the floor's servers.
@@ -371,10 +389,12 @@ async fn durable(
         .expect("consumer")
 }
 
-/// Runs `handle` on every message of `consumer`, [`CONCURRENCY`] at a time, acking after each,
-/// until `count` were handled.
-fn each_message<F, Fut>(
-    consumer: async_nats::jetstream::consumer::PullConsumer,
+/// Runs `handle` on every message of the service's durable (`spec`: created with its
+/// configuration, pulled with its batch, its concurrency of handlers in flight), acking after
+/// each, until `count` were handled.
+async fn each_message<F, Fut>(
+    js: &async_nats::jetstream::Context,
+    spec: &ConsumerSpec,
     count: u64,
     handle: F,
 ) -> tokio::task::JoinHandle<()>
@@ -382,17 +402,25 @@ where
     F: Fn(async_nats::jetstream::Message) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = async_nats::jetstream::Message> + Send + 'static,
 {
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(spec.stream)
+        .await
+        .expect("stream")
+        .create_consumer(spec.consumer_config())
+        .await
+        .expect("consumer");
+    let (batch, concurrency) = (spec.pull_batch(), spec.concurrency.max(1));
     let handle = Arc::new(handle);
     tokio::spawn(async move {
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(CONCURRENCY)
+            .max_messages_per_batch(batch)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await
             .expect("pull");
-        let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let slots = Arc::new(Semaphore::new(concurrency));
         let done = Arc::new(AtomicU64::new(0));
         for _ in 0..count {
             let message = messages.next().await.expect("open").expect("message");
@@ -418,9 +446,9 @@ pub async fn worker_track(args: &[String]) {
     let rate: f64 = args[3].parse().expect("rate");
     let (encryption_key, batch_url) = (&args[4], &args[5]);
     rc_common::outbound::install_default_crypto_provider();
-    let (js, redis) = connect(nats_url, redis_url).await;
 
     // Automations: its own event handler; runs execute in this process.
+    let (js, redis) = connect(nats_url, redis_url).await;
     let a = automations_share(&js, &redis, count).await;
 
     // Delivery: its own worker.
@@ -428,23 +456,16 @@ pub async fn worker_track(args: &[String]) {
     settings.secrets.encryption_key = encryption_key.clone();
     settings.outbound.allow_private_networks = true;
     let cipher = rc_common::secrets::Cipher::from_settings(&settings.secrets).expect("cipher");
-    let worker = delivery::worker(&settings, redis.clone(), js.clone(), cipher).expect("worker");
-    let consumer = durable(
-        &js,
-        subjects::COURIER_STREAM,
-        "floor-delivery",
-        vec![subjects::courier_of_kind(
-            subjects::kinds::MESSAGE_REQUESTED,
-        )],
-    )
-    .await;
-    let d = each_message(consumer, count, move |m| {
+    let (js, redis) = connect(nats_url, redis_url).await;
+    let worker = delivery::worker(&settings, redis, js.clone(), cipher).expect("worker");
+    let d = each_message(&js, &delivery::consumer_spec(&settings), count, move |m| {
         let worker = worker.clone();
         async move {
             worker.handle(&m).await;
             m
         }
-    });
+    })
+    .await;
 
     // Forwarder: the same subjects, mapped by its own functions, batched as it batches.
     let statuses: Vec<String> = forwarder::mapping::SENDABLE_STATUSES
@@ -455,6 +476,7 @@ pub async fn worker_track(args: &[String]) {
         .iter()
         .map(|s| subjects::courier_subject(WORKSPACE, &subjects::kinds::message_status(s)))
         .collect();
+    let (js, _) = connect(nats_url, redis_url).await;
     let consumer = durable(&js, subjects::COURIER_STREAM, "floor-forwarder", filters).await;
     let url = batch_url.clone();
     let defaults = forwarder::ForwarderSettings::default();
@@ -512,6 +534,7 @@ pub async fn worker_track(args: &[String]) {
     });
 
     // The ingress's share, as for identify.
+    let (js, _) = connect(nats_url, redis_url).await;
     publish_paced(&js, Scenario::MappedTrack, "track", count, rate).await;
     a.await.expect("automations");
     d.await.expect("delivery");

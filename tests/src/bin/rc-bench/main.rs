@@ -34,6 +34,7 @@ mod procfs;
 mod raw;
 mod redis_stats;
 mod targets;
+mod varz;
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -593,6 +594,8 @@ async fn end_to_end(
     drop(d);
     drop(stack);
     let mut header = false;
+    // What the servers counted in each run, printed below the CPU table.
+    let mut counts = String::new();
     for scenario in [Scenario::Identify, Scenario::MappedTrack] {
         let Some(services) = results.iter().find(|r| {
             r.scenario == scenario && matches!(r.phase, Phase::Paced { .. }) && r.complete()
@@ -608,10 +611,9 @@ async fn end_to_end(
             header = true;
             let _ = writeln!(
                 md,
-                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, {} handlers in flight per consumer, no HTTP and none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on a durable consumer, a second durable consumer running automations' own event handler (catalog tally, mapping lookup from its cache, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (the forwarder's default size and linger).\n",
+                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, over one NATS and one Redis connection per service as the services have, each durable configured, pulled and handled (its concurrency at a time) as its service does it, one tokio worker thread as the services run; no HTTP and none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on a durable consumer, a second durable consumer running automations' own event handler (catalog tally, mapping lookup from its cache, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (the forwarder's default size and linger).\n",
                 num(args.count as f64),
                 num(args.rate),
-                floor::CONCURRENCY,
             );
             let _ = writeln!(
                 md,
@@ -648,6 +650,23 @@ async fn end_to_end(
         match scenario {
             Scenario::Identify => targets.identify_floor = figures,
             _ => targets.track_floor = figures,
+        }
+        for (who, nats, commands) in [
+            (
+                "the services",
+                services.nats.per_event(services.accepted),
+                &services.commands,
+            ),
+            ("floor", f.nats.per_event(args.count), &f.commands),
+        ] {
+            let _ = writeln!(
+                counts,
+                "| {title} | {who} | {:.2} | {:.2} | {} | {} | {commands} |",
+                nats[0],
+                nats[1],
+                num(nats[2]),
+                num(nats[3])
+            );
         }
         let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
         let _ = writeln!(
@@ -704,11 +723,33 @@ async fn end_to_end(
         });
         targets.track_saturation_us = Some(total(&s));
     }
+    if !counts.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nWhat the servers counted at {}/s, per event (nats-server `/varz`: messages and bytes from and to clients, JetStream API calls, acks, pull requests and heartbeats included; Redis `INFO commandstats`: calls per event × µs per call, the commands scripts run counted too):\n\n| path | run | NATS msgs in | NATS msgs out | NATS bytes in | NATS bytes out | Redis commands |\n|---|---|---:|---:|---:|---:|---|\n{counts}",
+            num(args.rate)
+        );
+    }
     let _ = writeln!(md);
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The floor's client runs as the services do: one tokio worker (`runtime.worker_threads`).
+    let floor = std::env::args()
+        .nth(1)
+        .is_some_and(|a| a.starts_with("--floor-worker"));
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if floor {
+        runtime.worker_threads(rc_common::config::RuntimeSettings::default().worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--floor-worker-track") {
         floor::worker_track(&argv[2..]).await;
