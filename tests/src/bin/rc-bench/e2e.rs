@@ -350,6 +350,10 @@ pub enum Phase {
     Target {
         rate: f64,
     },
+    /// Paced at twice the saturation rate (or more): memory while that backlog waits.
+    Overload {
+        rate: f64,
+    },
 }
 
 pub struct PhaseResult {
@@ -434,7 +438,7 @@ pub async fn run_phase(
     let body = scenario.body(tag);
     let sampler = Sampler::start(watched, sent_at.clone(), seen.clone());
     let sent = match phase {
-        Phase::Paced { rate } | Phase::Target { rate } => {
+        Phase::Paced { rate } | Phase::Target { rate } | Phase::Overload { rate } => {
             load::paced(&url, &d.key, n, rate, 512, body, base, sent_at.clone()).await
         }
         Phase::Burst => load::burst(&url, &d.key, n, 20, 16, body).await,

@@ -66,7 +66,7 @@ async fn fresh_stack() -> Stack {
 }
 
 /// Runs the floor on a fresh nats-server and redis-server: `count` identify events at `rate`.
-pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
+pub async fn run(count: u64, rate: f64, ticks: f64, http: bool, per_service: bool) -> FloorResult {
     let stack = fresh_stack().await;
     // The bench's effect watcher, as in the end-to-end phase (nats-server delivers to it).
     let nats = stack.nats_client().await;
@@ -89,7 +89,9 @@ pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
     };
 
     let args = ["--floor-worker", &stack.nats.url(), &stack.redis.url()];
-    let result = measure(&stack, &args, count, rate, ticks, async || {
+    let http = http.then_some(Scenario::Identify);
+    let roles = per_service.then_some(&["ingress", "profiles", "automations"][..]);
+    let result = measure(&stack, &args, count, rate, ticks, http, roles, async || {
         // Every profile.updated reached the watcher too.
         let deadline = Instant::now() + Duration::from_secs(30);
         while seen.load(Ordering::Relaxed) < count && Instant::now() < deadline {
@@ -102,13 +104,19 @@ pub async fn run(count: u64, rate: f64, ticks: f64) -> FloorResult {
 }
 
 /// Runs the client (`args`, then count and rate, then `extra`) and reads the servers' CPU from
-/// its start until it reports and `settle` returns.
+/// its start until it reports and `settle` returns. With `http`, the client takes the events
+/// over HTTP (see [`ingress_share`]) and this process offers them, as the load generator offers
+/// them to the ingress. With `roles`, one client process per service (that service's share
+/// each), their CPU summed.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     stack: &Stack,
     args: &[&str],
     count: u64,
     rate: f64,
     ticks: f64,
+    http: Option<Scenario>,
+    roles: Option<&[&str]>,
     settle: impl AsyncFnOnce(),
 ) -> FloorResult {
     let servers = [
@@ -125,7 +133,38 @@ async fn measure(
     let mut all: Vec<&str> = args[..3].to_vec();
     all.extend([count_arg.as_str(), rate_arg.as_str()]);
     all.extend(&args[3..]);
-    let client_ticks = spawn_worker(&all).await;
+    let port = http.map(|_| rc_tests::free_port());
+    let mut workers: Vec<Worker> = match roles {
+        None => vec![Worker::spawn(&all, port, None)],
+        Some(roles) => roles
+            .iter()
+            .map(|r| Worker::spawn(&all, port.filter(|_| *r == "ingress"), Some(r)))
+            .collect(),
+    };
+    if let (Some(scenario), Some(port)) = (http, port) {
+        for w in workers.iter_mut().filter(|w| w.serves) {
+            w.wait_for("listening").await;
+        }
+        let sent_at = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+        let url = format!("http://127.0.0.1:{port}/inbound/rudderstack");
+        let body = scenario.body("floor");
+        let sent =
+            crate::load::paced(&url, "", count, rate, 512, body, Instant::now(), sent_at).await;
+        assert_eq!(
+            sent.non_2xx + sent.errors,
+            0,
+            "the floor's HTTP share failed requests"
+        );
+    }
+    let mut client_ticks = 0u64;
+    for w in &mut workers {
+        client_ticks += w
+            .wait_for("done ")
+            .await
+            .trim()
+            .parse::<u64>()
+            .expect("ticks");
+    }
     settle().await;
     let seconds = started.elapsed().as_secs_f64();
     let after = CpuSnapshot::take(&servers);
@@ -155,22 +194,43 @@ pub async fn worker(nats_url: &str, redis_url: &str, count: u64, rate: f64) {
         publisher: profiles::Publisher { js: js.clone() },
         max_profile_bytes: settings.profiles.max_profile_bytes,
     });
-    let p = each_message(&js, &spec, count, move |m| {
-        let identify = identify.clone();
-        async move {
-            identify.handle(&m).await;
-            m
-        }
-    })
-    .await;
+    let p = if role("profiles") {
+        Some(
+            each_message(&js, &spec, count, move |m| {
+                let identify = identify.clone();
+                async move {
+                    identify.handle(&m).await;
+                    m
+                }
+            })
+            .await,
+        )
+    } else {
+        None
+    };
     let (js, redis) = connect(nats_url, redis_url).await;
-    let a = automations_share(&js, &redis, count).await;
-    let (js, _) = connect(nats_url, redis_url).await;
-    publish_paced(&js, Scenario::Identify, "identify", count, rate).await;
-    p.await.expect("profiles");
-    a.await.expect("automations");
+    let a = if role("automations") {
+        Some(automations_share(&js, &redis, count).await)
+    } else {
+        None
+    };
+    if role("ingress") {
+        let (js, _) = connect(nats_url, redis_url).await;
+        ingress_share(&js, Scenario::Identify, "identify", count, rate).await;
+    }
+    for share in [p, a].into_iter().flatten() {
+        share.await.expect("share");
+    }
     report_and_wait().await;
 }
+
+/// Which services' shares this client runs (`ROLES_VAR`, comma-separated; all when unset):
+/// the bench runs the floor as one process, or as one process per service.
+fn role(name: &str) -> bool {
+    std::env::var(ROLES_VAR).map_or(true, |roles| roles.split(',').any(|r| r == name))
+}
+
+const ROLES_VAR: &str = "RC_BENCH_FLOOR_ROLES";
 
 /// Automations' share: its own event handler (catalog tally flushed once a second, mappings from
 /// its cache, runs executed in this process) on a durable of its subjects.
@@ -287,7 +347,13 @@ async fn publish_paced(
 /// consumer of the same subjects whose messages are turned into RudderStack events by the
 /// forwarder's own functions and POSTed to the fake data plane in batches (the forwarder's default
 /// size and linger). Setup goes through the services' store functions.
-pub async fn run_track(count: u64, rate: f64, ticks: f64) -> FloorResult {
+pub async fn run_track(
+    count: u64,
+    rate: f64,
+    ticks: f64,
+    http: bool,
+    per_service: bool,
+) -> FloorResult {
     let stack = fresh_stack().await;
     let redis = stack.redis_conn().await;
     let ws = WORKSPACE;
@@ -331,7 +397,9 @@ pub async fn run_track(count: u64, rate: f64, ticks: f64) -> FloorResult {
         key.as_str(),
         batch_url.as_str(),
     ];
-    let result = measure(&stack, &args, count, rate, ticks, async || {}).await;
+    let http = http.then_some(Scenario::MappedTrack);
+    let roles = per_service.then_some(&["ingress", "automations", "delivery", "forwarder"][..]);
+    let result = measure(&stack, &args, count, rate, ticks, http, roles, async || {}).await;
     let delivered = data_plane.count_where(|e| e["event"] == "Message Delivered") as u64;
     assert!(
         delivered >= count,
@@ -342,28 +410,136 @@ pub async fn run_track(count: u64, rate: f64, ticks: f64) -> FloorResult {
 
 const TRACK_WRITE_KEY: &str = "floor-write-key";
 
-/// Starts `rc-bench <args>`, returns the CPU ticks it reports when done (it is killed after).
-async fn spawn_worker(args: &[&str]) -> u64 {
-    let exe = std::env::current_exe().expect("own path");
-    let mut child = tokio::process::Command::new(exe)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("floor worker");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ticks = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("worker output")
-            .expect("the floor worker ended without its result");
-        if let Some(t) = line.strip_prefix("done ") {
-            break t.trim().parse().expect("ticks");
+/// A floor client process (`rc-bench <args>`), killed when dropped.
+struct Worker {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// It takes the events over HTTP.
+    serves: bool,
+}
+
+impl Worker {
+    /// With `http_port`, the client takes its events over HTTP on that port; with `role`, it
+    /// runs that service's share only.
+    fn spawn(args: &[&str], http_port: Option<u16>, role: Option<&str>) -> Self {
+        let exe = std::env::current_exe().expect("own path");
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(port) = http_port {
+            command.env(HTTP_PORT_VAR, port.to_string());
         }
-    };
-    let _ = child.kill().await;
-    ticks
+        if let Some(role) = role {
+            command.env(ROLES_VAR, role);
+        }
+        let mut child = command.spawn().expect("floor worker");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Worker {
+            child,
+            lines,
+            serves: http_port.is_some(),
+        }
+    }
+
+    /// The rest of the first line the client prints that starts with `prefix`.
+    async fn wait_for(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .expect("worker output")
+                .expect("the floor worker ended without its result");
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Set for a floor client that takes its events over HTTP on this port.
+const HTTP_PORT_VAR: &str = "RC_BENCH_FLOOR_HTTP_PORT";
+
+/// The ingress's share: over HTTP when the bench asked for it (`HTTP_PORT_VAR`), else
+/// published from here at `rate`.
+async fn ingress_share(
+    js: &async_nats::jetstream::Context,
+    scenario: Scenario,
+    kind: &'static str,
+    count: u64,
+    rate: f64,
+) {
+    match std::env::var(HTTP_PORT_VAR)
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        Some(port) => serve_ingress_share(js.clone(), kind, port, count).await,
+        None => publish_paced(js, scenario, kind, count, rate).await,
+    }
+}
+
+/// The ingress's share behind HTTP, as the bare handler of the raw limits does it but with the
+/// ingress's own parser and envelope: `POST /inbound/rudderstack` → parse, normalize, publish
+/// with the `Nats-Msg-Id`, await the ack, 200. No authentication, batches or limits.
+async fn serve_ingress_share(
+    js: async_nats::jetstream::Context,
+    kind: &'static str,
+    port: u16,
+    count: u64,
+) {
+    use axum::{Router, extract::State, http::StatusCode, routing::post};
+    type Share = (async_nats::jetstream::Context, &'static str, Arc<AtomicU64>);
+    async fn handle(State((js, kind, stored)): State<Share>, body: bytes::Bytes) -> StatusCode {
+        let normalizer = ingress::event::Normalizer {
+            max_event_bytes: 32 * 1024,
+            max_batch_events: 1,
+        };
+        let Ok(ingress::event::Parsed::Single(event)) =
+            normalizer.parse_body(WORKSPACE, &body, time::OffsetDateTime::now_utc())
+        else {
+            return StatusCode::BAD_REQUEST;
+        };
+        let envelope = event.envelope;
+        let msg_id = subjects::event_msg_id(WORKSPACE, &envelope.message_id);
+        let publish = js
+            .send_publish(
+                subjects::event_subject(WORKSPACE, kind),
+                PublishMessage::build()
+                    .payload(envelope.encode_to_vec().into())
+                    .message_id(msg_id),
+            )
+            .await;
+        let ok = match publish {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            stored.fetch_add(1, Ordering::Relaxed);
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+    let stored = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route("/inbound/rudderstack", post(handle))
+        .with_state((js, kind, stored.clone()));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    println!("listening");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    while stored.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A durable pull consumer of `filters` on `stream`, as the services configure theirs.
@@ -449,7 +625,11 @@ pub async fn worker_track(args: &[String]) {
 
     // Automations: its own event handler; runs execute in this process.
     let (js, redis) = connect(nats_url, redis_url).await;
-    let a = automations_share(&js, &redis, count).await;
+    let a = if role("automations") {
+        Some(automations_share(&js, &redis, count).await)
+    } else {
+        None
+    };
 
     // Delivery: its own worker.
     let mut settings = delivery::Settings::default();
@@ -458,14 +638,20 @@ pub async fn worker_track(args: &[String]) {
     let cipher = rc_common::secrets::Cipher::from_settings(&settings.secrets).expect("cipher");
     let (js, redis) = connect(nats_url, redis_url).await;
     let worker = delivery::worker(&settings, redis, js.clone(), cipher).expect("worker");
-    let d = each_message(&js, &delivery::consumer_spec(&settings), count, move |m| {
-        let worker = worker.clone();
-        async move {
-            worker.handle(&m).await;
-            m
-        }
-    })
-    .await;
+    let d = if role("delivery") {
+        Some(
+            each_message(&js, &delivery::consumer_spec(&settings), count, move |m| {
+                let worker = worker.clone();
+                async move {
+                    worker.handle(&m).await;
+                    m
+                }
+            })
+            .await,
+        )
+    } else {
+        None
+    };
 
     // Forwarder: the same subjects, mapped by its own functions, batched as it batches.
     let statuses: Vec<String> = forwarder::mapping::SENDABLE_STATUSES
@@ -476,68 +662,74 @@ pub async fn worker_track(args: &[String]) {
         .iter()
         .map(|s| subjects::courier_subject(WORKSPACE, &subjects::kinds::message_status(s)))
         .collect();
-    let (js, _) = connect(nats_url, redis_url).await;
-    let consumer = durable(&js, subjects::COURIER_STREAM, "floor-forwarder", filters).await;
-    let url = batch_url.clone();
-    let defaults = forwarder::ForwarderSettings::default();
-    let (max_events, linger_for) = (
-        defaults.batch_max_events,
-        Duration::from_millis(defaults.linger_ms),
-    );
-    let f = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(max_events)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .expect("pull");
-        let mut delivered = 0;
-        while delivered < count {
-            let mut batch = Vec::new();
-            let linger = tokio::time::sleep(linger_for);
-            tokio::pin!(linger);
-            while batch.len() < max_events {
-                tokio::select! {
-                    m = messages.next() => batch.push(m.expect("open").expect("message")),
-                    _ = &mut linger => break,
+    let f = if !role("forwarder") {
+        None
+    } else {
+        let (js, _) = connect(nats_url, redis_url).await;
+        let consumer = durable(&js, subjects::COURIER_STREAM, "floor-forwarder", filters).await;
+        let url = batch_url.clone();
+        let defaults = forwarder::ForwarderSettings::default();
+        let (max_events, linger_for) = (
+            defaults.batch_max_events,
+            Duration::from_millis(defaults.linger_ms),
+        );
+        Some(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(max_events)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .expect("pull");
+            let mut delivered = 0;
+            while delivered < count {
+                let mut batch = Vec::new();
+                let linger = tokio::time::sleep(linger_for);
+                tokio::pin!(linger);
+                while batch.len() < max_events {
+                    tokio::select! {
+                        m = messages.next() => batch.push(m.expect("open").expect("message")),
+                        _ = &mut linger => break,
+                    }
+                }
+                let now = time::OffsetDateTime::now_utc();
+                let events: Vec<Vec<u8>> = batch
+                    .iter()
+                    .filter_map(|m| {
+                        if m.subject.ends_with(".message.delivered") {
+                            delivered += 1;
+                        }
+                        forwarder::worker::batch::event_json(&m.subject, &m.payload, now)
+                            .ok()
+                            .flatten()
+                    })
+                    .collect();
+                if !events.is_empty() {
+                    let body =
+                        forwarder::worker::dataplane::batch_body(events.iter().map(Vec::as_slice));
+                    let target = forwarder::worker::dataplane::Target {
+                        url: &url,
+                        write_key: TRACK_WRITE_KEY,
+                        allow_private_networks: true,
+                    };
+                    forwarder::worker::dataplane::post_batch(&http, &target, &body).await;
+                }
+                for m in batch {
+                    m.ack().await.expect("ack");
                 }
             }
-            let now = time::OffsetDateTime::now_utc();
-            let events: Vec<Vec<u8>> = batch
-                .iter()
-                .filter_map(|m| {
-                    if m.subject.ends_with(".message.delivered") {
-                        delivered += 1;
-                    }
-                    forwarder::worker::batch::event_json(&m.subject, &m.payload, now)
-                        .ok()
-                        .flatten()
-                })
-                .collect();
-            if !events.is_empty() {
-                let body =
-                    forwarder::worker::dataplane::batch_body(events.iter().map(Vec::as_slice));
-                let target = forwarder::worker::dataplane::Target {
-                    url: &url,
-                    write_key: TRACK_WRITE_KEY,
-                    allow_private_networks: true,
-                };
-                forwarder::worker::dataplane::post_batch(&http, &target, &body).await;
-            }
-            for m in batch {
-                m.ack().await.expect("ack");
-            }
-        }
-    });
+        }))
+    };
 
     // The ingress's share, as for identify.
     let (js, _) = connect(nats_url, redis_url).await;
-    publish_paced(&js, Scenario::MappedTrack, "track", count, rate).await;
-    a.await.expect("automations");
-    d.await.expect("delivery");
-    f.await.expect("forwarder");
+    if role("ingress") {
+        ingress_share(&js, Scenario::MappedTrack, "track", count, rate).await;
+    }
+    for share in [a, d, f].into_iter().flatten() {
+        share.await.expect("share");
+    }
     report_and_wait().await;
 }

@@ -407,6 +407,7 @@ fn phase_label(p: Phase) -> String {
         Phase::Paced { rate } => format!("{}/s", num(rate)),
         Phase::Burst => "saturation (batches of 20, 16 connections)".into(),
         Phase::Target { rate } => format!("{}/s (the target rate)", num(rate)),
+        Phase::Overload { rate } => format!("{}/s (2.1× saturation)", num(rate)),
     }
 }
 
@@ -439,7 +440,9 @@ async fn end_to_end(
                 args.overload_count,
             ));
         }
-        for (p, (phase, count)) in phases.into_iter().enumerate() {
+        let mut p = 0;
+        while p < phases.len() {
+            let (phase, count) = phases[p];
             let tag = format!("s{k}p{p}");
             eprintln!(
                 "end to end: {} at {} …",
@@ -448,7 +451,23 @@ async fn end_to_end(
             );
             let r =
                 e2e::run_phase(&stack, &d, &watched, ticks, *scenario, phase, &tag, count).await;
+            // Memory at 2× overload needs twice the saturation rate; when the target rate is
+            // less, the track gets one more phase at that rate.
+            let overload = 2.1 * r.accepted as f64 / r.seconds;
+            if matches!(phase, Phase::Burst)
+                && *scenario == Scenario::MappedTrack
+                && args.overload_count > 0
+                && overload > args.target_rate
+            {
+                phases.push((
+                    Phase::Overload {
+                        rate: overload.ceil(),
+                    },
+                    args.overload_count,
+                ));
+            }
             results.push(r);
+            p += 1;
         }
     }
 
@@ -475,7 +494,7 @@ async fn end_to_end(
         let total: f64 = r.cpu_us.iter().sum();
         let rate = r.accepted as f64 / r.seconds;
         let (p50, p99) = match r.phase {
-            Phase::Paced { .. } | Phase::Target { .. } => {
+            Phase::Paced { .. } | Phase::Target { .. } | Phase::Overload { .. } => {
                 (format!("{:.1}", r.p50), format!("{:.1}", r.p99))
             }
             Phase::Burst => (String::new(), String::new()),
@@ -512,7 +531,7 @@ async fn end_to_end(
     // backlog waited.
     let overload: Vec<&PhaseResult> = results
         .iter()
-        .filter(|r| matches!(r.phase, Phase::Target { .. }))
+        .filter(|r| matches!(r.phase, Phase::Target { .. } | Phase::Overload { .. }))
         .collect();
     let mut header = String::from(
         "\nMemory (RSS MiB; at the target rate: the highest of samples every 100 ms while its backlog waited, the backlog being events answered 2xx whose effect was not seen yet):\n\n| process | idle | peak over the run (VmHWM) |",
@@ -552,7 +571,7 @@ async fn end_to_end(
             .max_by(|a, b| a.1.total_cmp(&b.1));
         let paced = |r: &PhaseResult| Paced {
             offered: match r.phase {
-                Phase::Paced { rate } | Phase::Target { rate } => rate,
+                Phase::Paced { rate } | Phase::Target { rate } | Phase::Overload { rate } => rate,
                 Phase::Burst => 0.0,
             },
             achieved: r.accepted as f64 / r.seconds,
@@ -578,7 +597,15 @@ async fn end_to_end(
             .iter()
             .find(|r| r.scenario == Scenario::MappedTrack && matches!(r.phase, Phase::Burst))
             .map(|r| r.accepted as f64 / r.seconds);
-        targets.overload_rss = find(Scenario::MappedTrack, true).and_then(|r| {
+        // The memory check: the 2.1× phase when the track had one, else the target rate's.
+        let overload = results
+            .iter()
+            .find(|r| {
+                r.scenario == Scenario::MappedTrack && matches!(r.phase, Phase::Overload { .. })
+            })
+            .or_else(|| find(Scenario::MappedTrack, true));
+        targets.overload = overload.map(paced);
+        targets.overload_rss = overload.and_then(|r| {
             watched[..n]
                 .iter()
                 .zip(&r.peak_rss)
@@ -603,15 +630,26 @@ async fn end_to_end(
             continue;
         };
         eprintln!("floor: {} …", scenario.title());
-        let f = match scenario {
-            Scenario::Identify => floor::run(args.count, args.rate, ticks).await,
-            _ => floor::run_track(args.count, args.rate, ticks).await,
+        // Without HTTP (the servers and the handlers alone), then with the HTTP hop every event
+        // takes (the ingress's share behind a minimal handler, offered by this process).
+        // Then with one client process per service, as the services are deployed.
+        let [bare, one, f] = match scenario {
+            Scenario::Identify => [
+                floor::run(args.count, args.rate, ticks, false, false).await,
+                floor::run(args.count, args.rate, ticks, true, false).await,
+                floor::run(args.count, args.rate, ticks, true, true).await,
+            ],
+            _ => [
+                floor::run_track(args.count, args.rate, ticks, false, false).await,
+                floor::run_track(args.count, args.rate, ticks, true, false).await,
+                floor::run_track(args.count, args.rate, ticks, true, true).await,
+            ],
         };
         if !header {
             header = true;
             let _ = writeln!(
                 md,
-                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, over one NATS and one Redis connection per service as the services have, each durable configured, pulled and handled (its concurrency at a time) as its service does it, one tokio worker thread as the services run; no HTTP and none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on a durable consumer, a second durable consumer running automations' own event handler (catalog tally, mapping lookup from its cache, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (the forwarder's default size and linger).\n",
+                "### Floor: the servers driven directly\n\n{} events at {}/s, CPU µs per event. Floor: one client process (`rc-bench --floor-worker…`) performs the services' NATS and Redis operations per event on a fresh nats-server and redis-server, over one NATS and one Redis connection per service as the services have, each durable configured, pulled and handled (its concurrency at a time) as its service does it, one tokio worker thread as the services run; none of the shared consumer's bookkeeping. Identify: the ingress's parser and JetStream publish (ack awaited), profiles' own identify handler on its durable, automations' own event handler on its durable (catalog tally, mapping lookup from its cache, ack). Mapped track: the same publish, automations' own event handler (the run executes in the client), delivery's own worker on `message.requested`, and a durable consumer of the forwarder's subjects whose events the forwarder's own functions map and POST to the fake data plane in batches (the forwarder's default size and linger). Each floor runs three times: without HTTP (the client publishes the events itself); with the HTTP hop every event takes (the client takes the events on `POST /inbound/rudderstack`: a minimal axum handler, the ingress's parser, publish, await the ack, 200; no authentication, batches or limits; offered by the same load generator at the same rate); and with HTTP as one client process per service (each its service's share only, their CPU summed), the process split the services are deployed with. The targets are checked against the last.\n",
                 num(args.count as f64),
                 num(args.rate),
             );
@@ -625,6 +663,7 @@ async fn end_to_end(
         let s = [services.cpu_us[n], services.cpu_us[n + 1], own];
         let total = |x: &[f64; 3]| x.iter().sum::<f64>();
         let title = scenario.title();
+        let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
         let _ = writeln!(
             md,
             "| {title} | the services (end to end, above) | {} | {} | {} | **{}** | {} |",
@@ -634,18 +673,34 @@ async fn end_to_end(
             num(total(&s)),
             num(services.accepted as f64 / services.seconds)
         );
-        let _ = writeln!(
-            md,
-            "| {title} | floor: the same operations from one minimal client | {} | {} | {} | **{}** | {} |",
-            num(f.cpu_us[0]),
-            num(f.cpu_us[1]),
-            num(f.cpu_us[2]),
-            num(total(&f.cpu_us)),
-            num(f.events_per_s)
-        );
+        for (name, f) in [
+            ("without HTTP, one client process", &bare),
+            ("with the HTTP hop, one client process", &one),
+            ("with the HTTP hop, one client process per service", &f),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {title} | floor {name} | {} | {} | {} | **{}** | {} |",
+                num(f.cpu_us[0]),
+                num(f.cpu_us[1]),
+                num(f.cpu_us[2]),
+                num(total(&f.cpu_us)),
+                num(f.events_per_s)
+            );
+            let _ = writeln!(
+                md,
+                "| {title} | services ÷ floor {name} | {} | {} | {} | **{}** | |",
+                ratio(s[0], f.cpu_us[0]),
+                ratio(s[1], f.cpu_us[1]),
+                ratio(s[2], f.cpu_us[2]),
+                ratio(total(&s), total(&f.cpu_us))
+            );
+        }
         let figures = Some(FloorFigures {
             servers: f.cpu_us[0] + f.cpu_us[1],
             total: total(&f.cpu_us),
+            without_http: Some(total(&bare.cpu_us)),
+            one_process: Some(total(&one.cpu_us)),
         });
         match scenario {
             Scenario::Identify => targets.identify_floor = figures,
@@ -657,7 +712,11 @@ async fn end_to_end(
                 services.nats.per_event(services.accepted),
                 &services.commands,
             ),
-            ("floor", f.nats.per_event(args.count), &f.commands),
+            (
+                "floor (HTTP, a process per service)",
+                f.nats.per_event(args.count),
+                &f.commands,
+            ),
         ] {
             let _ = writeln!(
                 counts,
@@ -668,15 +727,6 @@ async fn end_to_end(
                 num(nats[3])
             );
         }
-        let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
-        let _ = writeln!(
-            md,
-            "| {title} | services ÷ floor | {} | {} | {} | **{}** | |",
-            ratio(s[0], f.cpu_us[0]),
-            ratio(s[1], f.cpu_us[1]),
-            ratio(s[2], f.cpu_us[2]),
-            ratio(total(&s), total(&f.cpu_us))
-        );
         if scenario != Scenario::MappedTrack {
             continue;
         }
@@ -688,7 +738,7 @@ async fn end_to_end(
             continue;
         };
         eprintln!("floor: {title} at saturation …");
-        let f = floor::run_track(args.count, f64::INFINITY, ticks).await;
+        let f = floor::run_track(args.count, f64::INFINITY, ticks, false, false).await;
         let own: f64 = burst.cpu_us[..n].iter().sum();
         let s = [burst.cpu_us[n], burst.cpu_us[n + 1], own];
         let _ = writeln!(
@@ -720,6 +770,8 @@ async fn end_to_end(
         targets.track_floor_saturation = Some(FloorFigures {
             servers: f.cpu_us[0] + f.cpu_us[1],
             total: total(&f.cpu_us),
+            without_http: None,
+            one_process: None,
         });
         targets.track_saturation_us = Some(total(&s));
     }

@@ -13,6 +13,10 @@ pub struct FloorFigures {
     pub servers: f64,
     /// Servers and the floor client.
     pub total: f64,
+    /// The total of the same floor without the HTTP hop, and as one client process, when they
+    /// ran.
+    pub without_http: Option<f64>,
+    pub one_process: Option<f64>,
 }
 
 /// A paced phase's result.
@@ -45,7 +49,9 @@ pub struct Targets {
     pub track_floor_saturation: Option<FloorFigures>,
     pub identify_target: Option<Paced>,
     pub track_target: Option<Paced>,
-    /// At the track's target rate: the largest service peak RSS, whose, and the backlog peak.
+    /// The mapped track at 2× overload (or more): the phase, and its largest service peak RSS,
+    /// whose, and the backlog peak.
+    pub overload: Option<Paced>,
     pub overload_rss: Option<(&'static str, f64, u64)>,
 }
 
@@ -70,9 +76,13 @@ fn budget(budget: f64, paced: Option<Paced>, floor: Option<FloorFigures>) -> (St
     let ratio = p.cpu_us / f.total;
     let _ = write!(
         figure,
-        "; floor {} µs, of which nats-server + redis-server alone {} µs; services ÷ floor {ratio:.2}",
+        "; floor {} µs (HTTP, a client process per service), of which nats-server + redis-server alone {} µs; services ÷ floor {ratio:.2} (÷ the one-process floor with HTTP: {}; without HTTP: {})",
         num(f.total),
-        num(f.servers)
+        num(f.servers),
+        f.one_process
+            .map_or("not measured".into(), |t| format!("{:.2}", p.cpu_us / t)),
+        f.without_http
+            .map_or("not measured".into(), |t| format!("{:.2}", p.cpu_us / t)),
     );
     let verdict = if f.total > budget && ratio <= 1.2 {
         format!(
@@ -215,7 +225,7 @@ impl Targets {
                 yes(mib <= 64.0).into(),
             );
         }
-        if let (Some((who, mib, backlog)), Some(t)) = (self.overload_rss, self.track_target) {
+        if let (Some((who, mib, backlog)), Some(t)) = (self.overload_rss, self.overload) {
             let factor = self
                 .track_saturation
                 .map(|s| format!("{:.1}× the saturation rate", t.offered / s))
