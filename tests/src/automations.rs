@@ -74,6 +74,20 @@ pub async fn publish_track(
 
 /// A run as the engine creates it (id `r<i>`, created at `created` ms, in `state`), for tests
 /// that write runs straight through the store.
+/// An engine on the stack's servers whose lease ends at once, standing for a replica that
+/// takes runs and dies: whatever it leaves, the live service's scheduler takes over.
+pub async fn dead_replica(stack: &Stack) -> automations::Engine {
+    automations::Engine {
+        redis: stack.redis_conn().await,
+        js: stack.jetstream().await,
+        http: reqwest::Client::new(),
+        lease_ms: 0,
+        retention_ms: 60_000,
+        allow_private_networks: true,
+        config: Default::default(),
+    }
+}
+
 pub fn fixture_run(
     ws: &str,
     i: usize,

@@ -459,15 +459,7 @@ async fn a_run_whose_claimers_keep_dying_is_quarantined_not_executed_again() {
     // claim and never execute, as a process that aborts mid-step does).
     let mut conn = stack.redis_conn().await;
     let member = due_member("acme", &poisoned);
-    let dead_claimer = automations::Engine {
-        redis: conn.clone(),
-        js: js.clone(),
-        http: reqwest::Client::new(),
-        lease_ms: 0,
-        retention_ms: 60_000,
-        allow_private_networks: true,
-        config: Default::default(),
-    };
+    let dead_claimer = rc_tests::automations::dead_replica(&stack).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut claims = 0;
     while claims < automations::scheduler::MAX_DEAD_CLAIMS {

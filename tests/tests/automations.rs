@@ -1806,16 +1806,7 @@ async fn a_run_stored_running_whose_creator_died_is_announced_by_the_replica_tha
     let key = stack.workspace("acme").await;
     let js = stack.jetstream().await;
     // The dead creator: `create` as the event consumer calls it, then nothing (no execution).
-    let creator = automations::Engine {
-        redis: stack.redis_conn().await,
-        js: js.clone(),
-        http: reqwest::Client::new(),
-        // Its lease is over at once, so the live service's scheduler takes the run.
-        lease_ms: 0,
-        retention_ms: 60_000,
-        allow_private_networks: true,
-        config: Default::default(),
-    };
+    let creator = rc_tests::automations::dead_replica(&stack).await;
     let run = creator
         .create(
             "acme",

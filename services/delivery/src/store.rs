@@ -390,10 +390,9 @@ impl Store {
         delete: &[&str],
         statuses: &[StatusChange],
     ) -> redis::RedisResult<i64> {
-        let mut inv = self.transition.key(msg_key(ws, id));
-        inv.key(history_key(ws, id));
-        Self::transition_args(&mut inv, fields, delete, statuses);
-        inv.invoke_async(&mut self.redis.clone()).await
+        self.transition_call(ws, id, fields, delete, statuses, false)
+            .invoke_async(&mut self.redis.clone())
+            .await
     }
 
     /// [`Store::transition`], answering the message as [`Store::snapshot`] reads it after.
@@ -405,10 +404,10 @@ impl Store {
         delete: &[&str],
         statuses: &[StatusChange],
     ) -> redis::RedisResult<Snapshot> {
-        let mut inv = self.transition.key(msg_key(ws, id));
-        inv.key(history_key(ws, id)).key(published_key(ws, id));
-        Self::transition_args(&mut inv, fields, delete, statuses);
-        let reply: redis::Value = inv.invoke_async(&mut self.redis.clone()).await?;
+        let reply: redis::Value = self
+            .transition_call(ws, id, fields, delete, statuses, true)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
         if let redis::Value::Int(_) = reply {
             // -1: the message is gone.
             return Ok((Vec::new(), Vec::new(), None));
@@ -418,12 +417,22 @@ impl Store {
         Ok(parse_snapshot(id, history, published, map))
     }
 
-    fn transition_args(
-        inv: &mut redis::ScriptInvocation<'_>,
+    /// TRANSITION's keys and arguments; `snapshot` adds the published set, so it answers the
+    /// snapshot too.
+    fn transition_call(
+        &self,
+        ws: &str,
+        id: &str,
         fields: &[(&str, String)],
         delete: &[&str],
         statuses: &[StatusChange],
-    ) {
+        snapshot: bool,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.transition.key(msg_key(ws, id));
+        inv.key(history_key(ws, id));
+        if snapshot {
+            inv.key(published_key(ws, id));
+        }
         let now = now_ms();
         inv.arg(now).arg(fields.len());
         for (f, v) in fields {
@@ -441,6 +450,7 @@ impl Store {
                 .arg(&s.error)
                 .arg(history_entry(s.status, now, &s.reason, &s.error));
         }
+        inv
     }
 
     /// Puts the message in its workspace's due index at `due` (epoch ms), keeping `request` (the

@@ -663,7 +663,6 @@ async fn end_to_end(
         let s = [services.cpu_us[n], services.cpu_us[n + 1], own];
         let total = |x: &[f64; 3]| x.iter().sum::<f64>();
         let title = scenario.title();
-        let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
         let _ = writeln!(
             md,
             "| {title} | the services (end to end, above) | {} | {} | {} | **{}** | {} |",
@@ -678,23 +677,7 @@ async fn end_to_end(
             ("with the HTTP hop, one client process", &one),
             ("with the HTTP hop, one client process per service", &f),
         ] {
-            let _ = writeln!(
-                md,
-                "| {title} | floor {name} | {} | {} | {} | **{}** | {} |",
-                num(f.cpu_us[0]),
-                num(f.cpu_us[1]),
-                num(f.cpu_us[2]),
-                num(total(&f.cpu_us)),
-                num(f.events_per_s)
-            );
-            let _ = writeln!(
-                md,
-                "| {title} | services ÷ floor {name} | {} | {} | {} | **{}** | |",
-                ratio(s[0], f.cpu_us[0]),
-                ratio(s[1], f.cpu_us[1]),
-                ratio(s[2], f.cpu_us[2]),
-                ratio(total(&s), total(&f.cpu_us))
-            );
+            floor_rows(md, title, name, &s, f);
         }
         let figures = Some(FloorFigures {
             servers: f.cpu_us[0] + f.cpu_us[1],
@@ -750,22 +733,12 @@ async fn end_to_end(
             num(total(&s)),
             num(burst.accepted as f64 / burst.seconds)
         );
-        let _ = writeln!(
+        floor_rows(
             md,
-            "| {title} | floor at saturation (unpaced, 512 publishes in flight) | {} | {} | {} | **{}** | {} |",
-            num(f.cpu_us[0]),
-            num(f.cpu_us[1]),
-            num(f.cpu_us[2]),
-            num(total(&f.cpu_us)),
-            num(f.events_per_s)
-        );
-        let _ = writeln!(
-            md,
-            "| {title} | services ÷ floor, at saturation | {} | {} | {} | **{}** | |",
-            ratio(s[0], f.cpu_us[0]),
-            ratio(s[1], f.cpu_us[1]),
-            ratio(s[2], f.cpu_us[2]),
-            ratio(total(&s), total(&f.cpu_us))
+            title,
+            "at saturation (unpaced, 512 publishes in flight)",
+            &s,
+            &f,
         );
         targets.track_floor_saturation = Some(FloorFigures {
             servers: f.cpu_us[0] + f.cpu_us[1],
@@ -783,6 +756,35 @@ async fn end_to_end(
         );
     }
     let _ = writeln!(md);
+}
+
+/// A floor's row and the services' ratio to it (`services`: nats-server, redis-server, own).
+fn floor_rows(
+    md: &mut String,
+    title: &str,
+    name: &str,
+    services: &[f64; 3],
+    f: &floor::FloorResult,
+) {
+    let total: f64 = f.cpu_us.iter().sum();
+    let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(0.01));
+    let _ = writeln!(
+        md,
+        "| {title} | floor {name} | {} | {} | {} | **{}** | {} |",
+        num(f.cpu_us[0]),
+        num(f.cpu_us[1]),
+        num(f.cpu_us[2]),
+        num(total),
+        num(f.events_per_s)
+    );
+    let _ = writeln!(
+        md,
+        "| {title} | services ÷ floor {name} | {} | {} | {} | **{}** | |",
+        ratio(services[0], f.cpu_us[0]),
+        ratio(services[1], f.cpu_us[1]),
+        ratio(services[2], f.cpu_us[2]),
+        ratio(services.iter().sum(), total)
+    );
 }
 
 fn main() {
