@@ -180,8 +180,9 @@ impl Default for ShutdownSettings {
 #[serde(default)]
 pub struct RuntimeSettings {
     /// Tokio worker threads; 0 = one per core. One by default: a service scales out by
-    /// replicas, and one worker per process spent 4-16 % less CPU per event than one per core
-    /// (BENCHMARKS.md, 2026-12-04), with no thread handing work to another.
+    /// replicas, and one worker per process spent 4-8 % less CPU per event end to end than one
+    /// per core (18 % of the services' own on identify; BENCHMARKS.md, 2026-12-04), with no
+    /// thread handing work to another.
     pub worker_threads: usize,
 }
 

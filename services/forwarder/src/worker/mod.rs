@@ -18,4 +18,4 @@ pub mod reconciler;
 
 pub use circuit::{Circuit, Runtime};
 pub use dataplane::{PostError, raw_post};
-pub use reconciler::{Ctx, consumer_name, filter_subjects};
+pub use reconciler::{Ctx, consumer_config, consumer_name, filter_subjects};

@@ -35,7 +35,8 @@ pub fn filter_subjects(ws: &str, integ: &Integration) -> Vec<String> {
     out
 }
 
-fn consumer_config(
+/// A workspace's durable as the forwarder creates it (also what rc-bench's floor creates).
+pub fn consumer_config(
     settings: &ForwarderSettings,
     ws: &str,
     integ: &Integration,

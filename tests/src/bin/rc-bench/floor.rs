@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
@@ -542,29 +542,6 @@ async fn serve_ingress_share(
     }
 }
 
-/// A durable pull consumer of `filters` on `stream`, as the services configure theirs.
-async fn durable(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-    name: &str,
-    filters: Vec<String>,
-) -> async_nats::jetstream::consumer::PullConsumer {
-    js.get_stream(stream)
-        .await
-        .expect("stream")
-        .create_consumer(pull::Config {
-            durable_name: Some(name.into()),
-            filter_subjects: filters,
-            ack_policy: AckPolicy::Explicit,
-            deliver_policy: DeliverPolicy::All,
-            max_deliver: -1,
-            max_ack_pending: 5_000,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer")
-}
-
 /// Runs `handle` on every message of the service's durable (`spec`: created with its
 /// configuration, pulled with its batch, its concurrency of handlers in flight), acking after
 /// each, until `count` were handled.
@@ -653,22 +630,41 @@ pub async fn worker_track(args: &[String]) {
         None
     };
 
-    // Forwarder: the same subjects, mapped by its own functions, batched as it batches.
-    let statuses: Vec<String> = forwarder::mapping::SENDABLE_STATUSES
-        .iter()
-        .map(|(s, _)| s.to_string())
-        .collect();
-    let filters: Vec<String> = statuses
-        .iter()
-        .map(|s| subjects::courier_subject(WORKSPACE, &subjects::kinds::message_status(s)))
-        .collect();
+    // Forwarder: its own durable for an integration sending every status, its events mapped by
+    // its own functions, batched as it batches.
     let f = if !role("forwarder") {
         None
     } else {
         let (js, _) = connect(nats_url, redis_url).await;
-        let consumer = durable(&js, subjects::COURIER_STREAM, "floor-forwarder", filters).await;
-        let url = batch_url.clone();
         let defaults = forwarder::ForwarderSettings::default();
+        let integration = forwarder::store::Integration {
+            write_key_sealed: String::new(),
+            data_plane_url: batch_url.clone(),
+            enabled: true,
+            statuses: forwarder::mapping::SENDABLE_STATUSES
+                .iter()
+                .map(|(s, _)| s.to_string())
+                .collect(),
+            profile_updates: false,
+            tenant_updates: false,
+            paused_reason: None,
+            updated_at: String::new(),
+            version: 1,
+        };
+        let config = forwarder::worker::consumer_config(
+            &defaults,
+            WORKSPACE,
+            &integration,
+            DeliverPolicy::All,
+        );
+        let consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(subjects::COURIER_STREAM)
+            .await
+            .expect("stream")
+            .create_consumer(config)
+            .await
+            .expect("consumer");
+        let url = batch_url.clone();
         let (max_events, linger_for) = (
             defaults.batch_max_events,
             Duration::from_millis(defaults.linger_ms),

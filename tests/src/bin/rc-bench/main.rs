@@ -658,20 +658,9 @@ async fn end_to_end(
                 "| path | run | nats-server | redis-server | services / client | **total** | events/s |\n|---|---|---:|---:|---:|---:|---:|"
             );
         }
-        let n = SERVICES.len();
-        let own: f64 = services.cpu_us[..n].iter().sum();
-        let s = [services.cpu_us[n], services.cpu_us[n + 1], own];
         let total = |x: &[f64; 3]| x.iter().sum::<f64>();
         let title = scenario.title();
-        let _ = writeln!(
-            md,
-            "| {title} | the services (end to end, above) | {} | {} | {} | **{}** | {} |",
-            num(s[0]),
-            num(s[1]),
-            num(s[2]),
-            num(total(&s)),
-            num(services.accepted as f64 / services.seconds)
-        );
+        let s = services_row(md, title, "the services (end to end, above)", services);
         for (name, f) in [
             ("without HTTP, one client process", &bare),
             ("with the HTTP hop, one client process", &one),
@@ -722,17 +711,7 @@ async fn end_to_end(
         };
         eprintln!("floor: {title} at saturation …");
         let f = floor::run_track(args.count, f64::INFINITY, ticks, false, false).await;
-        let own: f64 = burst.cpu_us[..n].iter().sum();
-        let s = [burst.cpu_us[n], burst.cpu_us[n + 1], own];
-        let _ = writeln!(
-            md,
-            "| {title} | the services at saturation (above) | {} | {} | {} | **{}** | {} |",
-            num(s[0]),
-            num(s[1]),
-            num(s[2]),
-            num(total(&s)),
-            num(burst.accepted as f64 / burst.seconds)
-        );
+        let s = services_row(md, title, "the services at saturation (above)", burst);
         floor_rows(
             md,
             title,
@@ -756,6 +735,23 @@ async fn end_to_end(
         );
     }
     let _ = writeln!(md);
+}
+
+/// The services' row beside the floors: nats-server, redis-server, and the six services summed
+/// (returned in that order).
+fn services_row(md: &mut String, title: &str, name: &str, r: &PhaseResult) -> [f64; 3] {
+    let n = SERVICES.len();
+    let s = [r.cpu_us[n], r.cpu_us[n + 1], r.cpu_us[..n].iter().sum()];
+    let _ = writeln!(
+        md,
+        "| {title} | {name} | {} | {} | {} | **{}** | {} |",
+        num(s[0]),
+        num(s[1]),
+        num(s[2]),
+        num(s.iter().sum()),
+        num(r.accepted as f64 / r.seconds)
+    );
+    s
 }
 
 /// A floor's row and the services' ratio to it (`services`: nats-server, redis-server, own).
